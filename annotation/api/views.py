@@ -1,0 +1,304 @@
+"""Thin API views: check the input's shape, call one selector or service, shape the output."""
+
+from __future__ import annotations
+
+from django.db.models import OuterRef, Subquery
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from annotation import selectors, services
+from annotation.api import serializers as s
+from annotation.errors import InvalidInput, NotFound, PermissionDenied
+from annotation.models import Guideline
+
+
+def _require_admin(request: Request) -> None:
+    if not selectors.is_admin(request.user):
+        raise PermissionDenied("only campaign admins can do this")
+
+
+def _with_guideline_version(campaigns):
+    latest = Guideline.objects.filter(campaign=OuterRef("pk")).order_by("-version")
+    return campaigns.annotate(guideline_version=Subquery(latest.values("version")[:1]))
+
+
+class CampaignViewSet(viewsets.ViewSet):
+    """Campaigns: admins manage them; labellers see those they are members of."""
+
+    def _campaign(self, request: Request, pk) -> object:
+        return selectors.campaign_get_for(user=request.user, campaign_id=_int(pk, "id"))
+
+    def _annotated(self, request: Request, pk):
+        campaign = (
+            _with_guideline_version(selectors.campaign_list_for(user=request.user))
+            .filter(pk=_int(pk, "id"))
+            .first()
+        )
+        if campaign is None:
+            raise NotFound("campaign not found")
+        return campaign
+
+    @extend_schema(responses=s.CampaignSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        campaigns = _with_guideline_version(selectors.campaign_list_for(user=request.user))
+        return Response(s.CampaignSerializer(campaigns, many=True).data)
+
+    @extend_schema(responses=s.CampaignSerializer)
+    def retrieve(self, request: Request, pk=None) -> Response:
+        return Response(s.CampaignSerializer(self._annotated(request, pk)).data)
+
+    @extend_schema(request=s.CampaignCreateSerializer, responses={201: s.CampaignSerializer})
+    def create(self, request: Request) -> Response:
+        _require_admin(request)
+        data = _valid(s.CampaignCreateSerializer, request)
+        campaign = services.campaign_create(created_by=request.user, **data)
+        return Response(
+            s.CampaignSerializer(self._annotated(request, campaign.pk)).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(request=s.CampaignUpdateSerializer, responses=s.CampaignSerializer)
+    def partial_update(self, request: Request, pk=None) -> Response:
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        data = _valid(s.CampaignUpdateSerializer, request)
+        services.campaign_update(campaign=campaign, **data)
+        return Response(s.CampaignSerializer(self._annotated(request, pk)).data)
+
+    @extend_schema(request=s.CampaignStatusSerializer, responses=s.CampaignSerializer)
+    @action(detail=True, methods=["post"], url_path="status")
+    def set_status(self, request: Request, pk=None) -> Response:
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        data = _valid(s.CampaignStatusSerializer, request)
+        services.campaign_set_status(campaign=campaign, status=data["status"])
+        return Response(s.CampaignSerializer(self._annotated(request, pk)).data)
+
+    @extend_schema(
+        methods=["POST"], request=s.MembersSerializer, responses={200: OpenApiResponse()}
+    )
+    @extend_schema(
+        methods=["DELETE"], request=s.MembersSerializer, responses={204: OpenApiResponse()}
+    )
+    @action(detail=True, methods=["post", "delete"])
+    def members(self, request: Request, pk=None) -> Response:
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        users = _valid(s.MembersSerializer, request)["usernames"]
+        if request.method == "DELETE":
+            for user in users:
+                services.campaign_remove_member(campaign=campaign, user=user)
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        added = services.campaign_add_members(campaign=campaign, users=users)
+        return Response({"added": added})
+
+    @extend_schema(methods=["GET"], responses=s.GuidelineSerializer(many=True), request=None)
+    @extend_schema(
+        methods=["POST"],
+        request=s.GuidelinePublishSerializer,
+        responses={201: s.GuidelineSerializer},
+    )
+    @action(detail=True, methods=["get", "post"])
+    def guidelines(self, request: Request, pk=None) -> Response:
+        """All guideline versions, newest first; admins publish a new one with POST."""
+        campaign = self._campaign(request, pk)
+        if request.method == "POST":
+            _require_admin(request)
+            data = _valid(s.GuidelinePublishSerializer, request)
+            guideline = services.guideline_publish(
+                campaign=campaign, text=data["text"], created_by=request.user
+            )
+            return Response(s.GuidelineSerializer(guideline).data, status=status.HTTP_201_CREATED)
+        versions = campaign.guidelines.order_by("-version")
+        return Response(s.GuidelineSerializer(versions, many=True).data)
+
+    @extend_schema(request=s.AcknowledgeSerializer, responses={200: OpenApiResponse()})
+    @action(detail=True, methods=["post"], url_path="guidelines/acknowledge")
+    def acknowledge(self, request: Request, pk=None) -> Response:
+        """Acknowledge a guideline version (it must be the current one)."""
+        campaign = self._campaign(request, pk)
+        version = _valid(s.AcknowledgeSerializer, request)["version"]
+        current = selectors.current_guideline(campaign=campaign)
+        if current is None or current.version != version:
+            raise InvalidInput(
+                f"version {version} is not the current guidelines"
+                + (f" (version {current.version} is)" if current else " (there are none)"),
+                field="version",
+            )
+        services.guideline_acknowledge(user=request.user, guideline=current)
+        return Response({"acknowledged": current.version})
+
+    @extend_schema(
+        request={"multipart/form-data": s.ImportSerializer}, responses=s.ImportResultSerializer
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="import",
+        parser_classes=[MultiPartParser, FormParser],
+    )
+    def import_file(self, request: Request, pk=None) -> Response:
+        """Import prompts and completions from a JSONL or CSV file; all or nothing."""
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        data = _valid(s.ImportSerializer, request)
+        upload = data["file"]
+        result = services.campaign_import(
+            campaign=campaign,
+            data=upload.read(),
+            filename=upload.name or "upload",
+            fmt=data.get("format"),
+        )
+        return Response(s.ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: s.AssignmentSerializer,
+            204: OpenApiResponse(description="No task left for you in this campaign."),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="next-task", parser_classes=[JSONParser])
+    def next_task(self, request: Request, pk=None) -> Response:
+        """Your open task, or a new one; 204 when nothing is left for you."""
+        campaign = self._campaign(request, pk)
+        assignment = services.task_assign_next(labeller=request.user, campaign=campaign)
+        if assignment is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        assignment = selectors.assignment_get_for_labeller(
+            labeller=request.user, assignment_id=assignment.pk
+        )
+        return Response(s.AssignmentSerializer(assignment).data)
+
+    @extend_schema(responses={200: OpenApiResponse(description="Campaign and labeller progress")})
+    @action(detail=True, methods=["get"])
+    def progress(self, request: Request, pk=None) -> Response:
+        """Admins: the campaign and every labeller. Labellers: their own line only."""
+        campaign = self._campaign(request, pk)
+        if selectors.is_admin(request.user):
+            return Response(
+                {
+                    "campaign": s.CampaignProgressSerializer(
+                        selectors.campaign_progress(campaign=campaign)
+                    ).data,
+                    "labellers": s.LabellerProgressSerializer(
+                        selectors.labeller_progress(campaign=campaign), many=True
+                    ).data,
+                }
+            )
+        mine = selectors.labeller_progress(campaign=campaign, users=[request.user])
+        return Response({"labellers": s.LabellerProgressSerializer(mine, many=True).data})
+
+
+class AssignmentViewSet(viewsets.ViewSet):
+    """Your own assignments. Anyone else's id answers 404."""
+
+    @extend_schema(responses=s.AssignmentSummarySerializer(many=True))
+    def list(self, request: Request) -> Response:
+        assignments = selectors.assignment_list_for(labeller=request.user)
+        campaign = request.query_params.get("campaign")
+        if campaign is not None:
+            assignments = assignments.filter(campaign_id=_int(campaign, "campaign"))
+        return _paginated(
+            request,
+            self,
+            assignments.order_by("-assigned_at", "-id"),
+            s.AssignmentSummarySerializer,
+        )
+
+    @extend_schema(responses=s.AssignmentSerializer)
+    def retrieve(self, request: Request, pk=None) -> Response:
+        assignment = selectors.assignment_get_for_labeller(
+            labeller=request.user, assignment_id=_int(pk, "id")
+        )
+        return Response(s.AssignmentSerializer(assignment).data)
+
+    @extend_schema(
+        methods=["POST"],
+        request=s.RankingInputSerializer,
+        responses={201: s.RankingSerializer, 200: s.RankingSerializer},
+    )
+    @extend_schema(methods=["GET"], responses=s.RankingSerializer, request=None)
+    @action(detail=True, methods=["get", "post"], parser_classes=[JSONParser])
+    def ranking(self, request: Request, pk=None) -> Response:
+        """Submit your ranking (idempotent: the same ranking again answers 200) or read it."""
+        assignment = selectors.assignment_get_for_labeller(
+            labeller=request.user, assignment_id=_int(pk, "id")
+        )
+        if request.method == "GET":
+            ranking = (
+                selectors.ranking_list_for(user=request.user).filter(assignment=assignment).first()
+            )
+            if ranking is None:
+                raise NotFound("this assignment has no ranking yet")
+            return Response(s.RankingSerializer(ranking).data)
+        data = _valid(s.RankingInputSerializer, request)
+        result = services.ranking_submit(
+            labeller=request.user,
+            assignment=assignment,
+            items=[dict(item) for item in data["items"]],
+            time_spent_ms=data["time_spent_ms"],
+            comment=data["comment"],
+        )
+        ranking = selectors.ranking_get_for(user=request.user, ranking_id=result.ranking.pk)
+        return Response(
+            s.RankingSerializer(ranking).data,
+            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        )
+
+    @extend_schema(request=s.SkipSerializer, responses=s.AssignmentSummarySerializer)
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
+    def skip(self, request: Request, pk=None) -> Response:
+        assignment = selectors.assignment_get_for_labeller(
+            labeller=request.user, assignment_id=_int(pk, "id")
+        )
+        reason = _valid(s.SkipSerializer, request)["reason"]
+        assignment = services.assignment_skip(
+            labeller=request.user, assignment=assignment, reason=reason
+        )
+        return Response(s.AssignmentSummarySerializer(assignment).data)
+
+
+class RankingViewSet(viewsets.ViewSet):
+    """Rankings: admins read all (filter with ?campaign=), labellers their own only."""
+
+    @extend_schema(responses=s.RankingSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        campaign = request.query_params.get("campaign")
+        rankings = selectors.ranking_list_for(
+            user=request.user,
+            campaign_id=_int(campaign, "campaign") if campaign is not None else None,
+        ).order_by("id")
+        return _paginated(request, self, rankings, s.RankingSerializer)
+
+    @extend_schema(responses=s.RankingSerializer)
+    def retrieve(self, request: Request, pk=None) -> Response:
+        ranking = selectors.ranking_get_for(user=request.user, ranking_id=_int(pk, "id"))
+        return Response(s.RankingSerializer(ranking).data)
+
+
+def _paginated(request: Request, view, queryset, serializer_class) -> Response:
+    paginator = PageNumberPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def _valid(serializer_class, request: Request) -> dict:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _int(value, field: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("must be an integer", field=field) from None
+    if number < 1 or number > 2**62:
+        raise NotFound("not found")
+    return number

@@ -1,0 +1,366 @@
+"""The annotation data model: campaigns, guidelines, prompts, tasks, assignments and rankings.
+
+Invariants are enforced by the database as well as by the services: one ranking per task and
+labeller, one assignment per task and labeller, a task never holds more active assignments than
+its target overlap, ranks within 1..9 or marked fail, and so on. Writes go through
+``annotation.services``; reads that need access checks through ``annotation.selectors``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+MIN_COMPLETIONS = 2
+MAX_COMPLETIONS = 9
+
+
+class Campaign(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        CLOSED = "closed", "Closed"
+
+    # Allowed status transitions; the campaign services refuse any other.
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.DRAFT: frozenset({Status.ACTIVE, Status.CLOSED}),
+        Status.ACTIVE: frozenset({Status.PAUSED, Status.CLOSED}),
+        Status.PAUSED: frozenset({Status.ACTIVE, Status.CLOSED}),
+        Status.CLOSED: frozenset(),
+    }
+
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    completions_per_task = models.PositiveSmallIntegerField(
+        default=4, help_text="N: completions shown in each task (2 to 9)."
+    )
+    overlap = models.PositiveSmallIntegerField(
+        default=3, help_text="k: distinct labellers who rank each task."
+    )
+    allow_ties = models.BooleanField(default=True)
+    allow_fail = models.BooleanField(default=True)
+    round_number = models.PositiveIntegerField(
+        default=0, help_text="Iterated RLHF round this campaign collects labels for."
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="campaigns", blank=True
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(completions_per_task__gte=MIN_COMPLETIONS)
+                & Q(completions_per_task__lte=MAX_COMPLETIONS),
+                name="campaign_completions_per_task_2_to_9",
+            ),
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="campaign_overlap_positive"),
+            models.CheckConstraint(
+                condition=Q(status__in=["draft", "active", "paused", "closed"]),
+                name="campaign_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A labeller's place in a campaign; its row is the per-labeller lock for assignment."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "user"], name="membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.campaign}"
+
+
+class Guideline(models.Model):
+    """One published version of a campaign's labelling guidelines (markdown)."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="guidelines")
+    version = models.PositiveIntegerField()
+    text = models.TextField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["campaign", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "version"], name="guideline_version_unique"
+            ),
+            models.CheckConstraint(condition=Q(version__gte=1), name="guideline_version_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign} guidelines v{self.version}"
+
+
+class GuidelineAcknowledgement(models.Model):
+    guideline = models.ForeignKey(
+        Guideline, on_delete=models.CASCADE, related_name="acknowledgements"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="acknowledgements"
+    )
+    acknowledged_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["guideline", "user"], name="acknowledgement_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} acknowledged guideline {self.guideline_id}"
+
+
+class Prompt(models.Model):
+    """A prompt as imported or written: plain text, optionally the chat messages behind it."""
+
+    campaign = models.ForeignKey(
+        Campaign,
+        on_delete=models.CASCADE,
+        related_name="prompts",
+        help_text="The campaign the prompt was imported into.",
+    )
+    external_id = models.CharField(max_length=200, blank=True)
+    text = models.TextField()
+    messages = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(text=""), name="prompt_text_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class Completion(models.Model):
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="completions")
+    text = models.TextField()
+    source = models.CharField(
+        max_length=200,
+        help_text="Where the text came from: a model version label or a named source.",
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(text=""), name="completion_text_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class Task(models.Model):
+    """A prompt with its N completions, to be ranked by ``target_overlap`` labellers.
+
+    ``active_count`` counts assignments that hold a slot: open leases and submitted rankings.
+    It changes only while the task row is locked (``SELECT ... FOR UPDATE``), and the database
+    refuses a value above ``target_overlap``: a task can never be over-assigned.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    completions = models.ManyToManyField(Completion, through="TaskCompletion", related_name="tasks")
+    target_overlap = models.PositiveSmallIntegerField()
+    active_count = models.PositiveSmallIntegerField(default=0)
+    submitted_count = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(active_count__lte=F("target_overlap")),
+                name="task_active_within_overlap",
+            ),
+            models.CheckConstraint(
+                condition=Q(submitted_count__lte=F("active_count")),
+                name="task_submitted_within_active",
+            ),
+            models.CheckConstraint(
+                condition=Q(target_overlap__gte=1), name="task_target_overlap_positive"
+            ),
+        ]
+        indexes = [
+            # Breadth-first pick: open tasks of a campaign, the most started first. Partial, so
+            # full tasks drop out of the index instead of being scanned past.
+            models.Index(
+                F("campaign"),
+                F("active_count").desc(),
+                F("id"),
+                name="task_open_breadth_first",
+                condition=Q(active_count__lt=F("target_overlap")),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Task {self.pk} ({self.campaign_id})"
+
+
+class TaskCompletion(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="task_completions")
+    completion = models.ForeignKey(
+        Completion, on_delete=models.CASCADE, related_name="task_completions"
+    )
+    position = models.PositiveSmallIntegerField(help_text="Order in the imported file.")
+
+    class Meta:
+        ordering = ["task", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "completion"], name="task_completion_unique"),
+            models.UniqueConstraint(fields=["task", "position"], name="task_position_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Task {self.task_id} #{self.position}: completion {self.completion_id}"
+
+
+class Assignment(models.Model):
+    """A labeller's lease on a task. One per (task, labeller): re-opening reuses the row."""
+
+    class Status(models.TextChoices):
+        ASSIGNED = "assigned", "Assigned"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="assignments")
+    labeller = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ASSIGNED)
+    display_order = models.JSONField(
+        help_text="Completion ids in the shuffled order this labeller sees them."
+    )
+    assigned_at = models.DateTimeField()
+    lease_expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    skip_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-assigned_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "labeller"], name="assignment_unique"),
+            models.CheckConstraint(
+                condition=Q(status__in=["assigned", "submitted", "skipped", "expired"]),
+                name="assignment_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(lease_expires_at__gt=F("assigned_at")),
+                name="assignment_lease_after_start",
+            ),
+            # A labeller holds at most one open lease per campaign.
+            models.UniqueConstraint(
+                fields=["campaign", "labeller"],
+                condition=Q(status="assigned"),
+                name="assignment_one_open_per_labeller",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "lease_expires_at"], name="assignment_open_by_expiry"),
+            models.Index(fields=["campaign", "labeller", "status"], name="assignment_by_labeller"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Assignment {self.pk} of task {self.task_id} to {self.labeller_id}"
+
+
+class Ranking(models.Model):
+    """A labeller's submitted ranking of one task; its items hold one label per completion."""
+
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="ranking")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="rankings")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="rankings")
+    labeller = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rankings"
+    )
+    guideline = models.ForeignKey(
+        Guideline,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="rankings",
+        help_text="The guideline version the ranking was made under.",
+    )
+    time_spent_ms = models.PositiveIntegerField()
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "labeller"], name="ranking_unique"),
+        ]
+        indexes = [models.Index(fields=["campaign", "created_at"], name="ranking_by_campaign")]
+
+    def __str__(self) -> str:
+        return f"Ranking {self.pk} of task {self.task_id} by {self.labeller_id}"
+
+
+class RankingItem(models.Model):
+    """One completion's label in a ranking: a rank (1 best; equal ranks tie) or fail."""
+
+    ranking = models.ForeignKey(Ranking, on_delete=models.CASCADE, related_name="items")
+    completion = models.ForeignKey(
+        Completion, on_delete=models.CASCADE, related_name="ranking_items"
+    )
+    rank = models.PositiveSmallIntegerField(null=True, blank=True)
+    failed = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["ranking", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["ranking", "completion"], name="ranking_item_unique"),
+            models.CheckConstraint(
+                condition=(
+                    Q(failed=True, rank__isnull=True)
+                    | Q(
+                        failed=False,
+                        rank__isnull=False,
+                        rank__gte=1,
+                        rank__lte=MAX_COMPLETIONS,
+                    )
+                ),
+                name="ranking_item_rank_or_fail",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.completion_id}: {self.label}"
+
+    @property
+    def label(self) -> int | str:
+        return "F" if self.failed else int(self.rank)

@@ -1,0 +1,209 @@
+"""Reads, access-checked. Every view goes through these to reach shared data.
+
+A labeller sees the campaigns they are a member of, and only their own assignments and
+rankings; anything else is reported as not found (404), never as forbidden, so ids of other
+people's work reveal nothing. Admins (staff) see everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.utils import timezone
+
+from annotation.errors import NotFound
+from annotation.models import (
+    Assignment,
+    Campaign,
+    Completion,
+    Guideline,
+    GuidelineAcknowledgement,
+    Membership,
+    Ranking,
+    RankingItem,
+    Task,
+)
+
+User = AbstractBaseUser
+
+
+def is_admin(user: User) -> bool:
+    return bool(user.is_authenticated and user.is_staff)
+
+
+def campaign_list_for(*, user: User) -> QuerySet[Campaign]:
+    campaigns = Campaign.objects.all()
+    if not is_admin(user):
+        campaigns = campaigns.filter(
+            Exists(Membership.objects.filter(campaign=OuterRef("pk"), user=user))
+        ).exclude(status=Campaign.Status.DRAFT)
+    return campaigns.order_by("-created_at", "-id")
+
+
+def campaign_get_for(*, user: User, campaign_id: int) -> Campaign:
+    """A campaign the user may see; 404 for anyone else's (drafts are admin-only)."""
+    campaign = campaign_list_for(user=user).filter(pk=campaign_id).first()
+    if campaign is None:
+        raise NotFound("campaign not found")
+    return campaign
+
+
+def campaign_get_for_admin(*, user: User, campaign_id: int) -> Campaign:
+    if not is_admin(user):
+        raise NotFound("campaign not found")
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None:
+        raise NotFound("campaign not found")
+    return campaign
+
+
+def current_guideline(*, campaign: Campaign) -> Guideline | None:
+    return campaign.guidelines.order_by("-version").first()
+
+
+def guideline_acknowledged(*, user: User, guideline: Guideline | None) -> bool:
+    if guideline is None:
+        return True
+    return GuidelineAcknowledgement.objects.filter(guideline=guideline, user=user).exists()
+
+
+def assignment_list_for(*, labeller: User) -> QuerySet[Assignment]:
+    """The labeller's own assignments, and nobody else's (admins included: this is 'mine')."""
+    return Assignment.objects.filter(labeller=labeller).select_related("task", "campaign")
+
+
+def assignment_get_for_labeller(*, labeller: User, assignment_id: int) -> Assignment:
+    """The labeller's own assignment; 404 for anyone else's, whoever asks."""
+    assignment = (
+        Assignment.objects.filter(pk=assignment_id, labeller=labeller)
+        .select_related("campaign", "task__prompt")
+        .first()
+    )
+    if assignment is None:
+        raise NotFound("assignment not found")
+    return assignment
+
+
+def assignment_completions(*, assignment: Assignment) -> list[Completion]:
+    """The task's completions in the assignment's shuffled display order."""
+    by_id = {c.pk: c for c in Completion.objects.filter(pk__in=assignment.display_order)}
+    return [by_id[pk] for pk in assignment.display_order]
+
+
+def ranking_list_for(*, user: User, campaign_id: int | None = None) -> QuerySet[Ranking]:
+    """Admins: all rankings. Labellers: their own only."""
+    rankings = Ranking.objects.all() if is_admin(user) else Ranking.objects.filter(labeller=user)
+    if campaign_id is not None:
+        rankings = rankings.filter(campaign_id=campaign_id)
+    return rankings.select_related("guideline").prefetch_related(
+        Prefetch("items", queryset=RankingItem.objects.order_by("id"))
+    )
+
+
+def ranking_get_for(*, user: User, ranking_id: int) -> Ranking:
+    ranking = ranking_list_for(user=user).filter(pk=ranking_id).first()
+    if ranking is None:
+        raise NotFound("ranking not found")
+    return ranking
+
+
+@dataclass(frozen=True, slots=True)
+class LabellerProgress:
+    user_id: int
+    username: str
+    submitted: int
+    skipped: int
+    open: int
+    remaining: int
+    submitted_today: int
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignProgress:
+    tasks: int
+    tasks_complete: int
+    tasks_in_progress: int
+    rankings: int
+    target_rankings: int
+    open_leases: int
+
+
+def campaign_progress(*, campaign: Campaign) -> CampaignProgress:
+    tasks = campaign.tasks.aggregate(
+        total=Count("id"),
+        complete=Count("id", filter=Q(submitted_count__gte=F("target_overlap"))),
+        started=Count("id", filter=Q(active_count__gt=0)),
+    )
+    target = sum(campaign.tasks.values_list("target_overlap", flat=True))
+    rankings = campaign.rankings.count()
+    open_leases = campaign.assignments.filter(
+        status=Assignment.Status.ASSIGNED, lease_expires_at__gt=timezone.now()
+    ).count()
+    return CampaignProgress(
+        tasks=tasks["total"],
+        tasks_complete=tasks["complete"],
+        tasks_in_progress=tasks["started"] - tasks["complete"],
+        rankings=rankings,
+        target_rankings=target,
+        open_leases=open_leases,
+    )
+
+
+def labeller_progress(
+    *, campaign: Campaign, users: list[User] | None = None
+) -> list[LabellerProgress]:
+    """Per labeller: done, skipped, open and how many tasks they could still be given."""
+    member_ids = list(campaign.memberships.values_list("user_id", flat=True))
+    if users is not None:
+        member_ids = [u.pk for u in users if u.pk in set(member_ids)]
+    start_of_day = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    counts = {
+        row["labeller_id"]: row
+        for row in campaign.assignments.filter(labeller_id__in=member_ids)
+        .values("labeller_id")
+        .annotate(
+            submitted=Count("id", filter=Q(status=Assignment.Status.SUBMITTED)),
+            skipped=Count("id", filter=Q(status=Assignment.Status.SKIPPED)),
+            open=Count("id", filter=Q(status=Assignment.Status.ASSIGNED)),
+            today=Count(
+                "id",
+                filter=Q(status=Assignment.Status.SUBMITTED, finished_at__gte=start_of_day),
+            ),
+        )
+    }
+    unfinished_tasks = campaign.tasks.filter(submitted_count__lt=F("target_overlap"))
+    result = []
+    usernames = dict(
+        Membership.objects.filter(campaign=campaign, user_id__in=member_ids).values_list(
+            "user_id", "user__username"
+        )
+    )
+    for user_id in member_ids:
+        row = counts.get(user_id, {})
+        remaining = unfinished_tasks.exclude(
+            Exists(
+                Assignment.objects.filter(
+                    task=OuterRef("pk"),
+                    labeller_id=user_id,
+                    status__in=[Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED],
+                )
+            )
+        ).count()
+        result.append(
+            LabellerProgress(
+                user_id=user_id,
+                username=usernames.get(user_id, ""),
+                submitted=row.get("submitted", 0),
+                skipped=row.get("skipped", 0),
+                open=row.get("open", 0),
+                remaining=remaining,
+                submitted_today=row.get("today", 0),
+            )
+        )
+    return result
+
+
+def task_list_for_admin(*, campaign: Campaign) -> QuerySet[Task]:
+    return campaign.tasks.select_related("prompt").order_by("id")

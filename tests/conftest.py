@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from rest_framework.test import APIClient
+
+from annotation import services
+from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def admin_user(db):
+    return AdminFactory(username="admin")
+
+
+@pytest.fixture
+def labeller(db):
+    return UserFactory(username="alice")
+
+
+@pytest.fixture
+def other_labeller(db):
+    return UserFactory(username="bob")
+
+
+@pytest.fixture
+def outsider(db):
+    """A labeller who is a member of no campaign in the test."""
+    return UserFactory(username="mallory")
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user=user)
+    return client
+
+
+@pytest.fixture
+def api_client():
+    return APIClient()
+
+
+@pytest.fixture
+def admin_client(admin_user):
+    return client_for(admin_user)
+
+
+@pytest.fixture
+def labeller_client(labeller):
+    return client_for(labeller)
+
+
+@pytest.fixture
+def other_client(other_labeller):
+    return client_for(other_labeller)
+
+
+@pytest.fixture
+def outsider_client(outsider):
+    return client_for(outsider)
+
+
+@pytest.fixture
+def campaign(db, labeller, other_labeller, admin_user):
+    """An active campaign (N=4, k=2) with 5 tasks, two members and acknowledged guidelines."""
+    campaign = CampaignFactory(overlap=2, created_by=admin_user)
+    services.campaign_add_members(campaign=campaign, users=[labeller, other_labeller])
+    guideline = services.guideline_publish(
+        campaign=campaign, text="# Rank by correctness", created_by=admin_user
+    )
+    for user in (labeller, other_labeller):
+        services.guideline_acknowledge(user=user, guideline=guideline)
+    make_tasks(campaign, 5)
+    return campaign
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    """Hashing with PBKDF2 costs ~100 ms a user; tests need no such strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,1 @@
+"""Training records (jobs, model versions, rounds) arrive with the reward-model issue."""
