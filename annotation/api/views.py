@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.db.models import OuterRef, Subquery
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
@@ -13,7 +13,7 @@ from rest_framework.response import Response
 
 from annotation import selectors, services
 from annotation.api import serializers as s
-from annotation.errors import InvalidInput, NotFound, PermissionDenied
+from annotation.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
 from annotation.models import Guideline
 
 
@@ -220,6 +220,14 @@ class AssignmentViewSet(viewsets.ViewSet):
 
     @extend_schema(
         methods=["POST"],
+        parameters=[
+            OpenApiParameter(
+                "next",
+                bool,
+                description="Also hand out the next task: the response gains a `next` object "
+                "{assignment, reason} so the page shows it without another request.",
+            )
+        ],
         request=s.RankingInputSerializer,
         responses={201: s.RankingSerializer, 200: s.RankingSerializer},
     )
@@ -246,9 +254,11 @@ class AssignmentViewSet(viewsets.ViewSet):
             comment=data["comment"],
         )
         ranking = selectors.ranking_get_for(user=request.user, ranking_id=result.ranking.pk)
+        body = s.RankingSerializer(ranking).data
+        if request.query_params.get("next") in ("1", "true"):
+            body["next"] = _next_for(request, assignment.campaign)
         return Response(
-            s.RankingSerializer(ranking).data,
-            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+            body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         )
 
     @extend_schema(request=s.SkipSerializer, responses=s.AssignmentSummarySerializer)
@@ -280,6 +290,18 @@ class RankingViewSet(viewsets.ViewSet):
     def retrieve(self, request: Request, pk=None) -> Response:
         ranking = selectors.ranking_get_for(user=request.user, ranking_id=_int(pk, "id"))
         return Response(s.RankingSerializer(ranking).data)
+
+
+def _next_for(request: Request, campaign) -> dict:
+    """The labeller's next assignment after a submit, or why there is none."""
+    try:
+        nxt = services.task_assign_next(labeller=request.user, campaign=campaign)
+    except ServiceError as exc:
+        return {"assignment": None, "reason": exc.code, "detail": exc.message}
+    if nxt is None:
+        return {"assignment": None, "reason": "none_left", "detail": "no task left for you"}
+    nxt = selectors.assignment_get_for_labeller(labeller=request.user, assignment_id=nxt.pk)
+    return {"assignment": s.AssignmentSerializer(nxt).data, "reason": None, "detail": ""}
 
 
 def _paginated(request: Request, view, queryset, serializer_class) -> Response:

@@ -222,3 +222,30 @@ def test_labeller_reads_back_their_ranking(labeller_client, assignment):
     submit(labeller_client, assignment, items)
     response = labeller_client.get(f"/api/assignments/{assignment.pk}/ranking/")
     assert response.status_code == 200 and response.json()["items"] == items
+
+
+def test_submit_with_next_hands_out_the_next_task_in_one_request(labeller_client, assignment):
+    items = [{"completion": c, "rank": i + 1} for i, c in enumerate(ids(assignment))]
+    response = labeller_client.post(
+        f"/api/assignments/{assignment.pk}/ranking/?next=1",
+        {"items": items, "time_spent_ms": 10},
+        format="json",
+    )
+    assert response.status_code == 201
+    nxt = response.json()["next"]
+    assert nxt["reason"] is None
+    assert nxt["assignment"]["task"] != assignment.task_id
+    assert len(nxt["assignment"]["completions"]) == 4
+
+
+def test_submit_with_next_says_why_there_is_none(campaign, labeller_client, assignment, admin_user):
+    services.guideline_publish(campaign=campaign, text="v2", created_by=admin_user)
+    items = [{"completion": c, "rank": i + 1} for i, c in enumerate(ids(assignment))]
+    response = labeller_client.post(
+        f"/api/assignments/{assignment.pk}/ranking/?next=1",
+        {"items": items, "time_spent_ms": 10},
+        format="json",
+    )
+    assert response.status_code == 201
+    assert response.json()["next"]["assignment"] is None
+    assert response.json()["next"]["reason"] == "guidelines_not_acknowledged"
