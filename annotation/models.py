@@ -169,6 +169,14 @@ class Completion(models.Model):
         max_length=200,
         help_text="Where the text came from: a model version label or a named source.",
     )
+    model_version = models.ForeignKey(
+        "training.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="completions",
+        help_text="The policy that generated this completion, when one did.",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -159,11 +159,25 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(LEASE_SWEEP_SECONDS),
         "options": {"queue": "default", "expires": float(LEASE_SWEEP_SECONDS)},
     },
+    "fail-stale-training-jobs": {
+        "task": "training.maintenance.fail_stale_jobs",
+        "schedule": 60.0,
+        "options": {"queue": "default", "expires": 60.0},
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
-# --- Model store ------------------------------------------------------------------------------
+# --- Training ---------------------------------------------------------------------------------
 MODEL_STORE_DIR = Path(os.environ.get("MODEL_STORE_DIR", VAR_DIR / "models"))
+# The model a reward model or the first policy starts from when the admin names none: the
+# tiny local model built by `manage.py build_tiny_model` (any HF id or directory works).
+DEFAULT_BASE_MODEL = os.environ.get("DEFAULT_BASE_MODEL", str(MODEL_STORE_DIR / "tiny-base"))
+TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 30)
+# A running job with no heartbeat for this long is marked failed (its worker died).
+TRAINING_HEARTBEAT_TIMEOUT_SECONDS = env_int("TRAINING_HEARTBEAT_TIMEOUT_SECONDS", 300)
+# A job whose worker died is re-run from scratch when Celery redelivers it, this many times.
+TRAINING_MAX_ATTEMPTS = env_int("TRAINING_MAX_ATTEMPTS", 2)
+TRAINING_JOB_TIME_LIMIT_SECONDS = env_int("TRAINING_JOB_TIME_LIMIT_SECONDS", 12 * 60 * 60)
 
 LOGGING = {
     "version": 1,

@@ -3,36 +3,43 @@ from __future__ import annotations
 import os
 
 import pytest
-from rest_framework.test import APIClient
-
-from annotation import services
-from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
 def admin_user(db):
+    from tests.factories import AdminFactory
+
     return AdminFactory(username="admin")
+
+
+def _user(username):
+    from tests.factories import UserFactory
+
+    return UserFactory(username=username)
 
 
 @pytest.fixture
 def labeller(db):
-    return UserFactory(username="alice")
+    return _user("alice")
 
 
 @pytest.fixture
 def other_labeller(db):
-    return UserFactory(username="bob")
+    return _user("bob")
 
 
 @pytest.fixture
 def outsider(db):
     """A labeller who is a member of no campaign in the test."""
-    return UserFactory(username="mallory")
+    return _user("mallory")
 
 
-def client_for(user) -> APIClient:
+def client_for(user):
+    """An API client authenticated as ``user`` (anonymous for None)."""
+    from rest_framework.test import APIClient
+
     client = APIClient()
     if user is not None:
         client.force_authenticate(user=user)
@@ -41,7 +48,7 @@ def client_for(user) -> APIClient:
 
 @pytest.fixture
 def api_client():
-    return APIClient()
+    return client_for(None)
 
 
 @pytest.fixture
@@ -67,6 +74,9 @@ def outsider_client(outsider):
 @pytest.fixture
 def campaign(db, labeller, other_labeller, admin_user):
     """An active campaign (N=4, k=2) with 5 tasks, two members and acknowledged guidelines."""
+    from annotation import services
+    from tests.factories import CampaignFactory, make_tasks
+
     campaign = CampaignFactory(overlap=2, created_by=admin_user)
     services.campaign_add_members(campaign=campaign, users=[labeller, other_labeller])
     guideline = services.guideline_publish(

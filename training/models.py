@@ -1,1 +1,163 @@
-"""Training records (jobs, model versions, rounds) arrive with the reward-model issue."""
+"""Training records: jobs, their metrics, the model versions they produce, and RLHF rounds.
+
+A ModelVersion row exists only for a complete model directory: the ML code writes to a
+temporary directory and renames it into the model store, and the row is created after that.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ModelVersion(models.Model):
+    class Kind(models.TextChoices):
+        BASE = "base", "Base / SFT policy"
+        REWARD = "reward", "Reward model"
+        POLICY = "policy", "Policy"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=200)
+    path = models.CharField(
+        max_length=1000,
+        help_text="What from_pretrained() loads: a directory in the model store, any local "
+        "directory, or a Hugging Face model id.",
+    )
+    base = models.CharField(
+        max_length=1000, blank=True, help_text="The model this one was initialised from."
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    created_by_job = models.ForeignKey(
+        "TrainingJob",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    metrics = models.JSONField(default=dict, blank=True)
+    reward_offset = models.FloatField(null=True, blank=True)
+    reward_scale = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["base", "reward", "policy"]), name="model_version_kind"
+            ),
+            models.CheckConstraint(
+                condition=Q(reward_scale__isnull=True) | Q(reward_scale__gt=0),
+                name="model_version_reward_scale_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.name}"
+
+
+class TrainingJob(models.Model):
+    class Kind(models.TextChoices):
+        REWARD_MODEL = "reward_model", "Train reward model"
+        PPO = "ppo", "PPO round"
+        DPO = "dpo", "DPO"
+        GENERATE = "generate", "Generate completions"
+        ROUND = "round", "Whole round"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    params = models.JSONField(default=dict, blank=True)
+    campaign = models.ForeignKey(
+        "annotation.Campaign",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="training_jobs",
+    )
+    base_model = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The model version the job starts from.",
+    )
+    result_version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The model version the job produced.",
+    )
+    progress_step = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    summary = models.JSONField(default=dict, blank=True, help_text="Final metrics and counts.")
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    celery_task_id = models.CharField(max_length=255, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    device = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "succeeded", "failed", "cancelled"]),
+                name="training_job_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["reward_model", "ppo", "dpo", "generate", "round"]),
+                name="training_job_kind_valid",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="succeeded")
+                | Q(result_version__isnull=False)
+                | Q(kind__in=["generate", "round"]),
+                name="training_job_success_has_result",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="training_job_by_status")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class JobMetric(models.Model):
+    """One step's metrics of a job: the time series charts are drawn from."""
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="metric_rows")
+    step = models.PositiveIntegerField()
+    values = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "step", "id"]
+        indexes = [models.Index(fields=["job", "step"], name="job_metric_by_step")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} step {self.step}"

@@ -1,10 +1,38 @@
-"""Celery tasks of the training app; routed to the ``gpu`` queue (see config/celery.py)."""
+"""Celery tasks of the training app: thin callers of ``training.services``.
+
+``training.tasks.*`` is routed to the ``gpu`` queue (config/celery.py); the maintenance sweep
+is named outside that pattern so it runs on ``default``.
+"""
 
 from __future__ import annotations
 
 import socket
 
 from celery import shared_task
+from django.conf import settings
+
+from training import (
+    runners,  # noqa: F401 - registers the job runners
+    services,
+)
+
+
+@shared_task(
+    name="training.tasks.run_training_job",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    time_limit=settings.TRAINING_JOB_TIME_LIMIT_SECONDS + 300,
+    soft_time_limit=settings.TRAINING_JOB_TIME_LIMIT_SECONDS,
+)
+def run_training_job(self, job_id: int) -> str:
+    job = services.training_job_run(job_id=job_id, worker=self.request.hostname)
+    return job.status
+
+
+@shared_task(name="training.maintenance.fail_stale_jobs", ignore_result=True)
+def fail_stale_jobs() -> int:
+    return services.training_jobs_fail_stale()
 
 
 @shared_task(name="training.tasks.worker_info")

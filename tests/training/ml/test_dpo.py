@@ -1,0 +1,112 @@
+"""DPO: the loss against hand-computed values, then one real step on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from training.ml.dpo import (
+    DPOConfig,
+    dpo_loss,
+    encode_pairs,
+    pair_logprobs,
+    run_dpo,
+)
+from training.ml.policy import TrainingCancelled, load_causal_lm, load_tokenizer
+
+
+def test_dpo_loss_matches_hand_computation():
+    # Pair 0, beta = 0.1: chosen log-ratio -1 - (-1.5) = 0.5, rejected -2 - (-1.5) = -0.5
+    #   logit = 0.1 * (0.5 - (-0.5)) = 0.1;  loss = -log sigmoid(0.1) = log(1 + e^-0.1) = 0.644397
+    # Pair 1: chosen log-ratio -3 - (-2) = -1, rejected -1 - (-2) = 1
+    #   logit = 0.1 * (-1 - 1) = -0.2;       loss = log(1 + e^0.2) = 0.798139
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        torch.tensor([-1.0, -3.0]),
+        torch.tensor([-2.0, -1.0]),
+        torch.tensor([-1.5, -2.0]),
+        torch.tensor([-1.5, -2.0]),
+        beta=0.1,
+    )
+    torch.testing.assert_close(
+        losses, torch.tensor([math.log1p(math.exp(-0.1)), math.log1p(math.exp(0.2))])
+    )
+    torch.testing.assert_close(chosen_rewards, torch.tensor([0.05, -0.1]))
+    torch.testing.assert_close(rejected_rewards, torch.tensor([-0.05, 0.1]))
+
+
+def test_dpo_loss_is_log_2_when_policy_equals_reference():
+    logps = torch.tensor([-4.0, -7.0])
+    losses, _, _ = dpo_loss(logps, logps + 1, logps, logps + 1, beta=0.5)
+    torch.testing.assert_close(losses, torch.full((2,), math.log(2)))
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: object
+    chosen: str
+    rejected: str
+    tie: bool = False
+
+
+PAIRS = [
+    Pair("Why does bread go stale?", " The starch lines up and squeezes out water.", " Cheese."),
+    Pair([{"role": "user", "content": "Why do we yawn?"}], "Nobody is sure.", "Bread."),
+    Pair("Hello", "a", "b", tie=True),
+]
+
+
+def _loss_on(model_dir, reference_dir, pairs, beta):
+    tokenizer = load_tokenizer(model_dir)
+    encoded, _ = encode_pairs(tokenizer, pairs, DPOConfig())
+    device = torch.device("cpu")
+    with torch.no_grad():
+        pc, pr = pair_logprobs(
+            load_causal_lm(model_dir), encoded, pad_token_id=tokenizer.pad_token_id, device=device
+        )
+        rc, rr = pair_logprobs(
+            load_causal_lm(reference_dir),
+            encoded,
+            pad_token_id=tokenizer.pad_token_id,
+            device=device,
+        )
+    return float(dpo_loss(pc, pr, rc, rr, beta)[0].mean())
+
+
+def test_one_dpo_step_lowers_the_loss_on_the_training_pairs(tiny_model_dir, tmp_path):
+    config = DPOConfig(beta=0.5, learning_rate=1e-3, batch_size=2, device="cpu")
+    progress = []
+
+    result = run_dpo(
+        policy_dir=tiny_model_dir,
+        reference_dir=tiny_model_dir,
+        pairs=PAIRS,
+        output_dir=tmp_path / "policy",
+        config=config,
+        on_progress=lambda *args: progress.append(args),
+    )
+
+    assert result.steps == 1 and result.counts == {"pairs": 2, "ties_skipped": 1, "truncated": 0}
+    (step, total, metrics) = progress[0]
+    assert (step, total) == (1, 1)
+    assert metrics["dpo/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    assert json.loads((tmp_path / "policy" / "dpo_run.json").read_text())["steps"] == 1
+    after = _loss_on(tmp_path / "policy", tiny_model_dir, PAIRS[:2], beta=0.5)
+    assert after < math.log(2) - 1e-3
+
+
+def test_cancelled_dpo_leaves_no_directory(tiny_model_dir, tmp_path):
+    with pytest.raises(TrainingCancelled):
+        run_dpo(
+            policy_dir=tiny_model_dir,
+            reference_dir=None,
+            pairs=PAIRS,
+            output_dir=tmp_path / "policy",
+            config=DPOConfig(device="cpu"),
+            should_stop=lambda: True,
+        )
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,84 @@
+"""Training API: admins create, follow and cancel jobs and read model versions."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from annotation.api.views import _int, _paginated, _valid
+from annotation.errors import InvalidInput, NotFound
+from training import selectors, services
+from training.api import serializers as s
+
+
+class TrainingJobViewSet(viewsets.ViewSet):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses=s.TrainingJobSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        return _paginated(request, self, selectors.training_job_list(), s.TrainingJobSerializer)
+
+    @extend_schema(responses=s.TrainingJobSerializer)
+    def retrieve(self, request: Request, pk=None) -> Response:
+        job = selectors.training_job_get(job_id=_int(pk, "id"))
+        return Response(s.TrainingJobSerializer(job).data)
+
+    @extend_schema(request=s.TrainingJobCreateSerializer, responses={201: s.TrainingJobSerializer})
+    def create(self, request: Request) -> Response:
+        data = _valid(s.TrainingJobCreateSerializer, request)
+        job = services.training_job_create_from_form(created_by=request.user, **data)
+        return Response(s.TrainingJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=s.JobMetricSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def metrics(self, request: Request, pk=None) -> Response:
+        """The job's metrics per step; ``?after=<step>`` returns only newer ones (polling)."""
+        job = selectors.training_job_get(job_id=_int(pk, "id"))
+        after = request.query_params.get("after")
+        rows = selectors.job_metrics(job=job, after_step=int(after) if after else None)
+        return Response(s.JobMetricSerializer(rows, many=True).data)
+
+    @extend_schema(request=None, responses=s.TrainingJobSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk=None) -> Response:
+        job = selectors.training_job_get(job_id=_int(pk, "id"))
+        return Response(s.TrainingJobSerializer(services.training_job_cancel(job=job)).data)
+
+    @extend_schema(request=None, responses={201: s.TrainingJobSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk=None) -> Response:
+        job = selectors.training_job_get(job_id=_int(pk, "id"))
+        new = services.training_job_retry(job=job, created_by=request.user)
+        return Response(s.TrainingJobSerializer(new).data, status=status.HTTP_201_CREATED)
+
+
+class ModelVersionViewSet(viewsets.ViewSet):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses=s.ModelVersionSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        versions = selectors.model_version_list(kind=request.query_params.get("kind"))
+        return _paginated(request, self, versions, s.ModelVersionSerializer)
+
+    @extend_schema(responses=s.ModelVersionSerializer)
+    def retrieve(self, request: Request, pk=None) -> Response:
+        version = selectors.model_version_list().filter(pk=_int(pk, "id")).first()
+        if version is None:
+            raise NotFound("model version not found")
+        return Response(s.ModelVersionSerializer(version).data)
+
+    @extend_schema(
+        request=s.ModelVersionRegisterSerializer,
+        responses={201: s.ModelVersionSerializer, 400: OpenApiResponse()},
+    )
+    def create(self, request: Request) -> Response:
+        """Register an existing model (directory or hub id) as a base or policy version."""
+        data = _valid(s.ModelVersionRegisterSerializer, request)
+        if data["kind"] == "reward":
+            raise InvalidInput("reward models are registered by their training job", field="kind")
+        version = services.model_version_register(**data)
+        return Response(s.ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)

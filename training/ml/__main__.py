@@ -1,0 +1,177 @@
+"""Command line for the ML code: ``python -m training.ml <command> ...``.
+
+Commands:
+    build-tiny     build (or reuse) the tiny local model, optionally pretrained on local docs
+    train-reward   train a reward model from a JSONL file of preference pairs
+
+To add a command: write ``_add_<name>(subparsers)`` that registers a parser with
+``set_defaults(run=<function taking the parsed args, returning an exit code>)`` and append it to
+``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _printer(every: int) -> Callable[[int, int, dict[str, float]], None]:
+    def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
+        if step % every == 0 or step == total:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+            print(f"[{step}/{total}] {shown}", flush=True)
+
+    return on_progress
+
+
+# ---- build-tiny ------------------------------------------------------------------------------
+
+
+def _run_build_tiny(args: argparse.Namespace) -> int:
+    from training.ml.tiny import build_tiny_model, collect_pretrain_files
+
+    pretrain_files = collect_pretrain_files(args.pretrain_dir) if args.pretrain_dir else None
+    if args.pretrain_dir and not pretrain_files:
+        print(f"no .html or .txt files under {args.pretrain_dir}", file=sys.stderr)
+        return 2
+    if args.pretrain_steps and not pretrain_files:
+        print("--pretrain-steps needs --pretrain-dir", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    out = build_tiny_model(
+        args.out,
+        seed=args.seed,
+        corpus_files=args.corpus_file,
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        pretrain_files=pretrain_files,
+        pretrain_steps=args.pretrain_steps if pretrain_files else 0,
+        on_progress=_printer(every=50),
+    )
+    print(f"tiny model ready in {out} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def _add_build_tiny(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("build-tiny", help="build the tiny local model (no hub needed)")
+    p.add_argument("--out", type=Path, required=True, help="model directory to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=2048, help="upper bound of the BPE vocab")
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument(
+        "--corpus-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra .txt/.html file for the tokenizer (repeatable)",
+    )
+    p.add_argument(
+        "--pretrain-dir",
+        type=Path,
+        help="directory of .html (preferred) or .txt files, e.g. /usr/share/doc/python3/html",
+    )
+    p.add_argument("--pretrain-steps", type=int, default=0, help="causal-LM steps (0: none)")
+    p.set_defaults(run=_run_build_tiny)
+
+
+# ---- train-reward ----------------------------------------------------------------------------
+
+
+def _read_pairs(path: Path):
+    from training.ml.data import PreferencePair
+
+    pairs = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            prompt = row["prompt"]
+            default_id = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+            pairs.append(
+                PreferencePair(
+                    prompt=prompt,
+                    chosen=row["chosen"],
+                    rejected=row["rejected"],
+                    prompt_id=row.get("prompt_id", default_id),
+                    weight=float(row.get("weight", 1.0)),
+                    tie=bool(row.get("tie", False)),
+                    round=int(row.get("round", 0)),
+                )
+            )
+            if not isinstance(pairs[-1].chosen, str):
+                raise ValueError(f"{path}:{line_no}: chosen must be a string")
+    return pairs
+
+
+def _run_train_reward(args: argparse.Namespace) -> int:
+    from training.ml.config import RewardModelConfig
+    from training.ml.reward_model import train_reward_model
+
+    overrides = {
+        "num_epochs": args.epochs,
+        "learning_rate": args.lr,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "eval_fraction": args.eval_fraction,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    config = RewardModelConfig(**{k: v for k, v in overrides.items() if v is not None})
+    result = train_reward_model(
+        _read_pairs(args.pairs),
+        base_model=args.base,
+        output_dir=args.out,
+        config=config,
+        on_progress=_printer(every=10),
+    )
+    print(
+        json.dumps(
+            {"metrics": result.metrics, "counts": result.counts, "notes": result.notes}, indent=2
+        )
+    )
+    return 0
+
+
+def _add_train_reward(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-reward",
+        help="train a reward model on JSONL pairs",
+        description="Each JSONL line: prompt (text or chat messages), chosen, rejected; optional "
+        "prompt_id, weight, tie, round. Unset options keep the RewardModelConfig defaults.",
+    )
+    p.add_argument("--pairs", type=Path, required=True)
+    p.add_argument("--base", required=True, help="base model directory or hub id")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--eval-fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.set_defaults(run=_run_train_reward)
+
+
+COMMANDS = [_add_build_tiny, _add_train_reward]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.ml", description=__doc__.split("\n")[0]
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""Shared policy plumbing: loading causal LMs with dropout off, batching query+response token ids,
+and per-token log-probs / entropies of the response tokens.
+
+Conventions used by ``generation``, ``ppo`` and ``dpo``:
+
+* A batch is ``[left-padded queries | right-padded responses]``: every query ends at column
+  ``context_length - 1`` and every response starts at column ``context_length``. Responses end at
+  their first EOS (included); anything after is padding.
+* Position ids come from the attention mask (``cumsum - 1``, pads at 0), exactly as
+  ``model.generate`` computes them for left-padded prompts, so a padded row gets the same
+  log-probs as the row alone.
+* Log-probs use ``logits / temperature``: the distribution the tokens were sampled from
+  ("The N Implementation Details of RLHF with PPO", Huang et al.).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from training.ml.device import quiet_transformers
+
+# The one cancellation exception of training.ml, re-exported for callers of the policy code.
+from training.ml.reward_model import TrainingCancelled as TrainingCancelled
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | Sequence[dict]
+"""A prompt: raw text, or chat messages (``[{"role": "user", "content": ...}, ...]``)."""
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set p=0 on every ``nn.Dropout`` and put the model in eval mode (gradients still flow).
+
+    Eval mode alone switches off the attention dropout that HF models pass to SDPA as a float
+    (``dropout_p=... if self.training else 0``); the saved config is left untouched. The training
+    loops here never call ``.train()``.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.eval()
+    return model
+
+
+def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
+    """Load the tokenizer with left padding; fall back to PAD = EOS (with a warning) if none.
+
+    Nothing here infers masks from token values, so PAD = EOS is safe for this code, but a reward
+    model that finds its last token by ``pad_token_id`` needs PAD distinct from EOS.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        logger.warning("%s has no PAD token; using EOS as PAD", model_dir)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    model_dir: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    trainable: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> torch.nn.Module:
+    """Load a causal LM (policy or reference) with dropout off, in eval mode, on ``device``.
+
+    ``trainable=False`` freezes every parameter (a reference model). Weights default to fp32;
+    on CUDA the callers run forwards under bf16 autocast (see ``training.ml.device``).
+    """
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    disable_dropout(model)
+    model.requires_grad_(trainable)
+    return model.to(device)
+
+
+def provenance() -> dict[str, str | None]:
+    """What a checkpoint records about the code that made it: git commit and library versions."""
+    import transformers
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return {
+        "git_sha": sha or None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+# --- tokenising ---------------------------------------------------------------------------------
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
+    """Token ids of a prompt: chat messages go through the chat template with the generation
+    prompt appended; a plain string is tokenised as is (special tokens such as BOS added)."""
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt)["input_ids"])
+    ids = tokenizer.apply_chat_template(
+        list(prompt), add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
+    """The prompt as text: itself, or chat messages rendered through the chat template."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+
+
+def encode_response(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a completion's text followed by EOS (no BOS): what the policy should emit."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [*ids, tokenizer.eos_token_id]
+
+
+# --- batching -----------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryResponseBatch:
+    """``[left-padded queries | right-padded responses]`` as tensors (see the module docstring)."""
+
+    input_ids: torch.Tensor
+    """(B, C + R) token ids; padding positions hold ``pad_token_id``"""
+    attention_mask: torch.Tensor
+    """(B, C + R) 1 on real query and response tokens, 0 on padding"""
+    response_mask: torch.Tensor
+    """(B, R) 1 on real response tokens (up to and including the first EOS)"""
+    context_length: int
+    """C: the column where every response starts"""
+
+    @property
+    def responses(self) -> torch.Tensor:
+        """(B, R) the response columns of ``input_ids``."""
+        return self.input_ids[:, self.context_length :]
+
+    def to(self, device: torch.device | str) -> QueryResponseBatch:
+        return QueryResponseBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.response_mask.to(device),
+            self.context_length,
+        )
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> QueryResponseBatch:
+        """The rows in ``index`` (columns unchanged)."""
+        return QueryResponseBatch(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.response_mask[index],
+            self.context_length,
+        )
+
+
+def build_query_response_batch(
+    queries: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    context_length: int | None = None,
+    response_length: int | None = None,
+) -> QueryResponseBatch:
+    """Left-pad ``queries`` to ``context_length`` (default: the longest) and right-pad
+    ``responses`` to ``response_length`` (default: the longest, at least 1)."""
+    if len(queries) != len(responses):
+        raise ValueError("queries and responses must have the same length")
+    context = max(len(q) for q in queries) if context_length is None else context_length
+    longest = max((len(r) for r in responses), default=0)
+    width = max(longest, 1) if response_length is None else response_length
+    batch = len(queries)
+    input_ids = torch.full((batch, context + width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, context + width), dtype=torch.long)
+    for row, (query, response) in enumerate(zip(queries, responses, strict=True)):
+        if len(query) > context or len(response) > width:
+            raise ValueError("a query or response is longer than the batch allows")
+        if query:
+            input_ids[row, context - len(query) : context] = torch.tensor(list(query))
+            attention_mask[row, context - len(query) : context] = 1
+        if response:
+            input_ids[row, context : context + len(response)] = torch.tensor(list(response))
+            attention_mask[row, context : context + len(response)] = 1
+    return QueryResponseBatch(
+        input_ids, attention_mask, attention_mask[:, context:].clone(), context
+    )
+
+
+def position_ids_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (``cumsum - 1``); padding positions get 0."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+# --- log-probs and entropy ----------------------------------------------------------------------
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of ``softmax(logits)`` over the last dimension, computed in fp32:
+    ``H = logsumexp(z) - sum(softmax(z) * z)``."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - (F.softmax(logits, dim=-1) * logits).sum(dim=-1)
+
+
+def response_logits(
+    model: torch.nn.Module, batch: QueryResponseBatch, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """(B, R, V) fp32 logits / temperature predicting each response token.
+
+    The logit at column ``t`` predicts token ``t + 1``, so the response tokens (columns
+    ``C .. C+R-1``) are predicted by columns ``C-1 .. C+R-2``.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 to compute log-probs")
+    output = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids_from_attention_mask(batch.attention_mask),
+        use_cache=False,
+    )
+    logits = output.logits[:, batch.context_length - 1 : -1].float()
+    return logits / temperature
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] for each position: (B, R, V), (B, R) -> (B, R)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def response_logprobs(
+    model: torch.nn.Module,
+    batch: QueryResponseBatch,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs of the response tokens (and optionally entropies), both (B, R) fp32.
+
+    Padding positions are set to 0 (multiply by ``batch.response_mask`` before summing anyway).
+    """
+    logits = response_logits(model, batch, temperature=temperature)
+    mask = batch.response_mask.to(logits.dtype)
+    logprobs = logprobs_from_logits(logits, batch.responses) * mask
+    entropy = entropy_from_logits(logits) * mask if with_entropy else None
+    return logprobs, entropy
+
+
+def sequence_logprobs(
+    model: torch.nn.Module, batch: QueryResponseBatch, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """(B,) sum of the response tokens' log-probs: log π(response | query)."""
+    logprobs, _ = response_logprobs(model, batch, temperature=temperature)
+    return logprobs.sum(dim=-1)
