@@ -45,6 +45,14 @@ class Campaign(models.Model):
     round_number = models.PositiveIntegerField(
         default=0, help_text="Iterated RLHF round this campaign collects labels for."
     )
+    current_guideline = models.ForeignKey(
+        "Guideline",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The latest published guideline version (kept by guideline_publish).",
+    )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="campaigns", blank=True
     )
@@ -85,6 +93,14 @@ class Membership(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
     added_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_guideline = models.ForeignKey(
+        "Guideline",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The newest guideline version this labeller acknowledged in this campaign.",
+    )
 
     class Meta:
         constraints = [
@@ -272,6 +288,14 @@ class Assignment(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ASSIGNED)
     display_order = models.JSONField(
         help_text="Completion ids in the shuffled order this labeller sees them."
+    )
+    guideline = models.ForeignKey(
+        "Guideline",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The guideline version the labeller had acknowledged when given the task.",
     )
     assigned_at = models.DateTimeField()
     lease_expires_at = models.DateTimeField()

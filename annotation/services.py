@@ -12,6 +12,7 @@ Order: membership, then assignment, then task. Nothing locks a task before an as
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,14 +20,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Value
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.db.models import Exists, F, OuterRef, Subquery, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from annotation import importing
-from annotation.errors import Busy, Conflict, InvalidInput, PermissionDenied
+from annotation.errors import Busy, Conflict, InvalidInput, NotFound, PermissionDenied
 from annotation.models import (
     MAX_COMPLETIONS,
     MIN_COMPLETIONS,
@@ -161,6 +165,43 @@ def campaign_remove_member(*, campaign: Campaign, user: User) -> None:
     campaign.memberships.filter(user=user).delete()
 
 
+INVITE_PASSWORD_BYTES = 12  # token_urlsafe(12): 16 characters, 96 bits
+
+
+@transaction.atomic
+def labeller_invite(*, campaign: Campaign, username: str, email: str = "") -> tuple[User, str]:
+    """Create a labeller account with a random one-time password and add it to the campaign.
+
+    Returns ``(user, password)``; the password is stored only as its hash, so the caller shows
+    it once and it cannot be read back. The labeller logs in with it and changes it
+    (``/accounts/password_change/``). Refuses an invalid or taken username and an invalid email.
+    """
+    user_model = get_user_model()
+    username = (username or "").strip()
+    email = (email or "").strip()
+    if not username:
+        raise InvalidInput("a username is required", field="username")
+    try:
+        user_model.username_validator(username)
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), field="username") from None
+    if len(username) > user_model._meta.get_field("username").max_length:
+        raise InvalidInput("is too long", field="username")
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise InvalidInput("is not a valid email address", field="email") from None
+    if campaign.status == Campaign.Status.CLOSED:
+        raise Conflict("cannot add labellers to a closed campaign", field="campaign")
+    if user_model.objects.filter(username__iexact=username).exists():
+        raise Conflict(f"the username {username!r} is taken", field="username")
+    password = secrets.token_urlsafe(INVITE_PASSWORD_BYTES)
+    user = user_model.objects.create_user(username=username, email=email, password=password)
+    Membership.objects.create(campaign=campaign, user=user)
+    return user, password
+
+
 # --- Guidelines ---------------------------------------------------------------------------------
 
 
@@ -171,15 +212,23 @@ def guideline_publish(*, campaign: Campaign, text: str, created_by: User | None)
         raise InvalidInput("the guidelines are empty", field="text")
     campaign = Campaign.objects.select_for_update(no_key=True).get(pk=campaign.pk)
     latest = campaign.guidelines.order_by("-version").values_list("version", flat=True).first()
-    return Guideline.objects.create(
+    guideline = Guideline.objects.create(
         campaign=campaign, version=(latest or 0) + 1, text=text, created_by=created_by
     )
+    campaign.current_guideline = guideline
+    campaign.save(update_fields=["current_guideline", "updated_at"])
+    return guideline
 
 
+@transaction.atomic
 def guideline_acknowledge(*, user: User, guideline: Guideline) -> GuidelineAcknowledgement:
+    """Record that the user read this version; their membership points at the newest one."""
     acknowledgement, _ = GuidelineAcknowledgement.objects.get_or_create(
         guideline=guideline, user=user
     )
+    Membership.objects.filter(campaign_id=guideline.campaign_id, user=user).exclude(
+        acknowledged_guideline__version__gte=guideline.version
+    ).update(acknowledged_guideline=guideline)
     return acknowledgement
 
 
@@ -281,29 +330,28 @@ def tasks_create(
 def _require_member(*, campaign: Campaign, labeller: User) -> Membership:
     """Lock and return the labeller's membership row (serialises their assignment requests)."""
     membership = (
-        Membership.objects.select_for_update().filter(campaign=campaign, user=labeller).first()
+        Membership.objects.select_for_update(of=("self",))
+        .select_related("campaign")
+        .filter(campaign=campaign, user=labeller)
+        .first()
     )
     if membership is None:
         raise PermissionDenied("you are not a member of this campaign", code="not_a_member")
     return membership
 
 
-def acknowledged_guideline(*, campaign: Campaign, labeller: User) -> Guideline | None:
-    """The campaign's current guideline if the labeller acknowledged it.
-
-    Raises ``PermissionDenied`` (code ``guidelines_not_acknowledged``) when the current version
-    is not acknowledged; returns None when the campaign has no guidelines at all.
-    """
-    current = campaign.guidelines.order_by("-version").first()
-    if current is None:
-        return None
-    if not current.acknowledgements.filter(user=labeller).exists():
-        raise PermissionDenied(
-            f"acknowledge version {current.version} of the guidelines first",
-            code="guidelines_not_acknowledged",
-            extra={"guideline_version": current.version},
-        )
-    return current
+def _require_acknowledged(*, campaign: Campaign, membership: Membership) -> None:
+    """Raise ``PermissionDenied`` (code ``guidelines_not_acknowledged``) unless the member
+    acknowledged the campaign's current guidelines (a campaign without guidelines needs none)."""
+    current_id = campaign.current_guideline_id
+    if current_id is None or membership.acknowledged_guideline_id == current_id:
+        return
+    version = Guideline.objects.filter(pk=current_id).values_list("version", flat=True).first()
+    raise PermissionDenied(
+        f"acknowledge version {version} of the guidelines first",
+        code="guidelines_not_acknowledged",
+        extra={"guideline_version": version},
+    )
 
 
 @transaction.atomic
@@ -321,10 +369,11 @@ def task_assign_next(
     task is locked does the request wait).
     """
     now = now or timezone.now()
+    membership = _require_member(campaign=campaign, labeller=labeller)
+    campaign = membership.campaign  # read in the same query: current status and guidelines
     if campaign.status != Campaign.Status.ACTIVE:
         raise Conflict(f"the campaign is {campaign.status}", code=f"campaign_{campaign.status}")
-    _require_member(campaign=campaign, labeller=labeller)
-    acknowledged_guideline(campaign=campaign, labeller=labeller)
+    _require_acknowledged(campaign=campaign, membership=membership)
 
     held = (
         Assignment.objects.select_for_update()
@@ -336,14 +385,13 @@ def task_assign_next(
             return held
         _release(held, status=Assignment.Status.EXPIRED, now=now)
 
-    finished_by_me = Assignment.objects.filter(
-        task=OuterRef("pk"),
-        labeller=labeller,
-        status__in=[Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED],
-    )
+    mine = Assignment.objects.filter(task=OuterRef("pk"), labeller=labeller)
+    finished = [Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED]
     candidates = (
         Task.objects.filter(campaign=campaign, active_count__lt=F("target_overlap"))
-        .filter(~Exists(finished_by_me))
+        .filter(~Exists(mine.filter(status__in=finished)))
+        .annotate(expired_assignment_id=Subquery(mine.values("pk")[:1]))
+        .select_related("prompt")
         .order_by("-active_count", "id")
     )
     task = _lock_first_free(candidates)
@@ -356,20 +404,23 @@ def task_assign_next(
         .values_list("completion_id", flat=True)
     )
     random.SystemRandom().shuffle(completion_ids)
-    lease_until = now + timedelta(seconds=settings.ASSIGNMENT_LEASE_SECONDS)
-    assignment, _ = Assignment.objects.update_or_create(
-        task=task,
-        labeller=labeller,
-        defaults={
-            "campaign": campaign,
-            "status": Assignment.Status.ASSIGNED,
-            "display_order": completion_ids,
-            "assigned_at": now,
-            "lease_expires_at": lease_until,
-            "finished_at": None,
-            "skip_reason": "",
-        },
-    )
+    fields = {
+        "campaign": campaign,
+        "status": Assignment.Status.ASSIGNED,
+        "display_order": completion_ids,
+        "guideline_id": membership.acknowledged_guideline_id,
+        "assigned_at": now,
+        "lease_expires_at": now + timedelta(seconds=settings.ASSIGNMENT_LEASE_SECONDS),
+        "finished_at": None,
+        "skip_reason": "",
+    }
+    if task.expired_assignment_id is None:
+        assignment = Assignment.objects.create(task=task, labeller=labeller, **fields)
+    else:  # this labeller let an earlier lease on the task expire: reuse that row
+        assignment = Assignment(
+            pk=task.expired_assignment_id, task=task, labeller=labeller, **fields
+        )
+        assignment.save(update_fields=[name.removesuffix("_id") for name in fields])
     Task.objects.filter(pk=task.pk).update(active_count=F("active_count") + 1)
     return assignment
 
@@ -386,7 +437,7 @@ def _lock_first_free(candidates, *, patience_seconds: float = 10.0) -> Task | No
     deadline = time.monotonic() + patience_seconds
     pause = 0.002
     while True:
-        task = candidates.select_for_update(skip_locked=True).first()
+        task = candidates.select_for_update(skip_locked=True, of=("self",)).first()
         if task is not None or not candidates.exists():
             return task
         if time.monotonic() > deadline:
@@ -488,6 +539,8 @@ def normalise_items(
 class SubmitResult:
     ranking: Ranking
     created: bool
+    labels: dict[int, Label]
+    guideline_version: int | None
 
 
 def _stored_labels(ranking: Ranking) -> dict[int, Label]:
@@ -501,7 +554,7 @@ def _stored_labels(ranking: Ranking) -> dict[int, Label]:
 def ranking_submit(
     *,
     labeller: User,
-    assignment: Assignment,
+    assignment: Assignment | int,
     items: Any,
     time_spent_ms: int,
     comment: str = "",
@@ -514,14 +567,20 @@ def ranking_submit(
     free (or was never taken by someone else); otherwise the late ranking is refused, so the
     overlap rule holds.
 
+    ``assignment`` may be the row or its id; anyone else's assignment raises ``NotFound``.
+
     Locks: the assignment row, then its task row.
     """
     now = now or timezone.now()
+    assignment_id = assignment if isinstance(assignment, int) else assignment.pk
     assignment = (
         Assignment.objects.select_for_update(of=("self",))
-        .select_related("campaign")
-        .get(pk=assignment.pk, labeller=labeller)
+        .select_related("campaign", "guideline")
+        .filter(pk=assignment_id, labeller=labeller)
+        .first()
     )
+    if assignment is None:
+        raise NotFound("assignment not found")
     campaign = assignment.campaign
     completion_ids = list(assignment.display_order)
     labels = normalise_items(items, completion_ids=completion_ids, campaign=campaign)
@@ -536,9 +595,13 @@ def ranking_submit(
 
     status = assignment.status
     if status == Assignment.Status.SUBMITTED:
-        existing = Ranking.objects.get(assignment=assignment)
-        if _stored_labels(existing) == labels:
-            return SubmitResult(ranking=existing, created=False)
+        existing = Ranking.objects.select_related("guideline").get(assignment=assignment)
+        stored = _stored_labels(existing)
+        if stored == labels:
+            version = existing.guideline.version if existing.guideline_id else None
+            return SubmitResult(
+                ranking=existing, created=False, labels=stored, guideline_version=version
+            )
         raise Conflict(
             "this task is already ranked with a different ranking",
             code="already_submitted",
@@ -558,20 +621,17 @@ def ranking_submit(
                 code="lease_expired",
             )
         task.active_count += 1  # take the free slot back
-    guideline = _guideline_for_ranking(campaign=campaign, labeller=labeller)
-    try:
-        with transaction.atomic():
-            ranking = Ranking.objects.create(
-                assignment=assignment,
-                task=task,
-                campaign=campaign,
-                labeller=labeller,
-                guideline=guideline,
-                time_spent_ms=time_spent_ms,
-                comment=comment or "",
-            )
-    except IntegrityError as exc:  # pragma: no cover - guarded by the assignment lock
-        raise Conflict("this task is already ranked", code="already_submitted") from exc
+    # The assignment lock makes a second ranking for it impossible here; the unique
+    # constraint (task, labeller) would refuse one anyway.
+    ranking = Ranking.objects.create(
+        assignment=assignment,
+        task=task,
+        campaign=campaign,
+        labeller=labeller,
+        guideline=assignment.guideline,
+        time_spent_ms=time_spent_ms,
+        comment=comment or "",
+    )
     RankingItem.objects.bulk_create(
         [
             RankingItem(
@@ -588,15 +648,11 @@ def ranking_submit(
     assignment.status = Assignment.Status.SUBMITTED
     assignment.finished_at = now
     assignment.save(update_fields=["status", "finished_at"])
-    return SubmitResult(ranking=ranking, created=True)
-
-
-def _guideline_for_ranking(*, campaign: Campaign, labeller: User) -> Guideline | None:
-    """The latest guideline version of the campaign that this labeller acknowledged."""
-    return (
-        Guideline.objects.filter(campaign=campaign, acknowledgements__user=labeller)
-        .order_by("-version")
-        .first()
+    return SubmitResult(
+        ranking=ranking,
+        created=True,
+        labels=labels,
+        guideline_version=assignment.guideline.version if assignment.guideline_id else None,
     )
 
 

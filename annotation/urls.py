@@ -6,4 +6,7 @@ app_name = "annotation"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("campaigns/<int:campaign_id>/guidelines/", views.guidelines, name="guidelines"),
+    path("campaigns/<int:campaign_id>/label/", views.label, name="label"),
+    path("assignments/<int:assignment_id>/", views.assignment, name="assignment"),
 ]

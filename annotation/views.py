@@ -1,15 +1,57 @@
-"""Browser pages for labellers. Data comes from the same selectors as the API."""
+"""Browser pages for labellers. Data comes from the same selectors and services as the API.
+
+The task page is a shell plus one JavaScript module (static/annotation/label.js) that talks to
+the API; the page views only decide which page to show: the guidelines gate, the task, or a
+plain message (nothing left, campaign paused, task already finished).
+"""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from urllib.parse import urlencode
 
-from annotation import selectors
+from django.contrib.auth.decorators import login_required
+from django.db.models import Avg, Count
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods
+
+from annotation import selectors, services
+from annotation.api.serializers import AssignmentSerializer
+from annotation.errors import Busy, Conflict, NotFound, PermissionDenied
+from annotation.models import Assignment, Campaign
+from annotation.rendering import render_markdown
+
+MAX_ID = 2**62  # larger path ids cannot exist (and overflow PostgreSQL's bigint)
+
+
+def _campaign_or_404(request: HttpRequest, campaign_id: int) -> Campaign:
+    if campaign_id > MAX_ID:
+        raise Http404("campaign not found")
+    try:
+        return selectors.campaign_get_for(user=request.user, campaign_id=campaign_id)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+
+
+def _gate(campaign: Campaign, next_url: str) -> HttpResponseRedirect:
+    url = reverse("annotation:guidelines", args=[campaign.pk])
+    return redirect(f"{url}?{urlencode({'next': next_url})}")
+
+
+def _message(request: HttpRequest, *, title: str, text: str, campaign=None, status: int = 200):
+    return render(
+        request,
+        "annotation/message.html",
+        {"title": title, "text": text, "campaign": campaign},
+        status=status,
+    )
 
 
 @login_required
+@require_GET
 def home(request: HttpRequest) -> HttpResponse:
     """The campaigns this user labels for, with their own progress."""
     rows = []
@@ -21,6 +63,134 @@ def home(request: HttpRequest) -> HttpResponse:
                 "campaign": campaign,
                 "progress": mine[0] if mine else None,
                 "guideline_version": guideline.version if guideline else None,
+                "needs_ack": not selectors.guideline_acknowledged(
+                    user=request.user, guideline=guideline
+                ),
             }
         )
     return render(request, "annotation/home.html", {"rows": rows})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def guidelines(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """The campaign's current guidelines, rendered; POST acknowledges the version shown."""
+    campaign = _campaign_or_404(request, campaign_id)
+    guideline = selectors.current_guideline(campaign=campaign)
+    label_url = reverse("annotation:label", args=[campaign.pk])
+    next_url = request.POST.get("next") or request.GET.get("next") or label_url
+    if not url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        next_url = label_url
+    changed = False
+    if request.method == "POST" and guideline is not None:
+        if request.POST.get("version") == str(guideline.version):
+            services.guideline_acknowledge(user=request.user, guideline=guideline)
+            return HttpResponseRedirect(next_url)
+        changed = True  # a new version was published while the labeller was reading
+    return render(
+        request,
+        "annotation/guidelines.html",
+        {
+            "campaign": campaign,
+            "guideline": guideline,
+            "html": render_markdown(guideline.text) if guideline else "",
+            "acknowledged": selectors.guideline_acknowledged(
+                user=request.user, guideline=guideline
+            ),
+            "changed": changed,
+            "next": next_url,
+        },
+    )
+
+
+@login_required
+@require_GET
+def label(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """Continue the labeller's open task in this campaign, or hand them a new one."""
+    campaign = _campaign_or_404(request, campaign_id)
+    here = reverse("annotation:label", args=[campaign.pk])
+    guideline = selectors.current_guideline(campaign=campaign)
+    if not selectors.guideline_acknowledged(user=request.user, guideline=guideline):
+        return _gate(campaign, here)
+    try:
+        assignment = services.task_assign_next(labeller=request.user, campaign=campaign)
+    except PermissionDenied as exc:
+        if exc.code == "guidelines_not_acknowledged":
+            return _gate(campaign, here)
+        return _message(
+            request, title="Not a labeller here", text=exc.message, campaign=campaign, status=403
+        )
+    except Busy as exc:
+        return _message(request, title="Busy", text=exc.message, campaign=campaign, status=503)
+    except Conflict as exc:
+        return _message(
+            request,
+            title="No tasks right now",
+            text=exc.message.capitalize() + ".",
+            campaign=campaign,
+        )
+    if assignment is None:
+        return _message(
+            request,
+            title="All done",
+            text="You have ranked every task available to you in this campaign. Thank you!",
+            campaign=campaign,
+        )
+    return redirect("annotation:assignment", assignment_id=assignment.pk)
+
+
+@login_required
+@require_GET
+def assignment(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    """The task page for one of the labeller's own assignments; 404 for anyone else's."""
+    if assignment_id > MAX_ID:
+        raise Http404("assignment not found")
+    try:
+        mine = selectors.assignment_get_for_labeller(
+            labeller=request.user, assignment_id=assignment_id
+        )
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+    campaign = mine.campaign
+    guideline = selectors.current_guideline(campaign=campaign)
+    if mine.status != Assignment.Status.ASSIGNED:
+        return _message(
+            request,
+            title=f"This task is {mine.get_status_display().lower()}",
+            text="It is no longer open for ranking. Continue with your next task.",
+            campaign=campaign,
+        )
+    if not selectors.guideline_acknowledged(user=request.user, guideline=guideline):
+        return _gate(campaign, request.path)
+    start_of_day = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    today = (
+        selectors.ranking_list_for(user=request.user, campaign_id=campaign.pk)
+        .filter(labeller=request.user, created_at__gte=start_of_day)
+        .aggregate(count=Count("id"), avg_ms=Avg("time_spent_ms"))
+    )
+    config = {
+        "assignment": AssignmentSerializer(mine).data,
+        "campaign": {"id": campaign.pk, "name": campaign.name},
+        "today": {"count": today["count"], "avg_ms": round(today["avg_ms"] or 0)},
+        "urls": {
+            "home": reverse("annotation:home"),
+            "label": reverse("annotation:label", args=[campaign.pk]),
+            "guidelines": reverse("annotation:guidelines", args=[campaign.pk]),
+            "assignment": reverse("annotation:assignment", args=[0]).replace("/0/", "/{id}/"),
+            "ranking": reverse("assignment-ranking", args=[0]).replace("/0/", "/{id}/"),
+            "skip": reverse("assignment-skip", args=[0]).replace("/0/", "/{id}/"),
+            "next_task": reverse("campaign-next-task", args=[campaign.pk]),
+        },
+    }
+    return render(
+        request,
+        "annotation/label.html",
+        {
+            "campaign": campaign,
+            "guideline": guideline,
+            "guideline_html": render_markdown(guideline.text) if guideline else "",
+            "config": config,
+        },
+    )

@@ -85,6 +85,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = ["config.login_limits.RateLimitedModelBackend"]
+# Failed logins for one username from one address before a lockout, and its length.
+LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60)
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -120,6 +124,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "CampaignStatusEnum": "annotation.models.Campaign.Status",
+        "AssignmentStatusEnum": "annotation.models.Assignment.Status",
+        "TrainingJobKindEnum": "training.models.TrainingJob.Kind",
+        "TrainingJobStatusEnum": "training.models.TrainingJob.Status",
+        "ModelVersionKindEnum": "training.models.ModelVersion.Kind",
+    },
 }
 
 # --- Annotation -------------------------------------------------------------------------------
@@ -130,6 +141,18 @@ LEASE_SWEEP_SECONDS = env_int("LEASE_SWEEP_SECONDS", 60)
 # Import limits: a file larger than this is refused before parsing.
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024)
 IMPORT_MAX_TEXT_CHARS = env_int("IMPORT_MAX_TEXT_CHARS", 50_000)
+
+# --- Cache (login limits; shared between web processes when Redis is there) ---------------------
+if os.environ.get("REDIS_URL"):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["REDIS_URL"],
+            "KEY_PREFIX": "rlhf",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Celery -----------------------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -92,3 +92,15 @@ def campaign(db, labeller, other_labeller, admin_user):
 def _fast_password_hasher(settings):
     """Hashing with PBKDF2 costs ~100 ms a user; tests need no such strength."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(settings):
+    """Each test gets an empty in-process cache (login-failure counts live there), never the
+    shared Redis that CI's Celery tests use."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "t"}
+    }
+    from django.core.cache import cache
+
+    cache.clear()

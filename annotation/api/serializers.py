@@ -7,6 +7,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from annotation.exports import AGGREGATES, FAIL_POLICIES
 from annotation.models import (
     MAX_COMPLETIONS,
     MIN_COMPLETIONS,
@@ -17,6 +18,25 @@ from annotation.models import (
     Ranking,
 )
 from annotation.pairs import FAIL
+
+MAX_ID = 2**62  # ids above this cannot exist; refusing them early keeps them out of SQL
+
+
+class ObjectIdField(serializers.PrimaryKeyRelatedField):
+    """A primary-key reference that refuses out-of-range ids with a 400 instead of letting the
+    database raise an overflow."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | str):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        try:
+            number = int(data)
+        except ValueError:
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        if not 1 <= number <= MAX_ID:
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(number)
+
 
 # --- Campaigns ----------------------------------------------------------------------------------
 
@@ -52,7 +72,7 @@ class CampaignCreateSerializer(serializers.Serializer):
     overlap = serializers.IntegerField(min_value=1, max_value=100, default=3)
     allow_ties = serializers.BooleanField(default=True)
     allow_fail = serializers.BooleanField(default=True)
-    round_number = serializers.IntegerField(min_value=0, default=0)
+    round_number = serializers.IntegerField(min_value=0, max_value=100_000, default=0)
 
 
 class CampaignUpdateSerializer(serializers.Serializer):
@@ -109,7 +129,7 @@ class GuidelinePublishSerializer(serializers.Serializer):
 
 
 class AcknowledgeSerializer(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1)
+    version = serializers.IntegerField(min_value=1, max_value=MAX_ID)
 
 
 # --- Assignments and rankings -------------------------------------------------------------------
@@ -209,13 +229,13 @@ class LabelField(serializers.Field):
 
 
 class RankingItemInputSerializer(serializers.Serializer):
-    completion = serializers.IntegerField()
+    completion = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     rank = LabelField()
 
 
 class RankingInputSerializer(serializers.Serializer):
     items = RankingItemInputSerializer(many=True, allow_empty=False)
-    time_spent_ms = serializers.IntegerField(min_value=0)
+    time_spent_ms = serializers.IntegerField(min_value=0, max_value=7 * 24 * 3600 * 1000)
     comment = serializers.CharField(required=False, allow_blank=True, max_length=5000, default="")
 
 
@@ -255,6 +275,24 @@ class RankingSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+def ranking_body(result) -> dict:
+    """A just-submitted ranking in RankingSerializer's shape, built from what the service
+    returned rather than read back from the database."""
+    ranking = result.ranking
+    return {
+        "id": ranking.pk,
+        "assignment": ranking.assignment_id,
+        "task": ranking.task_id,
+        "campaign": ranking.campaign_id,
+        "labeller": ranking.labeller_id,
+        "guideline_version": result.guideline_version,
+        "time_spent_ms": ranking.time_spent_ms,
+        "comment": ranking.comment,
+        "created_at": serializers.DateTimeField().to_representation(ranking.created_at),
+        "items": [{"completion": c, "rank": label} for c, label in result.labels.items()],
+    }
+
+
 class SkipSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
@@ -279,3 +317,141 @@ class LabellerProgressSerializer(serializers.Serializer):
     open = serializers.IntegerField()
     remaining = serializers.IntegerField()
     submitted_today = serializers.IntegerField()
+
+
+# --- Agreement, labeller quality and exports ----------------------------------------------------
+
+
+class AgreementQuerySerializer(serializers.Serializer):
+    fail_policy = serializers.ChoiceField(
+        choices=FAIL_POLICIES,
+        default="rank_last",
+        help_text="F items: a bottom tier (rank_last: F vs F is a tie) or left out (drop).",
+    )
+    resamples = serializers.IntegerField(
+        min_value=0, max_value=10_000, default=1000, help_text="Bootstrap resamples of tasks."
+    )
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+    tasks = serializers.BooleanField(
+        default=False, help_text="Also return per-task figures (paged: page, page_size)."
+    )
+    page = serializers.IntegerField(min_value=1, default=1)
+    page_size = serializers.IntegerField(min_value=1, max_value=1000, default=100)
+
+
+class LabellerQuerySerializer(serializers.Serializer):
+    fail_policy = serializers.ChoiceField(choices=FAIL_POLICIES, default="rank_last")
+    resamples = serializers.IntegerField(min_value=0, max_value=10_000, default=1000)
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+
+
+class PairsQuerySerializer(serializers.Serializer):
+    ties = serializers.BooleanField(
+        default=False, help_text="Export tied completions as pairs marked tie (margin 0)."
+    )
+    fail_policy = serializers.ChoiceField(
+        choices=FAIL_POLICIES,
+        default="drop",
+        help_text="F items give no pairs (drop) or lose to every ranked one (rank_last).",
+    )
+    aggregate = serializers.ChoiceField(
+        choices=AGGREGATES,
+        default="none",
+        help_text="none: every labeller's pairs as they are; ranked_pairs / bradley_terry: "
+        "pairs of the per-task consensus ranking; majority: per pair the majority direction.",
+    )
+
+
+class RankingsExportQuerySerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=["jsonl", "csv"], default="jsonl")
+
+
+class BootstrapSerializer(serializers.Serializer):
+    resamples = serializers.IntegerField()
+    seed = serializers.IntegerField()
+    confidence = serializers.FloatField()
+
+
+class FigureSerializer(serializers.Serializer):
+    """A statistic with its sample size and 95% bootstrap interval over tasks."""
+
+    key = serializers.CharField()
+    label = serializers.CharField()
+    value = serializers.FloatField(allow_null=True)
+    n = serializers.IntegerField()
+    n_of = serializers.CharField(help_text="What n counts.")
+    ci_low = serializers.FloatField(allow_null=True)
+    ci_high = serializers.FloatField(allow_null=True)
+
+
+class PairwiseFigureSerializer(FigureSerializer):
+    form = serializers.CharField(help_text="strict, three_way or tie_half")
+    chance = serializers.FloatField(help_text="Agreement of random labellers in this form.")
+
+
+class AlphaFigureSerializer(FigureSerializer):
+    level = serializers.CharField(help_text="Level of measurement: ordinal or nominal.")
+
+
+class CampaignAgreementSerializer(serializers.Serializer):
+    campaign = serializers.IntegerField(source="campaign_id")
+    fail_policy = serializers.CharField()
+    bootstrap = BootstrapSerializer()
+    rankings = serializers.IntegerField()
+    tasks = serializers.IntegerField()
+    labellers = serializers.IntegerField()
+    tasks_with_overlap = serializers.IntegerField()
+    pairwise_agreement = PairwiseFigureSerializer(source="pairwise", many=True)
+    krippendorff_alpha = AlphaFigureSerializer(source="alpha", many=True)
+    kendall_w = FigureSerializer()
+    fleiss_kappa = FigureSerializer()
+
+
+class TaskAgreementSerializer(serializers.Serializer):
+    task = serializers.IntegerField(source="task_id")
+    prompt = serializers.IntegerField(source="prompt_id", allow_null=True)
+    rankings = serializers.IntegerField()
+    pairwise_agreement = PairwiseFigureSerializer(source="pairwise", many=True)
+    kendall_w = FigureSerializer()
+
+
+class TaskAgreementPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+    results = TaskAgreementSerializer(many=True)
+
+
+class AgreementResponseSerializer(CampaignAgreementSerializer):
+    per_task = TaskAgreementPageSerializer(
+        required=False, help_text="Only with ?tasks=1: the per-task figures, one page."
+    )
+
+
+class LabellerRowSerializer(serializers.Serializer):
+    labeller = serializers.IntegerField(source="labeller_id")
+    username = serializers.CharField()
+    agreement = PairwiseFigureSerializer()
+    tasks = serializers.IntegerField()
+    tasks_with_overlap = serializers.IntegerField()
+    fail_rate = serializers.FloatField(allow_null=True)
+    tie_rate = serializers.FloatField(allow_null=True)
+    median_seconds = serializers.FloatField(allow_null=True)
+    robust_z = serializers.FloatField(allow_null=True)
+    flagged = serializers.BooleanField()
+    flag_reason = serializers.CharField(allow_null=True)
+
+
+class FlagRuleSerializer(serializers.Serializer):
+    z_threshold = serializers.FloatField()
+    min_scale = serializers.FloatField()
+    min_tasks = serializers.IntegerField()
+    min_labellers = serializers.IntegerField()
+
+
+class LabellerTableSerializer(serializers.Serializer):
+    campaign = serializers.IntegerField()
+    fail_policy = serializers.CharField()
+    bootstrap = BootstrapSerializer()
+    flag_rule = FlagRuleSerializer()
+    labellers = LabellerRowSerializer(many=True)

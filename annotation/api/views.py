@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from django.db.models import OuterRef, Subquery
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotation import selectors, services
+from annotation import exports, quality, selectors, services
+from annotation.agreement import Bootstrap, FlagRule
 from annotation.api import serializers as s
 from annotation.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
 from annotation.models import Guideline
@@ -27,8 +33,25 @@ def _with_guideline_version(campaigns):
     return campaigns.annotate(guideline_version=Subquery(latest.values("version")[:1]))
 
 
+class _ExportNegotiation(DefaultContentNegotiation):
+    """For the file exports ``?format=`` names the file format, not a DRF renderer (DRF would
+    answer 404 to ``?format=csv``); their errors always answer JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def _streamed(chunks, *, content_type: str, filename: str) -> StreamingHttpResponse:
+    """A download streamed from ``chunks`` (str or bytes, each a few whole lines)."""
+    response = StreamingHttpResponse(chunks, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
 class CampaignViewSet(viewsets.ViewSet):
     """Campaigns: admins manage them; labellers see those they are members of."""
+
+    lookup_value_regex = "[0-9]+"
 
     def _campaign(self, request: Request, pk) -> object:
         return selectors.campaign_get_for(user=request.user, campaign_id=_int(pk, "id"))
@@ -170,9 +193,6 @@ class CampaignViewSet(viewsets.ViewSet):
         assignment = services.task_assign_next(labeller=request.user, campaign=campaign)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        assignment = selectors.assignment_get_for_labeller(
-            labeller=request.user, assignment_id=assignment.pk
-        )
         return Response(s.AssignmentSerializer(assignment).data)
 
     @extend_schema(responses={200: OpenApiResponse(description="Campaign and labeller progress")})
@@ -194,9 +214,116 @@ class CampaignViewSet(viewsets.ViewSet):
         mine = selectors.labeller_progress(campaign=campaign, users=[request.user])
         return Response({"labellers": s.LabellerProgressSerializer(mine, many=True).data})
 
+    @extend_schema(parameters=[s.AgreementQuerySerializer], responses=s.AgreementResponseSerializer)
+    @action(detail=True, methods=["get"])
+    def agreement(self, request: Request, pk=None) -> Response:
+        """Admins: the campaign's agreement figures, each with n and a 95% bootstrap interval
+        over tasks; pairwise agreement says its form and chance level. ``?tasks=1`` adds the
+        per-task figures (pairwise agreement, Kendall's W), one page at a time."""
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        query = _query(s.AgreementQuerySerializer, request)
+        inputs = quality.agreement_inputs(campaign=campaign, fail_policy=query["fail_policy"])
+        figures = quality.campaign_figures(
+            inputs, bootstrap=Bootstrap(resamples=query["resamples"], seed=query["seed"])
+        )
+        body = s.CampaignAgreementSerializer(figures).data
+        if query["tasks"]:
+            size = query["page_size"]
+            count, tasks = quality.task_figures(
+                inputs, offset=(query["page"] - 1) * size, limit=size
+            )
+            body["per_task"] = {
+                "count": count,
+                "page": query["page"],
+                "page_size": size,
+                "results": s.TaskAgreementSerializer(tasks, many=True).data,
+            }
+        return Response(body)
+
+    @extend_schema(parameters=[s.LabellerQuerySerializer], responses=s.LabellerTableSerializer)
+    @action(detail=True, methods=["get"])
+    def labellers(self, request: Request, pk=None) -> Response:
+        """Admins: per labeller, agreement with the others' leave-one-out consensus (n, 95% CI),
+        tasks, F rate, tie rate, median time per task, and a flag with its reason; flagged
+        labellers first, then the lowest agreement first."""
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        query = _query(s.LabellerQuerySerializer, request)
+        bootstrap = Bootstrap(resamples=query["resamples"], seed=query["seed"])
+        rule = FlagRule()
+        rows = quality.labeller_quality_table(
+            campaign=campaign, fail_policy=query["fail_policy"], bootstrap=bootstrap, rule=rule
+        )
+        table = {
+            "campaign": campaign.pk,
+            "fail_policy": query["fail_policy"],
+            "bootstrap": bootstrap,
+            "flag_rule": rule,
+            "labellers": rows,
+        }
+        return Response(s.LabellerTableSerializer(table).data)
+
+    @extend_schema(
+        parameters=[s.PairsQuerySerializer],
+        responses={(200, "application/jsonl"): OpenApiTypes.STR},
+    )
+    @action(detail=True, methods=["get"], content_negotiation_class=_ExportNegotiation)
+    def pairs(self, request: Request, pk=None) -> StreamingHttpResponse:
+        """Admins: preference pairs as streamed JSONL (prompt, chosen, rejected, margin and
+        provenance; the same keys on every line), every labeller's as they are or aggregated
+        per task."""
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        query = _query(s.PairsQuerySerializer, request)
+        rows = exports.ranking_rows(campaign_ids=[campaign.pk])
+        chunks = exports.pairs_jsonl(rows, exports.texts_for(rows), **query)
+        suffix = "" if query["aggregate"] == "none" else f"-{query['aggregate']}"
+        return _streamed(
+            chunks,
+            content_type="application/jsonl; charset=utf-8",
+            filename=f"campaign-{campaign.pk}-pairs{suffix}.jsonl",
+        )
+
+    @extend_schema(
+        parameters=[s.RankingsExportQuerySerializer],
+        responses={
+            (200, "application/jsonl"): OpenApiTypes.STR,
+            (200, "text/csv"): OpenApiTypes.STR,
+        },
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path="rankings/export",
+        url_name="rankings-export",
+        renderer_classes=[JSONRenderer],
+        content_negotiation_class=_ExportNegotiation,
+    )
+    def rankings_export(self, request: Request, pk=None) -> StreamingHttpResponse:
+        """Admins: every ranking, one row each, with its provenance and the label of each
+        completion; JSONL or CSV (cells that a spreadsheet would run as formulas are quoted)."""
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        fmt = _query(s.RankingsExportQuerySerializer, request)["format"]
+        export = exports.ranking_export(campaign_ids=[campaign.pk])
+        if fmt == "csv":
+            return _streamed(
+                exports.chunked(exports.rankings_csv(export)),
+                content_type="text/csv; charset=utf-8",
+                filename=f"campaign-{campaign.pk}-rankings.csv",
+            )
+        return _streamed(
+            exports.chunked(exports.rankings_jsonl(export)),
+            content_type="application/jsonl; charset=utf-8",
+            filename=f"campaign-{campaign.pk}-rankings.jsonl",
+        )
+
 
 class AssignmentViewSet(viewsets.ViewSet):
     """Your own assignments. Anyone else's id answers 404."""
+
+    lookup_value_regex = "[0-9]+"
 
     @extend_schema(responses=s.AssignmentSummarySerializer(many=True))
     def list(self, request: Request) -> Response:
@@ -235,28 +362,37 @@ class AssignmentViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["get", "post"], parser_classes=[JSONParser])
     def ranking(self, request: Request, pk=None) -> Response:
         """Submit your ranking (idempotent: the same ranking again answers 200) or read it."""
-        assignment = selectors.assignment_get_for_labeller(
-            labeller=request.user, assignment_id=_int(pk, "id")
-        )
+        assignment_id = _int(pk, "id")
         if request.method == "GET":
+            assignment = selectors.assignment_get_for_labeller(
+                labeller=request.user, assignment_id=assignment_id
+            )
             ranking = (
                 selectors.ranking_list_for(user=request.user).filter(assignment=assignment).first()
             )
             if ranking is None:
                 raise NotFound("this assignment has no ranking yet")
             return Response(s.RankingSerializer(ranking).data)
-        data = _valid(s.RankingInputSerializer, request)
+        serializer = s.RankingInputSerializer(data=request.data)
+        if not serializer.is_valid():
+            # Someone else's assignment answers 404 whatever the body says.
+            selectors.assignment_get_for_labeller(
+                labeller=request.user, assignment_id=assignment_id
+            )
+            raise ValidationError(serializer.errors)
+        data = serializer.validated_data
+        # The hot path: the service locks and checks the assignment itself (404 for anyone
+        # else's) and the response is built from what it returns, without reading it back.
         result = services.ranking_submit(
             labeller=request.user,
-            assignment=assignment,
+            assignment=assignment_id,
             items=[dict(item) for item in data["items"]],
             time_spent_ms=data["time_spent_ms"],
             comment=data["comment"],
         )
-        ranking = selectors.ranking_get_for(user=request.user, ranking_id=result.ranking.pk)
-        body = s.RankingSerializer(ranking).data
+        body = s.ranking_body(result)
         if request.query_params.get("next") in ("1", "true"):
-            body["next"] = _next_for(request, assignment.campaign)
+            body["next"] = _next_for(request, result.ranking.campaign)
         return Response(
             body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         )
@@ -276,6 +412,8 @@ class AssignmentViewSet(viewsets.ViewSet):
 
 class RankingViewSet(viewsets.ViewSet):
     """Rankings: admins read all (filter with ?campaign=), labellers their own only."""
+
+    lookup_value_regex = "[0-9]+"
 
     @extend_schema(responses=s.RankingSerializer(many=True))
     def list(self, request: Request) -> Response:
@@ -300,7 +438,6 @@ def _next_for(request: Request, campaign) -> dict:
         return {"assignment": None, "reason": exc.code, "detail": exc.message}
     if nxt is None:
         return {"assignment": None, "reason": "none_left", "detail": "no task left for you"}
-    nxt = selectors.assignment_get_for_labeller(labeller=request.user, assignment_id=nxt.pk)
     return {"assignment": s.AssignmentSerializer(nxt).data, "reason": None, "detail": ""}
 
 
@@ -308,6 +445,13 @@ def _paginated(request: Request, view, queryset, serializer_class) -> Response:
     paginator = PageNumberPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def _query(serializer_class, request: Request) -> dict:
+    """The query parameters, checked by ``serializer_class`` (400 naming the parameter)."""
+    serializer = serializer_class(data=request.query_params)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
 
 
 def _valid(serializer_class, request: Request) -> dict:

@@ -84,11 +84,29 @@ LABELLER_WRITES = [
         (403, 404, 400, 404, 404),
     ),
 ]
+# Agreement, labeller quality and exports: admins only; labellers 403, outsiders 404.
+ADMIN_READS = [
+    ("get", "/api/campaigns/{c}/agreement/", None, (403, 404, 403, 403, 200)),
+    ("get", "/api/campaigns/{c}/agreement/?tasks=1", None, (403, 404, 403, 403, 200)),
+    ("get", "/api/campaigns/{c}/labellers/", None, (403, 404, 403, 403, 200)),
+    ("get", "/api/campaigns/{c}/pairs/", None, (403, 404, 403, 403, 200)),
+    (
+        "get",
+        "/api/campaigns/{c}/pairs/?ties=1&fail_policy=rank_last&aggregate=ranked_pairs",
+        None,
+        (403, 404, 403, 403, 200),
+    ),
+    ("get", "/api/campaigns/{c}/rankings/export/", None, (403, 404, 403, 403, 200)),
+    ("get", "/api/campaigns/{c}/rankings/export/?format=csv", None, (403, 404, 403, 403, 200)),
+    ("get", "/api/campaigns/{d}/agreement/", None, (403, 404, 404, 404, 200)),
+    ("get", "/api/campaigns/{d}/pairs/", None, (403, 404, 404, 404, 200)),
+]
 ROLES = ("anonymous", "outsider", "labeller", "other", "admin")
 
 
 @pytest.mark.parametrize(
-    ("method", "template", "body", "expected"), ADMIN_ONLY + READS + LABELLER_WRITES
+    ("method", "template", "body", "expected"),
+    ADMIN_ONLY + READS + LABELLER_WRITES + ADMIN_READS,
 )
 @pytest.mark.parametrize("role_index", range(len(ROLES)), ids=ROLES)
 def test_endpoint_permissions(world, method, template, body, expected, role_index):
@@ -102,6 +120,28 @@ def test_endpoint_permissions(world, method, template, body, expected, role_inde
         url,
         response.content[:300],
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("agreement/?fail_policy=worst", "fail_policy"),
+        ("agreement/?tasks=1&page=0", "page"),
+        ("agreement/?resamples=-1", "resamples"),
+        ("labellers/?fail_policy=last", "fail_policy"),
+        ("pairs/?fail_policy=keep", "fail_policy"),
+        ("pairs/?aggregate=borda", "aggregate"),
+        ("pairs/?ties=maybe", "ties"),
+        ("rankings/export/?format=xlsx", "format"),
+    ],
+)
+def test_bad_export_and_agreement_options_answer_400_naming_the_field(world, path, field):
+    response = call(world["users"]["admin"], "get", f"/api/campaigns/{world['campaign'].pk}/{path}")
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["code"] == "invalid"
+    assert list(body["errors"]) == [field]
+    assert body["detail"].startswith(f"{field}:")
 
 
 def test_admin_acting_as_labeller_needs_membership(world):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from annotation.api.serializers import MAX_ID, ObjectIdField
 from annotation.models import Campaign
 from training.models import JobMetric, ModelVersion, TrainingJob
 
@@ -85,13 +86,15 @@ class TrainingJobCreateSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=TrainingJob.Kind.choices)
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
     campaign_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), allow_empty=False, max_length=100
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        allow_empty=False,
+        max_length=100,
     )
-    base_model_version = serializers.PrimaryKeyRelatedField(
+    base_model_version = ObjectIdField(
         queryset=ModelVersion.objects.all(), required=False, allow_null=True
     )
     base_model_path = serializers.CharField(max_length=1000, required=False, allow_blank=True)
-    reference_model_version = serializers.PrimaryKeyRelatedField(
+    reference_model_version = ObjectIdField(
         queryset=ModelVersion.objects.filter(kind__in=["base", "policy"]),
         required=False,
         allow_null=True,

@@ -16,6 +16,7 @@ from training.api import serializers as s
 
 
 class TrainingJobViewSet(viewsets.ViewSet):
+    lookup_value_regex = "[0-9]+"
     permission_classes = [IsAdminUser]
 
     @extend_schema(responses=s.TrainingJobSerializer(many=True))
@@ -57,6 +58,7 @@ class TrainingJobViewSet(viewsets.ViewSet):
 
 
 class ModelVersionViewSet(viewsets.ViewSet):
+    lookup_value_regex = "[0-9]+"
     permission_classes = [IsAdminUser]
 
     @extend_schema(responses=s.ModelVersionSerializer(many=True))

@@ -178,10 +178,10 @@ def encode_sequences(
     suffix = [eos] if append_eos and eos is not None else []
     texts = [render_prompt(p, tokenizer) for p in prompts]
     unique = list(dict.fromkeys(texts))
-    prompt_ids = dict(
-        zip(unique, tokenizer(unique, add_special_tokens=False)["input_ids"], strict=True)
-    )
-    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    # verbose=False: long texts are expected here, fit_sequence truncates them (and counts it)
+    encode = {"add_special_tokens": False, "verbose": False}
+    prompt_ids = dict(zip(unique, tokenizer(unique, **encode)["input_ids"], strict=True))
+    completion_ids = tokenizer(list(completions), **encode)["input_ids"]
     out = []
     for text, c_ids in zip(texts, completion_ids, strict=True):
         p_ids = prompt_ids[text]

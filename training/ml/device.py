@@ -9,12 +9,14 @@ Rules:
 Multi-GPU data-parallel training is meant to run through the standard launchers, not anything
 home-made: ``accelerate launch -m training.ml ...`` or ``torchrun --nproc-per-node N -m training.ml
 ...`` start one process per GPU with ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` set; each process then
-wraps its model with ``accelerate.Accelerator().prepare(model, optimizer, dataloader)`` (or
-``torch.nn.parallel.DistributedDataParallel``) and reads its own shard of the batches. The training
-loops in this package are written to be compatible with that: the device comes from
-:func:`pick_device` (which honours ``LOCAL_RANK``), the loop only calls ``loss.backward()``,
-``clip_grad_norm_`` and ``optimizer.step()``, and only rank 0 should write output directories.
-The single-process path needs none of this and is what the tests and the Celery tasks use.
+wraps the one module that does the forward pass (``reward_model.LastTokenScorer``) with
+``accelerate.Accelerator().prepare(scorer, optimizer)`` (or
+``torch.nn.parallel.DistributedDataParallel``) and takes its own slice of every batch. The
+training loops in this package are written to be compatible with that: the device comes from
+:func:`pick_device` (which honours ``LOCAL_RANK``), the loop only calls the wrapped module,
+``loss.backward()``, ``clip_grad_norm_`` and ``optimizer.step()``, and only rank 0 should write
+output directories. Nothing here starts processes or averages gradients by hand. The
+single-process path needs none of this and is what the tests and the Celery tasks use.
 """
 
 from __future__ import annotations

@@ -224,3 +224,25 @@ def test_publish_dir_replaces_an_existing_directory_atomically(tmp_path):
     publish_dir(staging, out)
     assert [p.name for p in out.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_bos_is_added_once_for_tokenizers_that_add_it_by_default(tokenizer):
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    backend = tokenizer.backend_tokenizer.__class__.from_str(tokenizer.backend_tokenizer.to_str())
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    backend.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, bos_id)])
+    llama_like = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=tokenizer.eos_token, pad_token="<|pad|>"
+    )
+    assert llama_like("a")["input_ids"][0] == bos_id
+    plain, templated = encode_sequences(
+        ["Hello", f"{bos}Hello"], [" there", " there"], llama_like, max_length=64
+    )
+    assert plain.input_ids == templated.input_ids
+    assert plain.input_ids.count(bos_id) == 1
+    assert plain.input_ids[0] == bos_id
+    long_prompt = encode_sequences(["word " * 100], [" end"], llama_like, max_length=16)[0]
+    assert long_prompt.input_ids[0] == bos_id  # BOS survives left truncation
+    assert len(long_prompt.input_ids) == 16

@@ -16,7 +16,9 @@ from training.ml.tiny import (
     PAD_TOKEN,
     build_tiny_model,
     bundled_corpus_files,
+    chat_documents,
     collect_pretrain_files,
+    pretrain_documents,
     read_text_file,
     strip_html,
 )
@@ -119,11 +121,15 @@ def test_changed_parameters_rebuild_in_place_without_leftovers(tmp_path):
 
 
 def test_failed_build_leaves_nothing_behind(tmp_path):
-    too_short = tmp_path / "short.txt"
-    too_short.write_text("tiny")
+    text = tmp_path / "text.txt"
+    text.write_text("Some text to pretrain on. " * 50)
     out = tmp_path / "models" / "model"
-    with pytest.raises(ValueError, match="too short"):
-        build_tiny_model(out, pretrain_files=[too_short], pretrain_steps=2)
+
+    def explode(step, total, metrics):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        build_tiny_model(out, pretrain_files=[text], pretrain_steps=2, on_progress=explode)
     assert list((tmp_path / "models").iterdir()) == []
 
 
@@ -166,3 +172,18 @@ def test_collect_pretrain_files_prefers_html_over_sphinx_sources(tmp_path):
     assert collect_pretrain_files(tmp_path) == [tmp_path / "a.html"]
     (tmp_path / "a.html").unlink()
     assert collect_pretrain_files(tmp_path) == [tmp_path / "_sources" / "a.rst.txt"]
+
+
+def test_dialogues_are_rendered_with_the_chat_template_for_pretraining(tiny_model_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "User: Hi?\nAssistant: Hello.\nSecond line.\n\nUser: Bye\nAssistant: See you.\n"
+    assert chat_documents(text, tokenizer) == [
+        "<|user|>\nHi?<|eos|><|assistant|>\nHello.\nSecond line.<|eos|>",
+        "<|user|>\nBye<|eos|><|assistant|>\nSee you.<|eos|>",
+    ]
+    page = tmp_path / "doc.txt"
+    page.write_text("Some documentation text.")
+    documents, chars = pretrain_documents([page], tokenizer)
+    assert chars == len("Some documentation text.")
+    assert documents[0] == "Some documentation text."
+    assert any(d.startswith("<|user|>\n") and d.endswith("<|eos|>") for d in documents)

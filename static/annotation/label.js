@@ -1,0 +1,923 @@
+// The task page: rank a prompt's N completions, submit, and go straight on to the next task.
+//
+// Three ways to rank, all ending in place(id, zone):
+//   keyboard  select a card with its letter or ← →, then 1..N (slot), F (fail), Backspace (clear)
+//   mouse     drag a card's header or a chip onto a slot (pointer events, no library)
+//   touch     tap a card (or chip), then tap a slot
+// A slot may hold several cards (a tie) only where the campaign allows ties; otherwise the
+// card already there swaps places. Completion and prompt text are plain text: they go on the
+// page with textContent only, never as HTML.
+//
+// Submit posts to /api/assignments/{id}/ranking/?next=1: the answer carries the next task, so
+// one request per task. The API is idempotent (the same ranking again answers 200), so retries
+// after a network failure or a 503 are safe. Until the server has the ranking, it stays on the
+// page and in sessionStorage (keyed by assignment id), so a reload loses nothing.
+
+const LETTERS = ["A", "B", "C", "D", "E", "H", "I", "J", "K"]; // no F (fail) and no G (guidelines)
+const FAIL = "F";
+const RETRY_DELAYS_MS = [1000, 2000, 4000, 8000, 16000];
+const TRANSIENT = new Set([502, 503, 504]);
+const DRAG_THRESHOLD_PX = 6;
+
+const config = JSON.parse(document.getElementById("label-config").textContent);
+const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
+
+const el = {
+  task: document.getElementById("task"),
+  taskTitle: document.getElementById("task-title"),
+  taskId: document.getElementById("task-id"),
+  prompt: document.getElementById("prompt-text"),
+  cards: document.getElementById("cards"),
+  slots: document.getElementById("slots"),
+  failZone: document.getElementById("fail-zone"),
+  tray: document.getElementById("tray"),
+  tieNote: document.getElementById("tie-note"),
+  validation: document.getElementById("validation"),
+  error: document.getElementById("error"),
+  submit: document.getElementById("submit"),
+  skip: document.getElementById("skip"),
+  keysN: document.getElementById("keys-n"),
+  statToday: document.getElementById("stat-today"),
+  statAvg: document.getElementById("stat-avg"),
+  statTimer: document.getElementById("stat-timer"),
+  done: document.getElementById("done"),
+  doneTitle: document.getElementById("done-title"),
+  doneText: document.getElementById("done-text"),
+  panel: document.getElementById("guidelines-panel"),
+  panelBody: document.getElementById("panel-body"),
+  openGuidelines: document.getElementById("open-guidelines"),
+  closeGuidelines: document.getElementById("close-guidelines"),
+  skipDialog: document.getElementById("skip-dialog"),
+  skipForm: document.getElementById("skip-form"),
+  skipOther: document.getElementById("skip-other"),
+  skipError: document.getElementById("skip-error"),
+  skipCancel: document.getElementById("skip-cancel"),
+};
+
+const state = {
+  assignment: null,
+  labels: new Map(), // completion id -> rank 1..N or "F"
+  selected: null, // completion id
+  busy: false, // a submit or skip is in flight
+  finished: false, // no task on the page any more
+  timer: null,
+  today: { count: config.today.count, avgMs: config.today.avg_ms },
+};
+
+// --- Small helpers -----------------------------------------------------------------------------
+
+const url = (name, id) => config.urls[name].replace("{id}", String(id));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+function listWords(words) {
+  if (words.length <= 1) return words.join("");
+  return `${words.slice(0, -1).join(", ")} and ${words[words.length - 1]}`;
+}
+
+function clock(ms) {
+  const seconds = Math.round(ms / 1000);
+  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+}
+
+function make(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Plain text with ``` fenced blocks shown monospace. Everything goes in as textContent. */
+function renderText(container, text) {
+  container.replaceChildren();
+  const lines = String(text).split("\n");
+  const fence = /^\s*```/;
+  let plain = [];
+  const flush = () => {
+    let chunk = plain.join("\n");
+    if (container.lastChild && container.lastChild.tagName === "PRE") chunk = chunk.replace(/^\n/, "");
+    if (chunk) container.append(make("div", "text", chunk));
+    plain = [];
+  };
+  for (let i = 0; i < lines.length; i++) {
+    const close = fence.test(lines[i]) ? lines.findIndex((l, j) => j > i && /^\s*```\s*$/.test(l)) : -1;
+    if (close === -1) {
+      plain.push(lines[i]);
+      continue;
+    }
+    if (plain.length && plain[plain.length - 1] === "") plain.pop(); // the blank line before a block
+    flush();
+    const pre = make("pre", "code");
+    const lang = lines[i].trim().slice(3).trim();
+    if (lang) pre.dataset.lang = lang;
+    pre.append(make("code", "", lines.slice(i + 1, close).join("\n")));
+    container.append(pre);
+    i = close;
+  }
+  flush();
+}
+
+// --- Visible time on the task ------------------------------------------------------------------
+
+class VisibleTimer {
+  constructor(startMs = 0) {
+    this.total = startMs;
+    this.since = document.visibilityState === "visible" ? performance.now() : null;
+  }
+  pause() {
+    if (this.since !== null) this.total += performance.now() - this.since;
+    this.since = null;
+  }
+  resume() {
+    if (this.since === null) this.since = performance.now();
+  }
+  ms() {
+    const running = this.since === null ? 0 : performance.now() - this.since;
+    return Math.round(this.total + running);
+  }
+}
+
+// --- Draft in sessionStorage -------------------------------------------------------------------
+
+const draftKey = (id) => `rlhf:ranking:${id}`;
+
+function saveDraft() {
+  if (!state.assignment || state.finished) return;
+  try {
+    sessionStorage.setItem(
+      draftKey(state.assignment.id),
+      JSON.stringify({ labels: [...state.labels], elapsed_ms: state.timer.ms() }),
+    );
+  } catch {
+    // Storage full or disabled: the ranking still lives on the page.
+  }
+}
+
+function loadDraft(assignment) {
+  const n = assignment.completions.length;
+  const ids = new Set(assignment.completions.map((c) => c.id));
+  try {
+    const draft = JSON.parse(sessionStorage.getItem(draftKey(assignment.id)) || "null");
+    if (!draft) return { labels: new Map(), elapsedMs: 0 };
+    const labels = new Map(
+      (draft.labels || []).filter(
+        ([id, label]) =>
+          ids.has(id) &&
+          ((label === FAIL && assignment.allow_fail) ||
+            (Number.isInteger(label) && label >= 1 && label <= n)),
+      ),
+    );
+    return { labels, elapsedMs: Number(draft.elapsed_ms) || 0 };
+  } catch {
+    return { labels: new Map(), elapsedMs: 0 };
+  }
+}
+
+function dropDraft(id) {
+  try {
+    sessionStorage.removeItem(draftKey(id));
+  } catch {
+    // nothing to do
+  }
+}
+
+// --- Building the task -------------------------------------------------------------------------
+
+function completions() {
+  return state.assignment ? state.assignment.completions : [];
+}
+
+function letterOf(id) {
+  return LETTERS[completions().findIndex((c) => c.id === id)];
+}
+
+function cardOf(id) {
+  return el.cards.querySelector(`.completion[data-id="${id}"]`);
+}
+
+function chipOf(id) {
+  return document.querySelector(`.chip[data-id="${id}"]`);
+}
+
+function buildCard(completion, index) {
+  const letter = LETTERS[index];
+  const card = make("article", "completion");
+  card.dataset.id = completion.id;
+  card.id = `card-${letter}`;
+  card.tabIndex = 0;
+  card.setAttribute("aria-labelledby", `card-${letter}-title`);
+  card.setAttribute("aria-describedby", `card-${letter}-rank`);
+  card.setAttribute("aria-keyshortcuts", letter);
+
+  const head = make("header", "completion-head");
+  head.title = "Drag onto a rank slot";
+  const title = make("h3", "completion-title");
+  title.id = `card-${letter}-title`;
+  title.append(make("span", "visually-hidden", "Completion "), make("span", "letter", letter));
+  const rank = make("span", "rank-badge");
+  rank.id = `card-${letter}-rank`;
+  const expand = make("button", "small expand", "Expand");
+  expand.type = "button";
+  expand.setAttribute("aria-expanded", "false");
+  expand.setAttribute("aria-controls", `card-${letter}-body`);
+  expand.hidden = true;
+  head.append(make("span", "grip", "⠿"), title, rank, expand);
+  head.firstChild.setAttribute("aria-hidden", "true");
+
+  const body = make("div", "completion-body");
+  body.id = `card-${letter}-body`;
+  renderText(body, completion.text);
+  card.append(head, body);
+  return card;
+}
+
+function buildChip(completion, index) {
+  const chip = make("button", "chip");
+  chip.type = "button";
+  chip.dataset.id = completion.id;
+  const snippet = completion.text.replace(/```\S*/g, " ").replace(/\s+/g, " ").trim();
+  chip.append(
+    make("span", "chip-letter", LETTERS[index]),
+    make("span", "chip-snippet", snippet.length > 48 ? `${snippet.slice(0, 47)}…` : snippet),
+  );
+  return chip;
+}
+
+function buildSlot(rank, n) {
+  const slot = make("li", "slot");
+  slot.dataset.zone = String(rank);
+  const target = make("button", "slot-target", String(rank));
+  target.type = "button";
+  const caption = rank === 1 ? "best" : rank === n ? "worst" : "";
+  target.setAttribute(
+    "aria-label",
+    `Rank ${rank}${caption ? ` (${caption})` : ""}: put the selected card here`,
+  );
+  const cards = make("div", "slot-cards");
+  slot.append(target, make("span", "slot-caption", caption), cards);
+  return slot;
+}
+
+function renderPrompt(prompt) {
+  el.prompt.replaceChildren();
+  const messages = Array.isArray(prompt.messages) ? prompt.messages : [];
+  if (messages.length > 1) {
+    for (const message of messages) {
+      const block = make("div", `message message-${message.role || "user"}`);
+      block.append(make("span", "message-role", String(message.role || "user")));
+      const content = make("div", "message-content");
+      const body = message.content;
+      renderText(content, typeof body === "string" ? body : JSON.stringify(body));
+      block.append(content);
+      el.prompt.append(block);
+    }
+  } else {
+    renderText(el.prompt, prompt.text);
+  }
+}
+
+function showTask(assignment, { initial = false } = {}) {
+  if (state.timer) state.timer.pause();
+  state.assignment = assignment;
+  state.finished = false;
+  const draft = loadDraft(assignment);
+  state.labels = draft.labels;
+  state.timer = new VisibleTimer(draft.elapsedMs);
+  state.selected = null;
+
+  const n = assignment.completions.length;
+  el.taskId.textContent = `· task ${assignment.task}`;
+  renderPrompt(assignment.prompt);
+  el.cards.replaceChildren(...assignment.completions.map(buildCard));
+  el.slots.replaceChildren(...Array.from({ length: n }, (_, i) => buildSlot(i + 1, n)));
+  el.tray.querySelector(".slot-cards").replaceChildren(...assignment.completions.map(buildChip));
+  el.failZone.hidden = !assignment.allow_fail;
+  el.keysN.textContent = String(n);
+  el.tieNote.textContent = assignment.allow_ties
+    ? "Two cards in one slot is a tie: keep ties for answers that are genuinely equally good, " +
+      "and use them sparingly."
+    : "No ties in this campaign: a card put on a taken slot swaps places with the card there.";
+  el.task.hidden = false;
+  el.done.hidden = true;
+  clearError();
+
+  const path = url("assignment", assignment.id);
+  if (window.location.pathname !== path) window.history.replaceState(null, "", path);
+  document.title = `Rank · task ${assignment.task} · ${config.campaign.name}`;
+
+  const first = assignment.completions.find((c) => !state.labels.has(c.id)) || assignment.completions[0];
+  state.selected = first.id;
+  update();
+  markExpandable();
+  if (!initial) {
+    window.scrollTo(0, 0);
+    el.taskTitle.focus({ preventScroll: true });
+  }
+}
+
+function markExpandable() {
+  for (const card of el.cards.querySelectorAll(".completion")) {
+    const body = card.querySelector(".completion-body");
+    card.querySelector(".expand").hidden =
+      body.scrollHeight <= body.clientHeight + 2 && !card.classList.contains("is-expanded");
+  }
+}
+
+function showDone(title, text) {
+  state.finished = true;
+  state.assignment = null;
+  el.task.hidden = true;
+  el.done.hidden = false;
+  el.doneTitle.textContent = title;
+  el.doneText.textContent = text;
+  el.doneTitle.focus();
+  window.history.replaceState(null, "", config.urls.label);
+}
+
+// --- State → page ------------------------------------------------------------------------------
+
+function labelText(label) {
+  if (label === FAIL) return "F: fail";
+  if (label === undefined) return "Not ranked";
+  return `Rank ${label}`;
+}
+
+function missing() {
+  return completions().filter((c) => !state.labels.has(c.id));
+}
+
+function ties() {
+  const bySlot = new Map();
+  for (const c of completions()) {
+    const label = state.labels.get(c.id);
+    if (Number.isInteger(label)) bySlot.set(label, [...(bySlot.get(label) || []), letterOf(c.id)]);
+  }
+  return [...bySlot].filter(([, letters]) => letters.length > 1).sort((a, b) => a[0] - b[0]);
+}
+
+function zoneFor(label) {
+  if (label === FAIL) return el.failZone;
+  if (label === undefined) return el.tray;
+  return el.slots.querySelector(`.slot[data-zone="${label}"]`);
+}
+
+function update(echo = "") {
+  for (const [index, c] of completions().entries()) {
+    const label = state.labels.get(c.id);
+    const card = cardOf(c.id);
+    const selected = state.selected === c.id;
+    card.classList.toggle("is-selected", selected);
+    card.classList.toggle("is-ranked", Number.isInteger(label));
+    card.classList.toggle("is-fail", label === FAIL);
+    if (selected) card.setAttribute("aria-current", "true");
+    else card.removeAttribute("aria-current");
+    const badge = card.querySelector(".rank-badge");
+    badge.textContent = labelText(label);
+    badge.dataset.label = label === undefined ? "" : String(label);
+
+    const chip = chipOf(c.id);
+    chip.classList.toggle("is-selected", selected);
+    const name = `Completion ${LETTERS[index]}: ${labelText(label).toLowerCase()}`;
+    chip.setAttribute("aria-label", selected ? `${name}, selected` : name);
+    chip.setAttribute("aria-pressed", String(selected));
+    const zone = zoneFor(label).querySelector(".slot-cards");
+    if (chip.parentElement !== zone) zone.append(chip);
+  }
+  // Keep chips in display order inside each zone, whatever order they arrived in.
+  const order = new Map(completions().map((c, i) => [String(c.id), i]));
+  for (const zone of document.querySelectorAll(".board .slot-cards")) {
+    const chips = [...zone.children].sort((a, b) => order.get(a.dataset.id) - order.get(b.dataset.id));
+    if (chips.some((chip, i) => zone.children[i] !== chip)) zone.append(...chips);
+  }
+  for (const slot of el.slots.children) {
+    const count = slot.querySelector(".slot-cards").children.length;
+    slot.classList.toggle("is-tie", count > 1);
+    slot.classList.toggle("is-empty", count === 0);
+  }
+  el.failZone.classList.toggle("is-empty", el.failZone.querySelector(".slot-cards").children.length === 0);
+  el.tray.classList.toggle("is-empty", el.tray.querySelector(".slot-cards").children.length === 0);
+
+  const left = missing().map((c) => letterOf(c.id));
+  const tied = ties();
+  const parts = [];
+  if (echo) parts.push(echo);
+  if (left.length) {
+    parts.push(`Still to rank: ${listWords(left)}.`);
+  } else {
+    parts.push("Complete: ready to submit.");
+  }
+  if (tied.length && state.assignment?.allow_ties) {
+    const where = tied.map(([rank, letters]) => `${rank} (${listWords(letters)})`).join(", ");
+    parts.push(`Tie at ${where}: use ties sparingly.`);
+  }
+  el.validation.textContent = parts.join(" ");
+  el.validation.classList.toggle("is-complete", left.length === 0);
+  el.submit.disabled = state.busy || state.finished || left.length > 0;
+  saveDraft();
+}
+
+// --- Ranking actions ---------------------------------------------------------------------------
+
+function select(id, { focus = true, scroll = true } = {}) {
+  if (id === null || id === undefined) return;
+  state.selected = id;
+  update();
+  const card = cardOf(id);
+  if (focus) card.focus({ preventScroll: true });
+  if (scroll) card.scrollIntoView({ block: "nearest" });
+}
+
+function selectNextUnranked() {
+  const list = completions();
+  const start = list.findIndex((c) => c.id === state.selected);
+  for (let step = 1; step <= list.length; step++) {
+    const candidate = list[(start + step) % list.length];
+    if (!state.labels.has(candidate.id)) return select(candidate.id);
+  }
+  return undefined;
+}
+
+/** Put a card in a zone: a rank 1..N, "F", or null (not ranked). */
+function place(id, zone, { advance = false } = {}) {
+  const a = state.assignment;
+  if (!a || state.busy || id === null) return;
+  const letter = letterOf(id);
+  if (zone === FAIL && !a.allow_fail) {
+    update("This campaign does not allow F (fail).");
+    return;
+  }
+  if (Number.isInteger(zone) && (zone < 1 || zone > a.completions.length)) {
+    update(`There are only ${a.completions.length} slots.`);
+    return;
+  }
+  const previous = state.labels.get(id);
+  let echo;
+  if (zone === null) {
+    state.labels.delete(id);
+    echo = `${letter} cleared.`;
+  } else {
+    if (Number.isInteger(zone) && !a.allow_ties) {
+      const occupant = [...state.labels].find(([other, label]) => other !== id && label === zone);
+      if (occupant) {
+        if (previous === undefined) state.labels.delete(occupant[0]);
+        else state.labels.set(occupant[0], previous);
+        echo = `${letter} swapped with ${letterOf(occupant[0])}.`;
+      }
+    }
+    state.labels.set(id, zone);
+    echo = echo || (zone === FAIL ? `${letter} marked F (fail).` : `${letter} at rank ${zone}.`);
+  }
+  clearError();
+  update(echo);
+  if (advance && zone !== null) selectNextUnranked();
+}
+
+function placeSelected(zone) {
+  if (state.selected === null) {
+    update("Select a card first: press its letter, or tap it.");
+    return;
+  }
+  place(state.selected, zone, { advance: true });
+}
+
+function moveSelection(step) {
+  const list = completions();
+  if (!list.length) return;
+  const index = list.findIndex((c) => c.id === state.selected);
+  const next = index === -1 ? 0 : (index + step + list.length) % list.length;
+  select(list[next].id);
+}
+
+// --- Talking to the API ------------------------------------------------------------------------
+
+async function readJSON(response) {
+  try {
+    return await response.json();
+  } catch {
+    return null;
+  }
+}
+
+/** POST JSON; on a network failure or 502/503/504, retry with backoff and say so. */
+async function post(path, body, { onRetry } = {}) {
+  for (let attempt = 0; ; attempt++) {
+    let response = null;
+    try {
+      response = await fetch(path, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: {
+          "Content-Type": "application/json",
+          Accept: "application/json",
+          "X-CSRFToken": csrfToken,
+        },
+        body: JSON.stringify(body),
+      });
+    } catch {
+      response = null; // offline, DNS, connection reset: the request may or may not have arrived
+    }
+    if (response && !TRANSIENT.has(response.status)) {
+      return { response, data: response.status === 204 ? null : await readJSON(response) };
+    }
+    if (attempt >= RETRY_DELAYS_MS.length) return { response, data: null, gaveUp: true };
+    const retryAfter = response ? Number(response.headers.get("Retry-After")) * 1000 || 0 : 0;
+    const wait = Math.max(RETRY_DELAYS_MS[attempt], retryAfter);
+    const of = RETRY_DELAYS_MS.length + 1;
+    if (onRetry) onRetry({ offline: response === null, wait, attempt: attempt + 2, of });
+    await sleep(wait);
+  }
+}
+
+function showError(text, { action = null, transient = false } = {}) {
+  el.error.replaceChildren(make("span", "", text));
+  if (action) {
+    const link = make("a", "button small", action.label);
+    link.href = action.href;
+    el.error.append(" ", link);
+  }
+  el.error.classList.toggle("is-transient", transient);
+  el.error.hidden = false;
+}
+
+function clearError() {
+  el.error.hidden = true;
+  el.error.replaceChildren();
+}
+
+function setBusy(busy, label) {
+  state.busy = busy;
+  el.submit.textContent = "";
+  el.submit.append(label || "Submit ", ...(label ? [] : [make("kbd", "", "Enter")]));
+  el.submit.setAttribute("aria-busy", String(busy));
+  el.skip.disabled = busy;
+  update();
+}
+
+function retryMessage(what) {
+  return ({ offline, wait, attempt, of }) =>
+    showError(
+      `${offline ? "No connection to the server" : "The server is busy"}: trying to ${what} ` +
+        `again in ${Math.round(wait / 1000)} s (attempt ${attempt} of ${of}). Your ranking is kept.`,
+      { transient: true },
+    );
+}
+
+function explain(response, data, gaveUp) {
+  const detail = data && typeof data.detail === "string" ? data.detail : "";
+  if (gaveUp) {
+    return (
+      "Could not reach the server. Your ranking is kept on this page (a reload keeps it too): " +
+      "press Submit to try again."
+    );
+  }
+  const status = response.status;
+  if (status === 400) {
+    return `The server did not accept this ranking: ${detail || "invalid input"}. Your ranking is kept.`;
+  }
+  if (status === 401 || (status === 403 && data && data.code === "not_authenticated")) {
+    return "You have been logged out. Log in again in another tab, then press Submit: your ranking is kept.";
+  }
+  if (status === 403 && detail.includes("CSRF")) {
+    return (
+      "Your session changed (did you log in again in another tab?). " +
+      "Reload the page: your ranking is kept."
+    );
+  }
+  if (status === 403 || status === 404) {
+    return `This task is no longer open to you${detail ? ` (${detail})` : ""}.`;
+  }
+  if (status === 409) return `${detail.charAt(0).toUpperCase()}${detail.slice(1)}.`;
+  return `The server had a problem (error ${status}). Your ranking is kept: press Submit to try again.`;
+}
+
+async function submit() {
+  const a = state.assignment;
+  if (!a || state.busy || state.finished) return;
+  const left = missing();
+  if (left.length) {
+    update(`Not ready to submit: still to rank ${listWords(left.map((c) => letterOf(c.id)))}.`);
+    el.validation.classList.add("is-blocked");
+    setTimeout(() => el.validation.classList.remove("is-blocked"), 600);
+    return;
+  }
+  const body = {
+    items: a.completions.map((c) => ({ completion: c.id, rank: state.labels.get(c.id) })),
+    time_spent_ms: state.timer.ms(),
+    comment: "",
+  };
+  setBusy(true, "Submitting…");
+  clearError();
+  const { response, data, gaveUp } = await post(`${url("ranking", a.id)}?next=1`, body, {
+    onRetry: retryMessage("submit"),
+  });
+  setBusy(false);
+  if (response && response.ok && data) {
+    onSubmitted(a, data, response.status === 201, body.time_spent_ms);
+    return;
+  }
+  const detail = data && typeof data.detail === "string" ? data.detail : "";
+  const gone =
+    response &&
+    [403, 404, 409].includes(response.status) &&
+    !(data && data.code === "not_authenticated") &&
+    !detail.includes("CSRF");
+  showError(explain(response, data, gaveUp), {
+    action: gone ? { label: "Go to your next task", href: config.urls.label } : null,
+  });
+}
+
+function onSubmitted(assignment, data, created, timeMs) {
+  dropDraft(assignment.id);
+  state.timer.pause();
+  if (created) {
+    const count = state.today.count + 1;
+    state.today.avgMs = (state.today.avgMs * state.today.count + timeMs) / count;
+    state.today.count = count;
+  }
+  const next = data.next || { assignment: null, reason: "none_left", detail: "" };
+  if (next.assignment) {
+    showTask(next.assignment);
+    update("Submitted. Next task loaded.");
+  } else {
+    handleNoTask(next.reason, next.detail, "Submitted.");
+  }
+  tick();
+}
+
+function handleNoTask(reason, detail, prefix = "") {
+  if (reason === "guidelines_not_acknowledged") {
+    const gate = `${config.urls.guidelines}?next=${encodeURIComponent(config.urls.label)}`;
+    state.finished = true;
+    window.location.assign(gate);
+    return;
+  }
+  if (reason === "none_left") {
+    const text = "You have ranked every task available to you in this campaign. Thank you!";
+    showDone("All done", `${prefix} ${text}`.trim());
+  } else {
+    const text = detail
+      ? `${detail.charAt(0).toUpperCase()}${detail.slice(1)}.`
+      : "There is no task for you right now.";
+    showDone("No tasks right now", `${prefix} ${text}`.trim());
+  }
+}
+
+async function skip(reason) {
+  const a = state.assignment;
+  if (!a || state.busy) return;
+  setBusy(true);
+  clearError();
+  const skipped = await post(url("skip", a.id), { reason }, { onRetry: retryMessage("skip") });
+  if (!skipped.response || !skipped.response.ok) {
+    setBusy(false);
+    showError(explain(skipped.response, skipped.data, skipped.gaveUp).replace("ranking", "skip"));
+    return;
+  }
+  dropDraft(a.id);
+  const next = await post(config.urls.next_task, {}, { onRetry: retryMessage("load the next task") });
+  setBusy(false);
+  const status = next.response ? next.response.status : 0;
+  if (status === 200 && next.data) {
+    showTask(next.data);
+    update("Skipped. Next task loaded.");
+  } else if (status === 204) {
+    handleNoTask("none_left", "", "Skipped.");
+  } else if (next.data && next.data.code) {
+    handleNoTask(next.data.code, next.data.detail, "Skipped.");
+  } else {
+    showDone("Skipped", "The task was skipped, but the next one could not be loaded. Check for new tasks.");
+  }
+}
+
+// --- Guidelines panel and skip dialog ----------------------------------------------------------
+
+function togglePanel(open) {
+  if (!el.panel) return;
+  const show = open === undefined ? el.panel.hidden : open;
+  const hadFocus = el.panel.contains(document.activeElement);
+  el.panel.hidden = !show;
+  el.openGuidelines.setAttribute("aria-expanded", String(show));
+  document.body.classList.toggle("panel-open", show);
+  if (show) el.panelBody.focus();
+  else if (hadFocus) (cardOf(state.selected) || el.openGuidelines).focus();
+}
+
+function openSkip() {
+  if (!state.assignment || state.busy) return;
+  el.skipError.textContent = "";
+  el.skipForm.reset();
+  el.skipDialog.showModal();
+}
+
+el.skipForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const choice = el.skipForm.elements.reason.value;
+  const reason = choice === "other" ? el.skipOther.value.trim() : choice;
+  if (!reason) {
+    el.skipError.textContent = "Say why you skip this task.";
+    el.skipOther.focus();
+    return;
+  }
+  el.skipDialog.close();
+  skip(reason);
+});
+el.skipOther.addEventListener("input", () => {
+  if (el.skipOther.value) el.skipForm.elements.reason.value = "other";
+});
+el.skipCancel.addEventListener("click", () => el.skipDialog.close());
+el.skip.addEventListener("click", openSkip);
+el.submit.addEventListener("click", submit);
+if (el.panel) {
+  el.openGuidelines.addEventListener("click", () => togglePanel());
+  el.closeGuidelines.addEventListener("click", () => togglePanel(false));
+}
+
+// --- Clicks and taps ---------------------------------------------------------------------------
+
+document.addEventListener("click", (event) => {
+  const target = event.target;
+  if (!(target instanceof Element) || !state.assignment) return;
+  const expand = target.closest(".expand");
+  if (expand) {
+    const card = expand.closest(".completion");
+    const open = card.classList.toggle("is-expanded");
+    expand.setAttribute("aria-expanded", String(open));
+    expand.textContent = open ? "Collapse" : "Expand";
+    return;
+  }
+  const chip = target.closest(".chip");
+  if (chip) {
+    select(Number(chip.dataset.id));
+    return;
+  }
+  const zone = target.closest(".board [data-zone]");
+  if (zone) {
+    const value = zone.dataset.zone;
+    placeSelected(value === "" ? null : value === FAIL ? FAIL : Number(value));
+    return;
+  }
+  const card = target.closest(".completion");
+  if (card) select(Number(card.dataset.id), { scroll: false });
+});
+
+// --- Drag and drop (pointer events: mouse, pen and touch alike) --------------------------------
+
+let drag = null;
+let swallowClick = false;
+
+function zoneAt(x, y) {
+  const hit = document.elementFromPoint(x, y);
+  return hit ? hit.closest(".board [data-zone]") : null;
+}
+
+function endDrag() {
+  if (!drag) return;
+  if (drag.ghost) drag.ghost.remove();
+  if (drag.over) drag.over.classList.remove("is-over");
+  document.body.classList.remove("is-dragging");
+  drag = null;
+}
+
+document.addEventListener("pointerdown", (event) => {
+  if (event.button !== 0 || !state.assignment || state.busy) return;
+  const target = event.target;
+  if (!(target instanceof Element)) return;
+  const chip = target.closest(".chip");
+  const head = chip ? null : target.closest(".completion-head");
+  // Card headers drag with a mouse or pen only: on touch screens they scroll the page.
+  if (!chip && (!head || event.pointerType === "touch" || target.closest("button"))) return;
+  const id = Number((chip || head.closest(".completion")).dataset.id);
+  drag = { id, x: event.clientX, y: event.clientY, pointerId: event.pointerId, ghost: null, over: null };
+});
+
+document.addEventListener("pointermove", (event) => {
+  if (!drag || event.pointerId !== drag.pointerId) return;
+  if (!drag.ghost) {
+    if (Math.hypot(event.clientX - drag.x, event.clientY - drag.y) < DRAG_THRESHOLD_PX) return;
+    const letter = letterOf(drag.id);
+    drag.ghost = make("div", "drag-ghost", letter);
+    drag.ghost.setAttribute("aria-hidden", "true");
+    document.body.append(drag.ghost);
+    document.body.classList.add("is-dragging");
+    window.getSelection()?.removeAllRanges();
+  }
+  event.preventDefault();
+  drag.ghost.style.transform = `translate(${event.clientX + 8}px, ${event.clientY + 8}px)`;
+  const over = zoneAt(event.clientX, event.clientY);
+  if (over !== drag.over) {
+    if (drag.over) drag.over.classList.remove("is-over");
+    if (over) over.classList.add("is-over");
+    drag.over = over;
+  }
+});
+
+document.addEventListener("pointerup", (event) => {
+  if (!drag || event.pointerId !== drag.pointerId) return;
+  if (drag.ghost) {
+    // The click that may follow this pointerup (same input task) ends a drag: it is not a tap.
+    swallowClick = true;
+    setTimeout(() => {
+      swallowClick = false;
+    }, 0);
+    const zone = zoneAt(event.clientX, event.clientY);
+    const id = drag.id;
+    endDrag();
+    if (zone) {
+      const value = zone.dataset.zone;
+      state.selected = id;
+      place(id, value === "" ? null : value === FAIL ? FAIL : Number(value));
+    }
+    return;
+  }
+  endDrag();
+});
+
+document.addEventListener("pointercancel", endDrag);
+window.addEventListener(
+  "click",
+  (event) => {
+    if (swallowClick) {
+      swallowClick = false;
+      event.stopPropagation();
+      event.preventDefault();
+    }
+  },
+  true,
+);
+
+// --- Keyboard ----------------------------------------------------------------------------------
+
+document.addEventListener("keydown", (event) => {
+  if (event.defaultPrevented || event.isComposing || el.skipDialog.open) return;
+  const target = event.target instanceof Element ? event.target : document.body;
+  if (target.closest("input, textarea, select, [contenteditable]")) return;
+  const key = event.key;
+
+  if (key === "Escape") {
+    if (drag) endDrag();
+    else if (el.panel && !el.panel.hidden) togglePanel(false);
+    return;
+  }
+  if (event.altKey) return;
+  if (key === "Enter") {
+    if (event.ctrlKey || event.metaKey) {
+      event.preventDefault();
+      submit();
+    } else if (!target.closest("button, a, summary")) {
+      event.preventDefault();
+      submit();
+    }
+    return;
+  }
+  if (event.ctrlKey || event.metaKey) return;
+  if (key === "?" || key === "g" || key === "G") {
+    event.preventDefault();
+    togglePanel();
+    return;
+  }
+  if (!state.assignment || state.finished) return;
+  if (el.panel && el.panel.contains(target)) return; // arrows and letters scroll the guidelines
+
+  if (key === "ArrowRight" || key === "ArrowLeft") {
+    event.preventDefault();
+    moveSelection(key === "ArrowRight" ? 1 : -1);
+  } else if (/^[1-9]$/.test(key)) {
+    event.preventDefault();
+    placeSelected(Number(key));
+  } else if (key === "f" || key === "F") {
+    event.preventDefault();
+    placeSelected(FAIL);
+  } else if (key === "Backspace" || key === "Delete") {
+    event.preventDefault();
+    if (state.selected !== null) place(state.selected, null);
+  } else if (key.length === 1) {
+    const index = LETTERS.indexOf(key.toUpperCase());
+    if (index !== -1 && index < completions().length) {
+      event.preventDefault();
+      select(completions()[index].id);
+    }
+  }
+});
+
+// --- Clock, visibility and start ---------------------------------------------------------------
+
+function tick() {
+  el.statToday.textContent = String(state.today.count);
+  el.statAvg.textContent = state.today.count ? clock(state.today.avgMs) : "–";
+  el.statTimer.textContent = state.timer && !state.finished ? clock(state.timer.ms()) : "–";
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (!state.timer) return;
+  if (document.visibilityState === "visible") state.timer.resume();
+  else {
+    state.timer.pause();
+    saveDraft();
+  }
+});
+window.addEventListener("pagehide", saveDraft);
+window.addEventListener("resize", () => state.assignment && markExpandable());
+setInterval(tick, 1000);
+
+showTask(config.assignment, { initial: true });
+tick();

@@ -1,0 +1,115 @@
+"""Production settings, security headers and login rate limiting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from tests.factories import UserFactory
+
+REPO = Path(__file__).resolve().parent.parent
+PRODUCTION_ENV = {
+    "DJANGO_ENV": "production",
+    "DJANGO_SECRET_KEY": "x7#Kq2!vLp9@Zr4$Tn8^Wb3&Hy6*Jm1(Fd5)Gs0_Ce-Ua+Io=Ql;Xw:Rk,Vt.Ez",
+    "DJANGO_ALLOWED_HOSTS": "rlhf.example.org",
+}
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_deploy_check_passes_with_production_environment():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    env = {k: v for k, v in PRODUCTION_ENV.items() if k != "DJANGO_SECRET_KEY"}
+    result = manage("check", env=env)
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_production_turns_debug_off_and_cookies_secure():
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.DEBUG, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.X_FRAME_OPTIONS)"
+    )
+    result = manage("shell", "-c", code, env=PRODUCTION_ENV)
+    assert result.stdout.split()[-4:] == ["False", "True", "True", "DENY"], result.stderr
+
+
+@pytest.mark.django_db
+def test_security_headers_are_sent(client):
+    response = client.get("/accounts/login/")
+    assert response["X-Frame-Options"] == "DENY"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Referrer-Policy"] == "same-origin"
+
+
+@pytest.fixture
+def victim(db):
+    cache.clear()
+    yield UserFactory(username="victim")
+    cache.clear()
+
+
+def test_login_form_locks_out_after_repeated_failures(client, victim, settings):
+    settings.LOGIN_MAX_FAILURES = 3
+    for _ in range(3):
+        response = client.post("/accounts/login/", {"username": "victim", "password": "wrong"})
+        assert response.status_code == 200 and not response.wsgi_request.user.is_authenticated
+    # Locked out: even the right password is refused, with a message that says why.
+    response = client.post(
+        "/accounts/login/", {"username": "victim", "password": "correct horse battery"}
+    )
+    assert response.status_code == 200
+    assert "Too many failed attempts" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def test_token_endpoint_answers_429_with_retry_after_when_locked_out(victim, settings):
+    settings.LOGIN_MAX_FAILURES = 2
+    api = APIClient()
+    for _ in range(2):
+        bad = api.post(
+            "/api/auth/token/", {"username": "victim", "password": "nope"}, format="json"
+        )
+        assert bad.status_code == 400
+    locked = api.post(
+        "/api/auth/token/",
+        {"username": "victim", "password": "correct horse battery"},
+        format="json",
+    )
+    assert locked.status_code == 429 and int(locked["Retry-After"]) > 0
+    assert locked.json()["code"] == "locked_out"
+
+
+def test_successful_login_clears_the_failure_count(client, victim, settings):
+    settings.LOGIN_MAX_FAILURES = 3
+    for _ in range(2):
+        client.post("/accounts/login/", {"username": "victim", "password": "wrong"})
+    client.post("/accounts/login/", {"username": "victim", "password": "correct horse battery"})
+    client.logout()
+    for _ in range(2):
+        client.post("/accounts/login/", {"username": "victim", "password": "wrong"})
+    response = client.post(
+        "/accounts/login/", {"username": "victim", "password": "correct horse battery"}
+    )
+    assert response.status_code == 302
