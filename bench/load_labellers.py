@@ -51,6 +51,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def _triple(values: list[float]) -> str:
+    return "/".join(f"{percentile(values, q):6.1f}" for q in (50, 95, 99))
+
+
 def setup_campaign(*, labellers: int, tasks: int, overlap: int, tag: str) -> tuple[int, list[str]]:
     """A fresh active campaign with bulk-created tasks; returns its id and the API tokens."""
     import django
@@ -125,8 +129,16 @@ def _code(response) -> str:
         return "not-json"
 
 
-async def labeller(client, base: str, campaign: int, token: str, deadline: float, think: float,
-                   combined: bool, stats: Stats) -> None:
+async def labeller(
+    client,
+    base: str,
+    campaign: int,
+    token: str,
+    deadline: float,
+    think: float,
+    combined: bool,
+    stats: Stats,
+) -> None:
     import httpx
 
     headers = {"Authorization": f"Token {token}"}
@@ -135,8 +147,9 @@ async def labeller(client, base: str, campaign: int, token: str, deadline: float
         if assignment is None:
             start = time.perf_counter()
             try:
-                response = await client.post(f"{base}/api/campaigns/{campaign}/next-task/",
-                                             headers=headers)
+                response = await client.post(
+                    f"{base}/api/campaigns/{campaign}/next-task/", headers=headers
+                )
             except httpx.HTTPError as exc:
                 stats.error(f"next:{type(exc).__name__}")
                 await asyncio.sleep(0.05)
@@ -154,11 +167,14 @@ async def labeller(client, base: str, campaign: int, token: str, deadline: float
         ids = [c["id"] for c in assignment["completions"]]
         random.shuffle(ids)
         items = [{"completion": c, "rank": i + 1} for i, c in enumerate(ids)]
-        url = f"{base}/api/assignments/{assignment['id']}/ranking/" + ("?next=1" if combined else "")
+        url = f"{base}/api/assignments/{assignment['id']}/ranking/" + (
+            "?next=1" if combined else ""
+        )
         start = time.perf_counter()
         try:
-            response = await client.post(url, json={"items": items, "time_spent_ms": 1000},
-                                         headers=headers)
+            response = await client.post(
+                url, json={"items": items, "time_spent_ms": 1000}, headers=headers
+            )
         except httpx.HTTPError as exc:
             stats.error(f"submit:{type(exc).__name__}")
             continue  # retry the same assignment: the submit is idempotent
@@ -176,8 +192,9 @@ async def labeller(client, base: str, campaign: int, token: str, deadline: float
             return
 
 
-async def run_load(base: str, campaign: int, tokens: list[str], seconds: float, think: float,
-                   combined: bool) -> tuple[Stats, float]:
+async def run_load(
+    base: str, campaign: int, tokens: list[str], seconds: float, think: float, combined: bool
+) -> tuple[Stats, float]:
     import httpx
 
     stats = Stats()
@@ -185,8 +202,9 @@ async def run_load(base: str, campaign: int, tokens: list[str], seconds: float, 
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         start = time.monotonic()
         deadline = start + seconds
-        await asyncio.gather(*(labeller(client, base, campaign, t, deadline, think, combined, stats)
-                               for t in tokens))
+        await asyncio.gather(
+            *(labeller(client, base, campaign, t, deadline, think, combined, stats) for t in tokens)
+        )
         elapsed = time.monotonic() - start
     return stats, elapsed
 
@@ -199,10 +217,20 @@ def start_server(port: int, workers: int, threads: int) -> subprocess.Popen:
             raise SystemExit(f"port {port} is taken: pass --port")
     env = {**os.environ, "DJANGO_DEBUG": "false", "LOG_LEVEL": "WARNING"}
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "--bind",
-         f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
-         "--log-level", "warning"],
-        cwd=REPO, env=env,
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "config.wsgi",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
     )
     import httpx
 
@@ -221,7 +249,9 @@ def main() -> None:
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--labellers", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--think", type=float, default=0.0, help="mean think time (s)")
@@ -230,8 +260,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--port", type=int, default=8791)
-    parser.add_argument("--combined", action="store_true",
-                        help="submit with ?next=1 (one request per task, as the labeller page)")
+    parser.add_argument(
+        "--combined",
+        action="store_true",
+        help="submit with ?next=1 (one request per task, as the labeller page)",
+    )
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL to a PostgreSQL database (see the docstring)")
@@ -241,21 +274,28 @@ def main() -> None:
     try:
         for k in args.labellers:
             tag = f"{int(time.time())}-{k}"
-            campaign, tokens = setup_campaign(labellers=k, tasks=args.tasks,
-                                              overlap=args.overlap, tag=tag)
-            stats, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{args.port}", campaign,
-                                                  tokens, args.seconds, args.think, args.combined))
+            campaign, tokens = setup_campaign(
+                labellers=k, tasks=args.tasks, overlap=args.overlap, tag=tag
+            )
+            stats, elapsed = asyncio.run(
+                run_load(
+                    f"http://127.0.0.1:{args.port}",
+                    campaign,
+                    tokens,
+                    args.seconds,
+                    args.think,
+                    args.combined,
+                )
+            )
             checks = check_database(campaign, stats)
             rows.append((k, stats, elapsed, checks))
             latencies = stats.next_ms + stats.submit_ms
+            median = statistics.median(latencies) if latencies else float("nan")
             print(
                 f"K={k:3d}  {stats.submitted / elapsed:7.1f} rankings/s  "
-                f"next p50/p95/p99 {percentile(stats.next_ms, 50):6.1f}/"
-                f"{percentile(stats.next_ms, 95):6.1f}/{percentile(stats.next_ms, 99):6.1f} ms  "
-                f"submit p50/p95/p99 {percentile(stats.submit_ms, 50):6.1f}/"
-                f"{percentile(stats.submit_ms, 95):6.1f}/{percentile(stats.submit_ms, 99):6.1f} ms  "
-                f"all p50 {statistics.median(latencies) if latencies else float('nan'):.1f} ms  "
-                f"errors {stats.errors or 0}  db {checks}",
+                f"next p50/p95/p99 {_triple(stats.next_ms)} ms  "
+                f"submit p50/p95/p99 {_triple(stats.submit_ms)} ms  "
+                f"all p50 {median:.1f} ms  errors {stats.errors or 0}  db {checks}",
                 flush=True,
             )
     finally:

@@ -25,7 +25,10 @@ from training import services
 from training.models import JobMetric, ModelVersion, TrainingJob
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = "soup river cloud stone green quick music paper window garden tiger lamp".split()
+WORDS = [
+    *("soup", "river", "cloud", "stone", "green", "quick"),
+    *("music", "paper", "window", "garden", "tiger", "lamp"),
+]
 FAST_CONFIG = {
     "num_epochs": 2,
     "learning_rate": 1e-3,
