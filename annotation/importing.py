@@ -77,10 +77,7 @@ def parse_import(
     default_source: str = "import",
 ) -> list[ParsedPrompt]:
     """Parse and validate a whole file; raise ``ImportFailed`` listing every problem."""
-    if len(data) > max_bytes:
-        raise ImportFailed(
-            [LineError(0, "file", f"file is {len(data):,} bytes; the limit is {max_bytes:,}")]
-        )
+    check_size(len(data), max_bytes=max_bytes)
     text = _decode(data)
     checker = _Checker(completions_per_task, max_text_chars, default_source)
     rows = _jsonl_rows(text, checker) if fmt == "jsonl" else _csv_rows(text, checker)
@@ -90,6 +87,14 @@ def parse_import(
     if not records:
         raise ImportFailed([LineError(0, "file", "the file holds no prompts")])
     return records
+
+
+def check_size(size: int, *, max_bytes: int) -> None:
+    """Refuse a file larger than ``max_bytes`` before anything reads it."""
+    if size > max_bytes:
+        raise ImportFailed(
+            [LineError(0, "file", f"file is {size:,} bytes; the limit is {max_bytes:,}")]
+        )
 
 
 def _decode(data: bytes) -> str:

@@ -260,6 +260,16 @@ def campaign_import(
     return _store_import(campaign=campaign, records=parsed)
 
 
+def campaign_import_file(
+    *, campaign: Campaign, file: Any, filename: str, fmt: str | None = None
+) -> ImportResult:
+    """Import an uploaded file: its size is checked before it is read into memory."""
+    size = getattr(file, "size", None)
+    if size is not None:
+        importing.check_size(size, max_bytes=settings.IMPORT_MAX_BYTES)
+    return campaign_import(campaign=campaign, data=file.read(), filename=filename, fmt=fmt)
+
+
 @transaction.atomic
 def _store_import(*, campaign: Campaign, records: Sequence[importing.ParsedPrompt]) -> ImportResult:
     campaign = Campaign.objects.select_for_update(no_key=True).get(pk=campaign.pk)

@@ -8,6 +8,7 @@ the count). While locked out no password is even checked, so guessing gains noth
 from __future__ import annotations
 
 import hashlib
+import logging
 
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
@@ -19,6 +20,8 @@ from django.dispatch import receiver
 from rest_framework import status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
 
 
 def client_address(request) -> str:
@@ -33,10 +36,18 @@ def _key(username: str, address: str) -> str:
 
 
 def locked_for(username: str, request) -> int:
-    """Seconds the (username, address) pair stays locked out; 0 when it may try."""
+    """Seconds the (username, address) pair stays locked out; 0 when it may try.
+
+    If the cache (Redis) is down, logins are not blocked: a restart of Redis must not lock
+    everyone out. The failure is logged.
+    """
     if not username:
         return 0
-    failures = cache.get(_key(username, client_address(request)), 0)
+    try:
+        failures = cache.get(_key(username, client_address(request)), 0)
+    except Exception:
+        logger.warning("login limits: cache unavailable; not limiting", exc_info=True)
+        return 0
     return settings.LOGIN_LOCKOUT_SECONDS if failures >= settings.LOGIN_MAX_FAILURES else 0
 
 
@@ -46,16 +57,22 @@ def _count_failure(sender, credentials, request=None, **kwargs) -> None:
     if not username:
         return
     key = _key(username, client_address(request))
-    cache.add(key, 0, timeout=settings.LOGIN_LOCKOUT_SECONDS)
     try:
-        cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=settings.LOGIN_LOCKOUT_SECONDS)
+        cache.add(key, 0, timeout=settings.LOGIN_LOCKOUT_SECONDS)
+        try:
+            cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.set(key, 1, timeout=settings.LOGIN_LOCKOUT_SECONDS)
+    except Exception:
+        logger.warning("login limits: cache unavailable; failure not counted", exc_info=True)
 
 
 @receiver(user_logged_in)
 def _clear_failures(sender, request, user, **kwargs) -> None:
-    cache.delete(_key(user.get_username(), client_address(request)))
+    try:
+        cache.delete(_key(user.get_username(), client_address(request)))
+    except Exception:
+        logger.warning("login limits: cache unavailable; count not cleared", exc_info=True)
 
 
 class RateLimitedModelBackend(ModelBackend):

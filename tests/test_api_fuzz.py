@@ -10,6 +10,8 @@ import re
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
 
@@ -21,7 +23,19 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
 
 
 @pytest.fixture
-def world(db):
+def keep_test_connection():
+    """Requests go through Django's plain WSGI handler, which closes the database connection
+    when a request ends; inside a test transaction that would close the test's own connection.
+    Django's test client avoids it the same way."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def world(db, keep_test_connection):
     admin = AdminFactory(username="fuzz-admin")
     labeller = UserFactory(username="fuzz-labeller")
     campaign = CampaignFactory(overlap=2)

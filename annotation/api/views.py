@@ -171,9 +171,9 @@ class CampaignViewSet(viewsets.ViewSet):
         _require_admin(request)
         data = _valid(s.ImportSerializer, request)
         upload = data["file"]
-        result = services.campaign_import(
+        result = services.campaign_import_file(
             campaign=campaign,
-            data=upload.read(),
+            file=upload,
             filename=upload.name or "upload",
             fmt=data.get("format"),
         )
