@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ class DatabaseUnavailableMiddleware:
         logger.warning(
             "database unavailable for %s %s: %s", request.method, request.path, exception
         )
-        close_old_connections()  # drop a broken connection; the next request reconnects
+        # A broken connection is dropped when the request finishes (Django's
+        # close_old_connections) and health-checked at the next request's start.
         return unavailable_response(request)
 
 
