@@ -2,7 +2,9 @@
 
 Commands:
     build-tiny     build (or reuse) the tiny local model, optionally pretrained on local docs
-    train-reward   train a reward model from a JSONL file of preference pairs
+    train-reward   train a reward model from a JSONL file of preference pairs; data parallel
+                   under ``torchrun --nproc_per_node N -m training.ml train-reward ...``
+                   (see ``training.ml.launch``)
 
 To add a command: write ``_add_<name>(subparsers)`` that registers a parser with
 ``set_defaults(run=<function taking the parsed args, returning an exit code>)`` and append it to
@@ -110,10 +112,19 @@ def _read_pairs(path: Path):
     return pairs
 
 
+def _read_references(path: Path) -> list[tuple]:
+    with path.open(encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return [(row["prompt"], row["completion"]) for row in rows]
+
+
 def _run_train_reward(args: argparse.Namespace) -> int:
     from training.ml.config import RewardModelConfig
+    from training.ml.device import process_group
+    from training.ml.launch import progress_line, write_result
     from training.ml.reward_model import train_reward_model
 
+    base = json.loads(args.config.read_text()) if args.config else {}
     overrides = {
         "num_epochs": args.epochs,
         "learning_rate": args.lr,
@@ -123,19 +134,30 @@ def _run_train_reward(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device": args.device,
     }
-    config = RewardModelConfig(**{k: v for k, v in overrides.items() if v is not None})
-    result = train_reward_model(
-        _read_pairs(args.pairs),
-        base_model=args.base,
-        output_dir=args.out,
-        config=config,
-        on_progress=_printer(every=10),
-    )
-    print(
-        json.dumps(
-            {"metrics": result.metrics, "counts": result.counts, "notes": result.notes}, indent=2
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    config = RewardModelConfig.from_dict(base)
+
+    def print_json(step: int, total: int, metrics: dict[str, float]) -> None:
+        print(progress_line(step, total, metrics), flush=True)
+
+    with process_group(config.device) as world:  # joins torchrun's group, if there is one
+        result = train_reward_model(
+            _read_pairs(args.pairs),
+            base_model=args.base,
+            output_dir=args.out,
+            config=config,
+            reference_samples=_read_references(args.reference) if args.reference else None,
+            on_progress=print_json if args.progress == "json" else _printer(every=10),
+            metadata=json.loads(args.metadata.read_text()) if args.metadata else None,
+            check_replicas=args.check_replicas,
         )
-    )
+    if not world.is_main:
+        return 0
+    if args.result:
+        write_result(result, args.result)
+    if args.progress == "text":
+        summary = {"metrics": result.metrics, "counts": result.counts, "notes": result.notes}
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -156,6 +178,24 @@ def _add_train_reward(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-fraction", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--config", type=Path, help="JSON file of RewardModelConfig fields (the options above win)"
+    )
+    p.add_argument("--reference", type=Path, help="JSONL of reference samples (prompt, completion)")
+    p.add_argument("--metadata", type=Path, help="JSON object copied into reward_model.json")
+    p.add_argument(
+        "--progress",
+        choices=("text", "json"),
+        default="text",
+        help="text: a line every 10 steps and a summary; json: one JSON object per step on "
+        'stdout, {"step", "total", "metrics"} (rank 0 only), for a parent process to relay',
+    )
+    p.add_argument("--result", type=Path, help="rank 0 writes the result here as JSON")
+    p.add_argument(
+        "--check-replicas",
+        action="store_true",
+        help="debug: fail unless every rank ends with identical parameters",
+    )
     p.set_defaults(run=_run_train_reward)
 
 

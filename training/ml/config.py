@@ -68,10 +68,17 @@ class RewardModelConfig:
     device: str | None = None
     """``None``/``"auto"``: CUDA with bf16 autocast if available, else CPU fp32; or ``"cpu"``,
     ``"cuda"``, ``"cuda:1"``"""
+    num_processes: int = 0
+    """data-parallel processes (``training.ml.launch``): 0 = one per visible CUDA device when
+    ``device`` is auto/cuda, else 1; 1 = in-process, as without a launcher; N > 1 = torchrun
+    with N ranks (NCCL on CUDA, gloo on CPU). ``batch_size`` stays the global batch: each rank
+    takes batch_size / N pairs of every step, so the optimisation does not change with N"""
 
     def __post_init__(self) -> None:
         if self.num_epochs < 1:
             raise ValueError("num_epochs must be >= 1")
+        if self.num_processes < 0:
+            raise ValueError("num_processes must be >= 0")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         if self.micro_batch_size < 0:

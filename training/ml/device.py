@@ -17,6 +17,11 @@ training loops in this package are written to be compatible with that: the devic
 ``loss.backward()``, ``clip_grad_norm_`` and ``optimizer.step()``, and only rank 0 should write
 output directories. Nothing here starts processes or averages gradients by hand. The
 single-process path needs none of this and is what the tests and the Celery tasks use.
+
+:class:`World` says which process this is (rank 0 of 1 outside a launcher);
+:func:`process_group` joins the group a launcher set up (NCCL on CUDA, gloo on CPU) and
+:func:`default_num_processes` is the "one per visible GPU, else 1" rule. Starting the processes
+is ``training.ml.launch``'s job (see its docstring: "Several GPUs and scaling out").
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -100,3 +106,77 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+# --------------------------------------------------------------------------------------------
+# Data-parallel processes (torchrun / torch.distributed)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """This process's place among the data-parallel processes: rank 0 of 1 when alone."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that reports progress and writes output."""
+        return self.rank == 0
+
+
+SINGLE_PROCESS = World()
+"""Rank 0 of 1: no process group."""
+
+
+def current_world() -> World:
+    """The initialised ``torch.distributed`` process group, or a single process (rank 0 of 1)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return SINGLE_PROCESS
+    return World(
+        rank=dist.get_rank(),
+        size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def backend_for(device: torch.device) -> str:
+    """``nccl`` for CUDA devices, ``gloo`` otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def process_group(preference: str | None = None) -> Iterator[World]:
+    """Join the process group a launcher described in the environment (``WORLD_SIZE`` > 1,
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` as torchrun sets them) and leave it
+    on exit; yields the :class:`World`. Without a launcher (or ``WORLD_SIZE`` 1) nothing is
+    initialised and the world is rank 0 of 1.
+
+    On CUDA each rank takes the GPU ``LOCAL_RANK`` and the backend is NCCL; on CPU it is gloo.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield current_world()
+        return
+    device = pick_device(preference)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend_for(device))
+    try:
+        yield current_world()
+    finally:
+        dist.destroy_process_group()
+
+
+def default_num_processes(preference: str | None = None) -> int:
+    """Data-parallel processes for ``RewardModelConfig.num_processes == 0``: one per visible CUDA
+    device when the device is ``auto``/``cuda`` (``CUDA_VISIBLE_DEVICES`` decides what is
+    visible), else 1 (CPU, or one named GPU such as ``cuda:1``)."""
+    if preference not in (None, "", "auto", "cuda") or not torch.cuda.is_available():
+        return 1
+    return max(1, torch.cuda.device_count())

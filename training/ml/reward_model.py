@@ -15,14 +15,23 @@ loads it, e.g. for OpenRLHF) plus ``reward_normalization.json`` and ``reward_mod
 data counts, metrics, seed, versions: the checkpoint describes itself).
 
 Precision and devices: see ``training.ml.device`` (bf16 autocast on CUDA, fp32 on CPU). The
-training loop runs every forward pass through one :class:`LastTokenScorer` module, which is what
-``accelerator.prepare`` / ``DistributedDataParallel`` would wrap under ``accelerate launch`` or
-``torchrun`` (each rank then takes its own slice of every batch; rank 0 writes the output).
+training loop runs every forward pass through one :class:`LastTokenScorer` module.
+
+Data parallel (under ``torchrun``, see ``training.ml.launch``): when a ``torch.distributed``
+process group is initialised, :func:`train_reward_model` wraps that module in
+``DistributedDataParallel``. Every rank builds the same split, the same shuffled global batches
+and the same initial weights from the seed; each takes every N-th pair of each global batch
+(``batch_size`` stays the global batch, so the optimisation is the one-process optimisation),
+DDP all-reduces the gradients and the ranks stay identical. Evaluation and normalisation are
+sharded the same way and the scores all-gathered, so their metrics cover the whole set; only
+rank 0 reports progress and writes the output directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import json
 import math
 import random
@@ -54,7 +63,17 @@ from training.ml.data import (
     split_by_prompt,
     staging_dir_for,
 )
-from training.ml.device import autocast, device_name, pick_device, quiet_transformers, seeded
+from training.ml.device import (
+    SINGLE_PROCESS,
+    World,
+    autocast,
+    backend_for,
+    current_world,
+    device_name,
+    pick_device,
+    quiet_transformers,
+    seeded,
+)
 
 NORMALIZATION_FILE = "reward_normalization.json"
 INFO_FILE = "reward_model.json"
@@ -95,6 +114,8 @@ class RewardModelResult:
     seconds: float
     device: str
     notes: list[str] = field(default_factory=list)
+    replica_checksums: list[str] = field(default_factory=list)
+    """``check_replicas=True``: the parameter checksum of each rank, in rank order"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,19 +404,37 @@ def train_step(
     config: RewardModelConfig,
     pad_token_id: int,
     device: torch.device,
+    world: World = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """One optimiser step on ``pairs`` (micro-batched if configured); returns ``reward/*``."""
+    """One optimiser step on ``pairs`` (micro-batched if configured); returns ``reward/*``.
+
+    Data parallel (``world.size`` > 1, ``scorer`` wrapped in ``DistributedDataParallel``):
+    ``pairs`` is the global batch, the same on every rank, and this rank takes
+    ``pairs[rank::size]``. Its loss is multiplied by ``size`` so that DDP's gradient average is
+    the gradient of the global-batch loss, as in one process. A rank left without a pair (a batch
+    smaller than the world) runs one pair at loss weight 0 so that it still joins the all-reduce.
+    The metrics cover the global batch (scores gathered from every rank).
+    """
     optimizer.zero_grad(set_to_none=True)
-    micro = config.micro_batch_size or len(pairs)
+    local, idle = pairs, False
+    if world.size > 1:
+        local = list(pairs[world.rank :: world.size])
+        if not local:
+            local, idle = [pairs[0]], True
+    micro = config.micro_batch_size or len(local)
     all_rc, all_rr, loss_total = [], [], 0.0
-    for start in range(0, len(pairs), micro):
-        chunk = pairs[start : start + micro]
-        rc, rr = _forward_pairs(scorer, chunk, pad_token_id=pad_token_id, device=device)
-        weights, ties = _pair_tensors(chunk, use_weights=config.use_weights, device=device)
-        loss = preference_loss(
-            rc, rr, weights=weights, ties=ties, tie_loss=config.tie_loss, reduction="sum"
-        ) / len(pairs)
-        loss.backward()
+    for start in range(0, len(local), micro):
+        chunk = local[start : start + micro]
+        accumulate = start + micro < len(local) and hasattr(scorer, "no_sync")
+        with scorer.no_sync() if accumulate else contextlib.nullcontext():  # all-reduce once
+            rc, rr = _forward_pairs(scorer, chunk, pad_token_id=pad_token_id, device=device)
+            weights, ties = _pair_tensors(chunk, use_weights=config.use_weights, device=device)
+            loss = preference_loss(
+                rc, rr, weights=weights, ties=ties, tie_loss=config.tie_loss, reduction="sum"
+            ) / len(pairs)
+            if world.size > 1:
+                loss = loss * (0.0 if idle else world.size)  # DDP divides by size
+            loss.backward()
         loss_total += loss.item()
         all_rc.append(rc.detach())
         all_rr.append(rr.detach())
@@ -403,12 +442,17 @@ def train_step(
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     optimizer.step()
-    metrics = pair_metrics(
-        torch.cat(all_rc),
-        torch.cat(all_rr),
-        ties=torch.tensor([p.tie for p in pairs]),
-        prefix="reward",
-    )
+    rc, rr = torch.cat(all_rc), torch.cat(all_rr)
+    ties = torch.tensor([p.tie for p in local])
+    if world.size > 1:
+        keep = 0 if idle else len(local)
+        rows = (rc[:keep].float().tolist(), rr[:keep].float().tolist(), ties[:keep].tolist())
+        shards = _all_gather((*rows, loss_total), world)
+        rc = torch.tensor([x for shard in shards for x in shard[0]])
+        rr = torch.tensor([x for shard in shards for x in shard[1]])
+        ties = torch.tensor([x for shard in shards for x in shard[2]], dtype=torch.bool)
+        loss_total = sum(shard[3] for shard in shards) / world.size
+    metrics = pair_metrics(rc, rr, ties=ties, prefix="reward")
     metrics["reward/loss"] = loss_total
     metrics["reward/grad_norm"] = float(grad_norm)
     return metrics
@@ -423,20 +467,30 @@ def evaluate(
     device: torch.device,
     prefix: str = "eval",
     should_stop: StopFn | None = None,
+    world: World = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """Loss and :func:`pair_metrics` (with accuracy per round) on ``pairs``, no gradients."""
+    """Loss and :func:`pair_metrics` (with accuracy per round) on ``pairs``, no gradients.
+
+    Data parallel: each rank scores ``pairs[rank::size]`` with the unwrapped module and the
+    scores are all-gathered, so every rank returns the metrics of the whole set.
+    """
+    local = pairs if world.size == 1 else pairs[world.rank :: world.size]
     was_training = scorer.training
     scorer.eval()
     rcs, rrs = [], []
     with torch.no_grad():
-        for start in range(0, len(pairs), config.eval_batch_size):
+        for start in range(0, len(local), config.eval_batch_size):
             _check_stop(should_stop)
-            chunk = pairs[start : start + config.eval_batch_size]
+            chunk = local[start : start + config.eval_batch_size]
             rc, rr = _forward_pairs(scorer, chunk, pad_token_id=pad_token_id, device=device)
             rcs.append(rc.cpu())
             rrs.append(rr.cpu())
     scorer.train(was_training)
-    rc, rr = torch.cat(rcs), torch.cat(rrs)
+    rc, rr = (torch.cat(rcs), torch.cat(rrs)) if rcs else (torch.zeros(0), torch.zeros(0))
+    if world.size > 1:
+        scores = _gather_strided(list(zip(rc.tolist(), rr.tolist(), strict=True)), world)
+        rc = torch.tensor([c for c, _ in scores])
+        rr = torch.tensor([r for _, r in scores])
     weights, ties = _pair_tensors(pairs, use_weights=config.use_weights, device=torch.device("cpu"))
     metrics = pair_metrics(rc, rr, ties=ties, rounds=[p.round for p in pairs], prefix=prefix)
     loss_ties = ties if config.tie_loss != "drop" else torch.zeros_like(ties)
@@ -461,11 +515,13 @@ def fit_normalization(
     device: torch.device,
     source: str,
     should_stop: StopFn | None = None,
+    world: World = SINGLE_PROCESS,
 ) -> RewardNormalization:
     """Offset and scale making the raw scores of ``samples`` mean 0, std 1 (population std).
 
     At most ``config.reference_max_samples`` samples are used (a seeded random subset). A
-    constant score gives scale 1.
+    constant score gives scale 1. Data parallel: each rank scores every N-th sample and the scores
+    are all-gathered, so every rank fits the same normalisation on all of them.
     """
     samples = list(samples)
     if len(samples) > config.reference_max_samples:
@@ -481,18 +537,46 @@ def fit_normalization(
     scorer.eval()
     raw = _score_sequences(
         scorer,
-        [e.input_ids for e in encoded],
+        [e.input_ids for e in encoded[world.rank :: world.size]],
         pad_token_id=tokenizer.pad_token_id,
         batch_size=config.eval_batch_size,
         device=device,
         should_stop=should_stop,
     )
     scorer.train(was_training)
+    if world.size > 1:
+        raw = _gather_strided(raw, world)
     offset = statistics.fmean(raw)
     scale = statistics.pstdev(raw) if len(raw) > 1 else 0.0
     if not scale > 1e-8:
         scale = 1.0
     return RewardNormalization(offset=offset, scale=scale, source=source, num_samples=len(raw))
+
+
+def _all_gather(value: Any, world: World) -> list[Any]:
+    """``value`` from every rank, in rank order (picklable values; a collective call)."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def _gather_strided(local: list[Any], world: World) -> list[Any]:
+    """Inverse of ``items[rank::size]``: every rank gets the whole list in its original order."""
+    shards = _all_gather(local, world)
+    total = sum(len(shard) for shard in shards)
+    return [shards[i % world.size][i // world.size] for i in range(total)]
+
+
+def parameter_checksum(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (name, dtype, shape, bytes): equal iff identical."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -511,6 +595,7 @@ def train_reward_model(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     metadata: Mapping[str, Any] | None = None,
+    check_replicas: bool = False,
 ) -> RewardModelResult:
     """Train a reward model on ``pairs`` from ``base_model`` and write it to ``output_dir``.
 
@@ -524,14 +609,30 @@ def train_reward_model(
 
     The directory is written to a hidden temp sibling and renamed into place when complete
     (an existing ``output_dir`` is replaced).
+
+    Inside an initialised ``torch.distributed`` process group (``torchrun``, see
+    ``training.ml.launch``) every rank calls this with the same arguments and trains data
+    parallel (see the module docstring); only rank 0 calls ``on_progress`` and writes
+    ``output_dir``, every rank returns the same metrics. ``should_stop`` must then be None: the
+    launcher cancels by terminating the processes. ``check_replicas`` (a debug aid): every rank
+    hashes its parameters after training, a mismatch raises, and the hashes are returned in
+    ``result.replica_checksums``.
     """
     config = config or RewardModelConfig()
     output_dir = Path(output_dir).resolve()
     started = time.perf_counter()
+    world = current_world()
     device = pick_device(config.device)
     notes: list[str] = []
     if not pairs:
         raise ValueError("no preference pairs to train on")
+    if world.size > 1:
+        if should_stop is not None:
+            raise ValueError("should_stop is not polled under torchrun: terminate the processes")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if not world.is_main:
+            on_progress = None
 
     # -- data (plumbing) --
     train_pairs, eval_pairs = split_by_prompt(
@@ -569,6 +670,18 @@ def train_reward_model(
     model.to(device)
     scorer = LastTokenScorer(model)  # the module a data-parallel wrapper would wrap
     scorer.train()  # dropout probabilities are all 0, so train() == eval() numerically
+    trained: nn.Module = scorer
+    if world.size > 1:  # plumbing: DDP all-reduces the gradients during backward()
+        trained = nn.parallel.DistributedDataParallel(
+            scorer,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False,  # no trained buffers; ranks may run unequal micro-batches
+        )
+        per_rank = math.ceil(config.batch_size / world.size)
+        notes.append(
+            f"data parallel on {world.size} processes ({backend_for(device)}): global batch "
+            f"{config.batch_size} pairs, up to {per_rank} per process and step"
+        )
     optimizer = torch.optim.AdamW(
         [p for p in scorer.parameters() if p.requires_grad],
         lr=config.learning_rate,
@@ -593,12 +706,13 @@ def train_reward_model(
             _check_stop(should_stop)
             lr = scheduler.get_last_lr()[0]
             metrics = train_step(
-                scorer,
+                trained,
                 optimizer,
                 [train_enc[i] for i in index],
                 config=config,
                 pad_token_id=pad_id,
                 device=device,
+                world=world,
             )
             scheduler.step()
             step += 1
@@ -608,7 +722,14 @@ def train_reward_model(
             if on_progress is not None:
                 on_progress(step, total, metrics)
 
-    # -- evaluation and normalisation --
+    # -- evaluation and normalisation (the unwrapped module: ranks score unequal shards) --
+    checksums: list[str] = []
+    if check_replicas:
+        checksums = [parameter_checksum(model)]
+        if world.size > 1:
+            checksums = _all_gather(checksums[0], world)
+        if len(set(checksums)) > 1:
+            raise RuntimeError(f"parameters differ across ranks: {checksums}")
     final: dict[str, float] = {}
     for key in ("reward/loss", "reward/accuracy", "reward/tie_rate", "reward/margin"):
         values = [m[key] for m in last_epoch if key in m]
@@ -624,6 +745,7 @@ def train_reward_model(
                 pad_token_id=pad_id,
                 device=device,
                 should_stop=should_stop,
+                world=world,
             )
         )
     if reference_samples:
@@ -644,6 +766,7 @@ def train_reward_model(
         device=device,
         source=source,
         should_stop=should_stop,
+        world=world,
     )
     final["reward/norm_offset"] = normalization.offset
     final["reward/norm_scale"] = normalization.scale
@@ -662,8 +785,10 @@ def train_reward_model(
         seconds=seconds,
         device=device_name(device),
         notes=notes,
+        replica_checksums=checksums,
     )
-    _save(model, tokenizer, result, config=config, base_model=base_model, metadata=metadata)
+    if world.is_main:
+        _save(model, tokenizer, result, config=config, base_model=base_model, metadata=metadata)
     return result
 
 

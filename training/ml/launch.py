@@ -1,0 +1,394 @@
+"""Run reward-model training on one process or data parallel on several: the runner's entry point.
+
+:func:`train_reward_model_distributed` takes the same plain data as
+:func:`training.ml.reward_model.train_reward_model`. With one process (``nproc`` <= 1, the CPU
+default) it simply calls it in this process. With more it writes the inputs to a private
+temporary directory beside ``output_dir``, starts::
+
+    python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node N \\
+        -m training.ml train-reward --pairs pairs.jsonl --base BASE --out run/model \\
+        --config config.json --progress json --result result.json [...]
+
+relays rank 0's progress lines (one JSON object per line on stdout, ``{"step", "total",
+"metrics"}``) to ``on_progress`` in the calling thread, polls ``should_stop()`` meanwhile, and
+when the processes are done renames the finished model into ``output_dir`` and returns the
+:class:`~training.ml.reward_model.RewardModelResult` rank 0 wrote. Cancelling terminates torchrun
+and its ranks (SIGTERM, then SIGKILL after a grace period), removes the temporary directory and
+raises :class:`~training.ml.reward_model.TrainingCancelled`: ``output_dir`` is never touched.
+A failed run raises :class:`DistributedTrainingError` carrying the tail of the processes' stderr.
+
+Several GPUs and scaling out
+----------------------------
+**One worker with several GPUs: data parallel through torchrun.** ``RewardModelConfig.
+num_processes`` chooses the number of processes: 0 (the default) means one per visible CUDA
+device (``CUDA_VISIBLE_DEVICES`` decides which are visible) and 1 on CPU; 1 trains in the worker
+process itself; N > 1 starts N ranks. Each rank holds a full copy of the model on its own GPU
+(``LOCAL_RANK``), ``DistributedDataParallel`` all-reduces the gradients over NCCL (gloo on CPU,
+which the tests use), and the ranks stay identical. ``batch_size`` is the global batch: every
+step, each of the N ranks takes ``batch_size / N`` of its pairs, so the effective batch, the
+learning-rate schedule and the number of steps do not change with N, and the same seed gives the
+same model up to floating-point summation order. Evaluation and reward normalisation are sharded
+over the ranks too and their scores all-gathered, so ``eval/*`` covers the whole held-out set.
+Only rank 0 reports progress and writes the output (atomically). The same command works by hand::
+
+    torchrun --standalone --nproc_per_node 4 -m training.ml train-reward \\
+        --pairs pairs.jsonl --base /models/base --out /models/rm
+
+``micro_batch_size`` still splits each rank's share into forward/backward passes. Startup costs a
+few seconds per process, so several GPUs pay off on large models and datasets. In Docker, give
+the ``gpu-worker`` service the GPUs (``deploy.resources.reservations.devices[].count: 4`` or
+``all``) and enough shared memory for NCCL (``shm_size: 8gb`` or ``ipc: host``; NCCL fails with
+Docker's 64 MB default).
+
+**More workers: more ``gpu-worker`` containers.** Jobs are independent, so the platform scales
+out by running more workers, not by spreading one job over machines. ``docker compose up -d
+--scale gpu-worker=N`` starts N replicas; every replica must reach the same PostgreSQL, Redis and
+model store (``MODEL_STORE_DIR``: the same shared volume at the same path on every worker and on
+the web service, since a model's path is stored in the database). Compose gives every replica of
+one service the same GPU reservation, so on one host with several GPUs either run one worker
+with all of them (data parallel, above) or one ``gpu-worker`` service per GPU (an override file
+with ``device_ids: ["0"]``, ``["1"]``, ...); on more hosts, start ``gpu-worker`` on each (or use
+an orchestrator that assigns GPUs to replicas, e.g. Kubernetes with the NVIDIA device plugin).
+Every ``gpu-worker`` consumes the ``gpu`` queue with concurrency 1, prefetch multiplier 1 and
+late acks, so each takes one job at a time, waiting jobs stay in the broker rather than behind a
+busy worker, and a job whose worker dies is delivered again.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.ml.config import RewardModelConfig
+from training.ml.data import PreferencePair, Prompt, publish_dir
+from training.ml.device import default_num_processes, pick_device
+from training.ml.reward_model import (
+    ProgressFn,
+    RewardModelResult,
+    RewardNormalization,
+    StopFn,
+    TrainingCancelled,
+    train_reward_model,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STDERR_TAIL_LINES = 60
+"""lines of the processes' stderr kept for the error message of a failed run"""
+
+
+class DistributedTrainingError(RuntimeError):
+    """The torchrun processes failed: the message names the first exception a rank printed and
+    ends with the tail of their stderr."""
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception)\b.*)$")
+
+
+class _StderrTail:
+    """The last lines of stderr, and the first line that looks like a raised exception."""
+
+    def __init__(self) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.first_exception = ""
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+        match = _EXCEPTION_LINE.match(line)
+        if match and not self.first_exception and "ChildFailedError" not in line:
+            self.first_exception = match.group(1)
+
+    def message(self, head: str) -> str:
+        cause = f" {self.first_exception}" if self.first_exception else ""
+        return f"{head}{cause}\n--- stderr (last {len(self.lines)} lines) ---\n" + "\n".join(
+            self.lines
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The protocol between the launcher and rank 0 (progress lines, result file)
+# --------------------------------------------------------------------------------------------
+
+
+def progress_line(step: int, total: int, metrics: dict[str, float]) -> str:
+    """One progress report as one line of JSON: ``{"step", "total", "metrics"}``."""
+    return json.dumps({"step": step, "total": total, "metrics": metrics}, sort_keys=True)
+
+
+def parse_progress_line(line: str) -> tuple[int, int, dict[str, float]] | None:
+    """The report in a line written by :func:`progress_line`; None for any other line."""
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not {"step", "total", "metrics"} <= data.keys():
+        return None
+    return int(data["step"]), int(data["total"]), dict(data["metrics"])
+
+
+def write_result(result: RewardModelResult, path: Path) -> None:
+    """Write ``result`` as JSON (temp file, then rename: a reader never sees half of it)."""
+    data = dataclasses.asdict(result)
+    data["output_dir"] = str(result.output_dir)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_result(path: Path, *, output_dir: Path) -> RewardModelResult:
+    """Inverse of :func:`write_result`, with the model now at ``output_dir``."""
+    data = json.loads(path.read_text())
+    data["output_dir"] = output_dir
+    data["normalization"] = RewardNormalization(**data["normalization"])
+    return RewardModelResult(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# Launching
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_num_processes(config: RewardModelConfig) -> int:
+    """``config.num_processes``, with 0 meaning one per visible CUDA device (1 on CPU)."""
+    if config.num_processes > 0:
+        return config.num_processes
+    return default_num_processes(config.device)
+
+
+def _check_devices(config: RewardModelConfig, nproc: int) -> None:
+    import torch
+
+    device = pick_device(config.device)
+    if device.type != "cuda":
+        return
+    if device.index is not None and config.device not in (None, "", "auto"):
+        raise ValueError(f"{nproc} processes cannot share the one device {config.device!r}")
+    if nproc > torch.cuda.device_count():
+        raise ValueError(f"{nproc} processes but {torch.cuda.device_count()} visible CUDA devices")
+
+
+def _write_inputs(
+    run_dir: Path,
+    pairs: Sequence[PreferencePair],
+    config: RewardModelConfig,
+    reference_samples: Sequence[tuple[Prompt, str]] | None,
+    metadata: Mapping[str, Any] | None,
+) -> list[str]:
+    """Write the inputs into ``run_dir``; returns the matching ``train-reward`` options."""
+    with (run_dir / "pairs.jsonl").open("w", encoding="utf-8") as handle:
+        for pair in pairs:
+            handle.write(json.dumps(dataclasses.asdict(pair)) + "\n")
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    args = ["--pairs", str(run_dir / "pairs.jsonl"), "--config", str(run_dir / "config.json")]
+    if reference_samples:
+        with (run_dir / "reference.jsonl").open("w", encoding="utf-8") as handle:
+            for prompt, completion in reference_samples:
+                handle.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
+        args += ["--reference", str(run_dir / "reference.jsonl")]
+    if metadata:
+        (run_dir / "metadata.json").write_text(json.dumps(dict(metadata)))
+        args += ["--metadata", str(run_dir / "metadata.json")]
+    return args
+
+
+def _pump(stream: Any, sink: queue.Queue | _StderrTail) -> None:
+    """Copy lines from a pipe into a queue (stdout; None at EOF) or the stderr tail."""
+    for line in stream:
+        (sink.put if isinstance(sink, queue.Queue) else sink.append)(line.rstrip("\n"))
+    if isinstance(sink, queue.Queue):
+        sink.put(None)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of the direct children of ``pid``, from /proc ([] elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append((int(entry.parent.name), fields[19]))
+    return found
+
+
+def _still_running(pid: int, started: str) -> bool:
+    """The process ``pid`` that started at ``started`` exists and is not a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] != "Z"
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send SIGTERM to the child when this process dies (a worker
+    killed by a hard time limit or the OOM killer), so that torchrun stops its ranks instead of
+    holding the GPUs. libc is loaded here, in the parent: the child only makes one call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _terminate(proc: subprocess.Popen, *, grace: float) -> None:
+    """Stop torchrun and its ranks: SIGTERM to all (each rank leads its own process group),
+    SIGKILL to whatever is left after ``grace`` seconds."""
+    ranks = _children(proc.pid)
+    for pid, _ in [(proc.pid, ""), *ranks]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid, started in ranks:
+        while _still_running(pid, started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _still_running(pid, started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def train_reward_model_distributed(
+    pairs: Sequence[PreferencePair],
+    *,
+    base_model: str | Path,
+    output_dir: str | Path,
+    config: RewardModelConfig | None = None,
+    reference_samples: Sequence[tuple[Prompt, str]] | None = None,
+    nproc: int | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    check_replicas: bool = False,
+    poll_seconds: float = 0.2,
+    terminate_grace_seconds: float = 15.0,
+) -> RewardModelResult:
+    """Train like :func:`~training.ml.reward_model.train_reward_model`, on ``nproc`` processes.
+
+    ``nproc`` None: :func:`resolve_num_processes` of ``config``. ``nproc`` <= 1 calls
+    ``train_reward_model`` in this process with the same arguments. Otherwise torchrun runs
+    ``nproc`` ranks (see the module docstring); ``on_progress`` is called in this thread, in
+    order, once per line rank 0 prints; ``should_stop()`` is polled every ``poll_seconds`` (and
+    after every progress line) and True terminates the processes and raises
+    :class:`TrainingCancelled` with nothing written. A non-zero exit raises
+    :class:`DistributedTrainingError` with the tail of stderr. ``check_replicas``: the ranks
+    compare parameter checksums after training (``result.replica_checksums``).
+    """
+    config = config or RewardModelConfig()
+    nproc = resolve_num_processes(config) if nproc is None else nproc
+    if nproc <= 1:
+        return train_reward_model(
+            pairs,
+            base_model=base_model,
+            output_dir=output_dir,
+            config=config,
+            reference_samples=reference_samples,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            metadata=metadata,
+            check_replicas=check_replicas,
+        )
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    _check_devices(config, nproc)
+    output_dir = Path(output_dir).resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.run-", dir=output_dir.parent))
+    proc: subprocess.Popen | None = None
+    try:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",  # a free local port: several jobs may run on one machine
+            "--nnodes=1",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "training.ml",
+            "train-reward",
+            *_write_inputs(run_dir, pairs, config, reference_samples, metadata),
+            "--base",
+            str(base_model),
+            "--out",
+            str(run_dir / "model"),
+            "--result",
+            str(run_dir / "result.json"),
+            "--progress",
+            "json",
+            *(["--check-replicas"] if check_replicas else []),
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,  # its own process group, so that it can be stopped whole
+            preexec_fn=_parent_death_signal(),
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+        stderr = _StderrTail()
+        readers = [
+            threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True),
+            threading.Thread(target=_pump, args=(proc.stderr, stderr), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        stdout_open = True
+        while stdout_open or proc.poll() is None:
+            if should_stop is not None and should_stop():
+                _terminate(proc, grace=terminate_grace_seconds)
+                raise TrainingCancelled("reward model training cancelled")
+            try:
+                line = lines.get(timeout=poll_seconds)
+            except queue.Empty:
+                continue
+            if line is None:
+                stdout_open = False
+                continue
+            report = parse_progress_line(line)
+            if report is None:
+                stderr.append(line)  # stray stdout: kept for the error message
+            elif on_progress is not None:
+                on_progress(*report)
+        for reader in readers:
+            reader.join(timeout=5)
+        if proc.returncode != 0:
+            head = f"reward model training on {nproc} processes failed (exit {proc.returncode}):"
+            raise DistributedTrainingError(stderr.message(head))
+        result = read_result(run_dir / "result.json", output_dir=output_dir)
+        publish_dir(run_dir / "model", output_dir)
+        return result
+    finally:
+        if proc is not None and proc.poll() is None:  # an exception in this process
+            _terminate(proc, grace=terminate_grace_seconds)
+        shutil.rmtree(run_dir, ignore_errors=True)
