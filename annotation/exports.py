@@ -12,6 +12,11 @@ a plain-text prompt). Two shapes:
 * ``aggregate="none"``: every labeller's pairs as they are (:func:`labeller_pairs`);
 * ``aggregate="ranked_pairs" | "bradley_terry" | "majority"``: one set of pairs per task from the
   labellers' consensus (:func:`aggregated_pairs`).
+
+Gold tasks (``Task.is_gold``) are checks of the labellers, not training data: the readers here
+(:func:`ranking_rows`, :func:`ranking_export`) leave their rankings out unless asked for them
+(``gold=True`` reads only them, for the comparison with the references), so no export, no
+``training.exports`` pair and no inter-labeller agreement figure ever contains one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Final, Literal, NamedTuple, get_args
 
 from annotation import consensus
 from annotation.agreement import RankingRecord
-from annotation.models import Completion, Prompt, Ranking, RankingItem, TaskCompletion
+from annotation.models import Completion, Prompt, Ranking, RankingItem, Task, TaskCompletion
 from annotation.pairs import FAIL, FailPolicy, Label, Pair, expand_ranking, preference
 
 Aggregate = Literal["none", "ranked_pairs", "bradley_terry", "majority"]
@@ -54,10 +59,11 @@ class RankingRow(NamedTuple):
     items: dict[int, Label]
 
 
-def ranking_rows(*, campaign_ids: Sequence[int]) -> list[RankingRow]:
-    """Every ranking of the campaigns, oldest first, in two queries."""
+def ranking_rows(*, campaign_ids: Sequence[int], gold: bool = False) -> list[RankingRow]:
+    """Every ranking of the campaigns' real tasks (``gold=True``: of their gold tasks only),
+    oldest first, in two queries."""
     meta = list(
-        Ranking.objects.filter(campaign_id__in=campaign_ids)
+        Ranking.objects.filter(campaign_id__in=campaign_ids, task__is_gold=gold)
         .order_by("id")
         .values_list(
             "id",
@@ -72,7 +78,9 @@ def ranking_rows(*, campaign_ids: Sequence[int]) -> list[RankingRow]:
     )
     items: dict[int, dict[int, Label]] = defaultdict(dict)
     for ranking_id, completion_id, rank, failed in (
-        RankingItem.objects.filter(ranking__campaign_id__in=campaign_ids)
+        RankingItem.objects.filter(
+            ranking__campaign_id__in=campaign_ids, ranking__task__is_gold=gold
+        )
         .order_by()
         .values_list("ranking_id", "completion_id", "rank", "failed")
         .iterator(chunk_size=20_000)
@@ -82,6 +90,16 @@ def ranking_rows(*, campaign_ids: Sequence[int]) -> list[RankingRow]:
         RankingRow(rid, cid, tid, pid, lid, version, round_number, ms / 1000.0, items[rid])
         for rid, cid, tid, pid, lid, version, round_number, ms in meta
     ]
+
+
+def gold_references(*, campaign_ids: Sequence[int]) -> dict[int, dict[int, Label]]:
+    """Task id -> the reference ranking {completion id: label} of every gold task."""
+    return {
+        task_id: {int(completion): label for completion, label in (reference or {}).items()}
+        for task_id, reference in Task.objects.filter(
+            campaign_id__in=campaign_ids, is_gold=True
+        ).values_list("id", "gold_ranking")
+    }
 
 
 def ranking_records(rows: Iterable[RankingRow]) -> list[RankingRecord]:
@@ -504,7 +522,8 @@ class RankingsExport:
 
 
 def ranking_export(*, campaign_ids: Sequence[int]) -> RankingsExport:
-    """Every ranking of the campaigns, oldest first, in five queries.
+    """Every ranking of the campaigns' real tasks (never a gold task's), oldest first, in five
+    queries.
 
     Each record: ``ranking``, ``campaign``, ``task``, ``round``, ``prompt_id``,
     ``prompt_external_id``, ``prompt``, ``messages`` (or ``None``), ``labeller``, ``username``,
@@ -513,7 +532,7 @@ def ranking_export(*, campaign_ids: Sequence[int]) -> RankingsExport:
     "source", "rank", "failed"}`` (``rank`` 1 = best, equal ranks tie; ``None`` when marked F).
     """
     meta = list(
-        Ranking.objects.filter(campaign_id__in=campaign_ids)
+        Ranking.objects.filter(campaign_id__in=campaign_ids, task__is_gold=False)
         .order_by("id")
         .values_list(
             "id",
@@ -531,7 +550,9 @@ def ranking_export(*, campaign_ids: Sequence[int]) -> RankingsExport:
     )
     labels: dict[int, dict[int, tuple[int | None, bool]]] = defaultdict(dict)
     for ranking_id, completion_id, rank, failed in (
-        RankingItem.objects.filter(ranking__campaign_id__in=campaign_ids)
+        RankingItem.objects.filter(
+            ranking__campaign_id__in=campaign_ids, ranking__task__is_gold=False
+        )
         .order_by()
         .values_list("ranking_id", "completion_id", "rank", "failed")
         .iterator(chunk_size=20_000)
@@ -539,7 +560,7 @@ def ranking_export(*, campaign_ids: Sequence[int]) -> RankingsExport:
         labels[ranking_id][completion_id] = (rank, failed)
     slots: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for task_id, completion_id, position in (
-        TaskCompletion.objects.filter(task__campaign_id__in=campaign_ids)
+        TaskCompletion.objects.filter(task__campaign_id__in=campaign_ids, task__is_gold=False)
         .order_by("task_id", "position")
         .values_list("task_id", "completion_id", "position")
         .iterator(chunk_size=20_000)

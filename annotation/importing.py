@@ -3,6 +3,10 @@
 Validation is all-or-nothing: ``parse_import`` either returns every record or raises
 ``ImportFailed`` with every problem found, each with its line number and field, so a user can
 fix the whole file in one pass. The formats are documented in README.md ("Import formats").
+
+A line may carry ``gold``: the reference labels of its completions, in their order (a rank, 1 =
+best, or ``"F"``; ties and F only where the campaign allows them). Such a line becomes a gold
+task: mixed into the labellers' queues and compared with the reference, never exported.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class ParsedPrompt:
     messages: list[dict[str, str]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     completions: tuple[ParsedCompletion, ...] = ()
+    gold: tuple[int | str, ...] | None = None
+    """reference labels of ``completions`` (same order): the line is a gold task"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +81,19 @@ def parse_import(
     max_text_chars: int,
     max_bytes: int,
     default_source: str = "import",
+    allow_ties: bool = True,
+    allow_fail: bool = True,
 ) -> list[ParsedPrompt]:
     """Parse and validate a whole file; raise ``ImportFailed`` listing every problem."""
     check_size(len(data), max_bytes=max_bytes)
     text = _decode(data)
-    checker = _Checker(completions_per_task, max_text_chars, default_source)
+    checker = _Checker(
+        completions_per_task,
+        max_text_chars,
+        default_source,
+        allow_ties=allow_ties,
+        allow_fail=allow_fail,
+    )
     rows = _jsonl_rows(text, checker) if fmt == "jsonl" else _csv_rows(text, checker)
     records = [record for record in rows if record is not None]
     if checker.errors:
@@ -112,10 +126,20 @@ def _decode(data: bytes) -> str:
 class _Checker:
     """Collects errors across the whole file while building records."""
 
-    def __init__(self, n: int, max_chars: int, default_source: str) -> None:
+    def __init__(
+        self,
+        n: int,
+        max_chars: int,
+        default_source: str,
+        *,
+        allow_ties: bool = True,
+        allow_fail: bool = True,
+    ) -> None:
         self.n = n
         self.max_chars = max_chars
         self.default_source = default_source
+        self.allow_ties = allow_ties
+        self.allow_fail = allow_fail
         self.errors: list[LineError] = []
 
     def error(self, line: int, field_name: str, message: str) -> None:
@@ -148,6 +172,7 @@ class _Checker:
         external_id: Any,
         metadata: Any,
         completions: list[tuple[str, Any, Any, Any]],
+        gold: Any = None,
     ) -> ParsedPrompt | None:
         """``completions`` holds (field name, text, source, metadata) for each completion."""
         errors_before = len(self.errors)
@@ -210,7 +235,40 @@ class _Checker:
             messages=parsed_messages,
             metadata=metadata,
             completions=tuple(parsed),
+            gold=self._gold(line, gold, len(completions)),
         )
+
+    def _gold(self, line: int, gold: Any, completions: int) -> tuple[int | str, ...] | None:
+        """The reference labels of a gold line, or None (errors recorded on ``gold``)."""
+        if gold is None:
+            return None
+        if not completions:
+            self.error(line, "gold", "a gold task needs its completions on the same line")
+            return None
+        if not isinstance(gold, list) or len(gold) != completions:
+            self.error(line, "gold", f"must be a list of {completions} labels, one per completion")
+            return None
+        labels: list[int | str] = []
+        for i, label in enumerate(gold):
+            if label == "F":
+                if not self.allow_fail:
+                    self.error(line, f"gold[{i}]", "this campaign does not allow F (fail)")
+                    return None
+            elif isinstance(label, bool) or not isinstance(label, int):
+                self.error(line, f"gold[{i}]", f'must be an integer 1..{completions} or "F"')
+                return None
+            elif not 1 <= label <= completions:
+                self.error(line, f"gold[{i}]", f"must be between 1 and {completions}")
+                return None
+            labels.append(label)
+        ranks = [label for label in labels if label != "F"]
+        if not self.allow_ties and len(set(ranks)) != len(ranks):
+            self.error(line, "gold", "this campaign does not allow ties (equal ranks)")
+            return None
+        if len(set(labels)) < 2:
+            self.error(line, "gold", "says no completion is better than another")
+            return None
+        return tuple(labels)
 
     def _messages(self, line: int, messages: Any) -> list[dict[str, str]] | None:
         if messages is None:
@@ -246,7 +304,7 @@ def _jsonl_rows(text: str, checker: _Checker) -> Iterator[ParsedPrompt | None]:
         if not isinstance(obj, dict):
             checker.error(number, "line", "must be a JSON object")
             continue
-        unknown = set(obj) - {"id", "prompt", "messages", "metadata", "completions"}
+        unknown = set(obj) - {"id", "prompt", "messages", "metadata", "completions", "gold"}
         if unknown:
             checker.error(number, "line", f"unknown field(s): {', '.join(sorted(unknown))}")
             continue
@@ -281,6 +339,7 @@ def _jsonl_rows(text: str, checker: _Checker) -> Iterator[ParsedPrompt | None]:
             external_id=obj.get("id"),
             metadata=obj.get("metadata"),
             completions=completions,
+            gold=obj.get("gold"),
         )
 
 
@@ -294,7 +353,7 @@ def _csv_rows(text: str, checker: _Checker) -> Iterator[ParsedPrompt | None]:
         checker.error(1, "header", f"not valid CSV: {exc}")
         return
     columns = [name.strip() for name in header]
-    allowed = {"id", "prompt", "metadata", "source"} | {
+    allowed = {"id", "prompt", "metadata", "source", "gold"} | {
         f"{kind}_{i}"
         for kind in ("completion", "source")
         for i in range(1, CSV_MAX_COMPLETIONS + 1)
@@ -332,6 +391,13 @@ def _csv_rows(text: str, checker: _Checker) -> Iterator[ParsedPrompt | None]:
             except json.JSONDecodeError as exc:
                 checker.error(start, "metadata", f"not valid JSON: {exc.msg}")
                 continue
+        gold: Any = None
+        if cells.get("gold", "").strip():
+            try:
+                gold = json.loads(cells["gold"])
+            except json.JSONDecodeError as exc:
+                checker.error(start, "gold", f"not valid JSON: {exc.msg}")
+                continue
         completions = [
             (
                 f"completion_{i}",
@@ -349,4 +415,5 @@ def _csv_rows(text: str, checker: _Checker) -> Iterator[ParsedPrompt | None]:
             external_id=cells.get("id") or None,
             metadata=metadata,
             completions=completions,
+            gold=gold,
         )

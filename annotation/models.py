@@ -23,6 +23,11 @@ class Campaign(models.Model):
         PAUSED = "paused", "Paused"
         CLOSED = "closed", "Closed"
 
+    class TaskOrder(models.TextChoices):
+        SEQUENTIAL = "sequential", "Sequential (import order)"
+        RANDOM = "random", "Random (seeded, stable)"
+        UNCERTAINTY = "uncertainty", "Most uncertain for the reward model first"
+
     # Allowed status transitions; the campaign services refuse any other.
     TRANSITIONS: dict[str, frozenset[str]] = {
         Status.DRAFT: frozenset({Status.ACTIVE, Status.CLOSED}),
@@ -44,6 +49,42 @@ class Campaign(models.Model):
     allow_fail = models.BooleanField(default=True)
     round_number = models.PositiveIntegerField(
         default=0, help_text="Iterated RLHF round this campaign collects labels for."
+    )
+    overlap_min = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Adaptive overlap: tasks start at this many labellers (k_min) and are reopened, "
+        "one labeller at a time up to `overlap` (k_max), while their rankings disagree. "
+        "Null: every task gets `overlap` labellers.",
+    )
+    reopen_below = models.FloatField(
+        default=0.5,
+        help_text="Adaptive overlap: a task that reached its target is reopened when its "
+        "labellers' pairwise agreement on strict pairs is below this.",
+    )
+    gold_rate = models.FloatField(
+        default=0.0,
+        help_text="Share of a labeller's tasks drawn from the gold tasks (0 to 1).",
+    )
+    onboarding_gold_tasks = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="M: a new labeller ranks only gold tasks until M are done, and gets real ones "
+        "if their agreement with the references reaches onboarding_threshold. 0: no onboarding.",
+    )
+    onboarding_threshold = models.FloatField(
+        default=0.7,
+        help_text="Agreement with the gold references (strict pairs) needed to pass onboarding; "
+        "also the level below which a labeller's recent gold agreement is flagged.",
+    )
+
+    task_order = models.CharField(
+        max_length=16,
+        choices=TaskOrder.choices,
+        default=TaskOrder.SEQUENTIAL,
+        help_text="Which tasks are served first (after tasks others started): Task.priority.",
+    )
+    order_seed = models.PositiveIntegerField(
+        default=0, help_text="Seed of the random order (with the campaign id)."
     )
     current_guideline = models.ForeignKey(
         "Guideline",
@@ -79,10 +120,33 @@ class Campaign(models.Model):
                 condition=Q(status__in=["draft", "active", "paused", "closed"]),
                 name="campaign_status_valid",
             ),
+            models.CheckConstraint(
+                condition=Q(overlap_min__isnull=True)
+                | (Q(overlap_min__gte=1) & Q(overlap_min__lte=F("overlap"))),
+                name="campaign_overlap_min_within_overlap",
+            ),
+            models.CheckConstraint(
+                condition=Q(gold_rate__gte=0)
+                & Q(gold_rate__lte=1)
+                & Q(reopen_below__gte=0)
+                & Q(reopen_below__lte=1)
+                & Q(onboarding_threshold__gte=0)
+                & Q(onboarding_threshold__lte=1),
+                name="campaign_rates_0_1",
+            ),
+            models.CheckConstraint(
+                condition=Q(task_order__in=["sequential", "random", "uncertainty"]),
+                name="campaign_task_order_valid",
+            ),
         ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def adaptive_overlap(self) -> bool:
+        """Tasks start at ``overlap_min`` labellers and grow toward ``overlap`` on disagreement."""
+        return self.overlap_min is not None and self.overlap_min < self.overlap
 
 
 class Membership(models.Model):
@@ -93,6 +157,15 @@ class Membership(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
     added_at = models.DateTimeField(auto_now_add=True)
+    onboarding_passed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the labeller passed onboarding on the gold tasks (null: not yet, or the "
+        "campaign has none). A failed onboarding is not stored: it is read from the rankings.",
+    )
+    onboarding_agreement = models.FloatField(
+        null=True, blank=True, help_text="Agreement with the gold references when they passed."
+    )
     acknowledged_guideline = models.ForeignKey(
         "Guideline",
         null=True,
@@ -220,6 +293,22 @@ class Task(models.Model):
     target_overlap = models.PositiveSmallIntegerField()
     active_count = models.PositiveSmallIntegerField(default=0)
     submitted_count = models.PositiveSmallIntegerField(default=0)
+    is_gold = models.BooleanField(
+        default=False,
+        help_text="A gold task: mixed into every labeller's queue, compared with its reference "
+        "ranking, never exported as training data nor counted in inter-labeller agreement.",
+    )
+    gold_ranking = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='Gold tasks: the reference labels, {"<completion id>": rank or "F"}.',
+    )
+    priority = models.FloatField(
+        default=0.0,
+        help_text="Higher is served first among tasks started by as many labellers (the "
+        "campaign's task order: 0 sequential, seeded uniform random, or reward-model "
+        "uncertainty).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -236,16 +325,25 @@ class Task(models.Model):
             models.CheckConstraint(
                 condition=Q(target_overlap__gte=1), name="task_target_overlap_positive"
             ),
+            models.CheckConstraint(
+                condition=Q(is_gold=False) | Q(gold_ranking__isnull=False),
+                name="task_gold_has_reference",
+            ),
         ]
         indexes = [
-            # Breadth-first pick: open tasks of a campaign, the most started first. Partial, so
-            # full tasks drop out of the index instead of being scanned past.
+            # Breadth-first pick: open real tasks of a campaign, the most started first, then
+            # the highest priority. Partial, so full tasks drop out of the index instead of being
+            # scanned past.
             models.Index(
                 F("campaign"),
                 F("active_count").desc(),
+                F("priority").desc(),
                 F("id"),
-                name="task_open_breadth_first",
-                condition=Q(active_count__lt=F("target_overlap")),
+                name="task_open_by_priority",
+                condition=Q(active_count__lt=F("target_overlap")) & Q(is_gold=False),
+            ),
+            models.Index(
+                fields=["campaign", "id"], name="task_gold_by_campaign", condition=Q(is_gold=True)
             ),
         ]
 

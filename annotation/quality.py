@@ -10,7 +10,17 @@ function returning plain dataclasses:
   95% interval over tasks;
 * :func:`task_figures` — per task: pairwise agreement (strict and three-way) and Kendall's W;
 * :func:`labeller_figures` — per labeller: agreement with the leave-one-out consensus, tasks,
-  F rate, tie rate, median time per task, and the flag with its reason.
+  F rate, tie rate, median time per task, and the flag with its reason; with a
+  :class:`GoldTable`, also agreement with the gold references (``gold_agreement``).
+
+Gold tasks are left out of everything above (:func:`annotation.exports.ranking_rows` reads real
+tasks only): a gold task is ranked by every labeller, so it would weigh far more than a real
+task in inter-labeller agreement, and it measures something else — agreement with a known
+answer. :func:`gold_table` compares each labeller's gold rankings with the references instead:
+pairwise agreement on strict pairs (the ``strict`` form of the agreement figures, chance 50%),
+with n and a bootstrap interval over gold tasks, overall and per block of gold tasks or per
+week (drift), a flag when the latest block falls below the campaign's threshold, and the
+onboarding outcome.
 
 :func:`campaign_agreement` and :func:`labeller_quality_table` do the reading and one figure set
 in one call. No access checks here: callers pass a campaign they were allowed to see.
@@ -19,9 +29,11 @@ in one call. No access checks here: callers pass a campaign they were allowed to
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Final, Literal
 
 import numpy as np
 from django.contrib.auth import get_user_model
@@ -36,8 +48,8 @@ from annotation.agreement import (
     PairVotes,
     RankingTable,
 )
-from annotation.models import Campaign
-from annotation.pairs import FailPolicy
+from annotation.models import Campaign, Membership, Ranking, RankingItem
+from annotation.pairs import FAIL, FailPolicy, Label
 
 FORMS: Final[tuple[AgreementForm, ...]] = ("strict", "three_way", "tie_half")
 TASK_FORMS: Final[tuple[AgreementForm, ...]] = ("strict", "three_way")
@@ -138,7 +150,13 @@ class LabellerRow:
     median_seconds: float | None
     robust_z: float | None
     flagged: bool
+    """far below the others' consensus, or (with gold) recent gold agreement below threshold"""
     flag_reason: str | None
+    gold_agreement: Figure | None = None
+    """agreement with the gold references over all their gold tasks (None: no gold table given);
+    n = completion pairs compared, both strict"""
+    gold_tasks: int = 0
+    gold_flagged: bool = False
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -312,12 +330,19 @@ def labeller_figures(
     *,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     rule: FlagRule = DEFAULT_RULE,
+    gold: GoldTable | None = None,
 ) -> list[LabellerRow]:
-    """The labeller quality table, flagged labellers first, then by agreement (lowest first)."""
+    """The labeller quality table, flagged labellers first, then by agreement (lowest first).
+
+    With ``gold`` every row gains its gold agreement, and a labeller flagged by the gold rule
+    is flagged here too (the reasons joined); labellers who ranked only gold tasks get a row
+    with no consensus agreement.
+    """
     quality = agreement.labeller_quality(inputs.table, inputs.votes, rule=rule, bootstrap=bootstrap)
+    gold_rows = {row.labeller_id: row for row in gold.rows} if gold is not None else {}
     usernames = dict(
         get_user_model()
-        .objects.filter(pk__in=[q.labeller_id for q in quality])
+        .objects.filter(pk__in=[q.labeller_id for q in quality] + list(gold_rows))
         .values_list("pk", "username")
     )
     rows = [
@@ -344,6 +369,11 @@ def labeller_figures(
         )
         for q in quality
     ]
+    if gold is not None:
+        known = {row.labeller_id for row in rows}
+        for labeller_id in sorted(gold_rows.keys() - known):
+            rows.append(_gold_only_row(labeller_id, usernames.get(labeller_id, "")))
+        rows = [_with_gold(row, gold_rows.get(row.labeller_id)) for row in rows]
     rows.sort(
         key=lambda row: (
             not row.flagged,
@@ -372,6 +402,392 @@ def labeller_quality_table(
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     rule: FlagRule = DEFAULT_RULE,
 ) -> list[LabellerRow]:
-    """The labeller quality table of ``campaign``."""
+    """The labeller quality table of ``campaign``, with the gold agreement column."""
     inputs = agreement_inputs(campaign=campaign, fail_policy=fail_policy)
-    return labeller_figures(inputs, bootstrap=bootstrap, rule=rule)
+    gold = gold_table(campaign=campaign, fail_policy=fail_policy, bootstrap=bootstrap)
+    return labeller_figures(inputs, bootstrap=bootstrap, rule=rule, gold=gold)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gold tasks: agreement with the reference rankings
+# --------------------------------------------------------------------------------------------------
+
+GOLD_KEY: Final = "gold_agreement"
+GOLD_LABEL: Final = "agreement with the gold reference rankings (strict pairs; chance 50%)"
+GOLD_N_OF: Final = "completion pairs compared (labeller and reference both strict)"
+
+DriftBy = Literal["block", "week"]
+
+
+@dataclass(frozen=True, slots=True)
+class GoldRule:
+    """When a labeller's gold agreement is reported as too low."""
+
+    threshold: float = 0.7
+    """agreement with the references below which the latest block is flagged (the campaign's
+    ``onboarding_threshold``)"""
+    block: int = 10
+    """gold tasks per block of the drift series; the flag looks at the latest ``block``"""
+    min_tasks: int = 5
+    """gold tasks in the latest block before a labeller can be flagged"""
+
+
+@dataclass(frozen=True, slots=True)
+class GoldPoint:
+    """One point of a labeller's gold agreement over time."""
+
+    label: str
+    """``gold tasks 1-10`` (blocks, in the order ranked) or ``2026-W47`` (ISO weeks)"""
+    start: datetime
+    """when the first ranking of the point was submitted"""
+    end: datetime
+    tasks: int
+    agreement: Figure
+
+
+@dataclass(frozen=True, slots=True)
+class GoldRow:
+    """One labeller's agreement with the gold references."""
+
+    labeller_id: int
+    username: str
+    agreement: Figure
+    """over all their gold tasks; interval by bootstrap over those tasks"""
+    tasks: int
+    drift: tuple[GoldPoint, ...]
+    latest: Figure
+    """over their latest ``rule.block`` gold tasks: what the flag looks at"""
+    onboarding: str
+    """``off`` (campaign without onboarding), ``in_progress``, ``passed`` or ``failed``"""
+    onboarding_agreement: float | None
+    flagged: bool
+    flag_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GoldTable:
+    campaign_id: int
+    gold_tasks: int
+    """gold tasks in the campaign"""
+    rankings: int
+    """rankings of gold tasks"""
+    fail_policy: FailPolicy
+    bootstrap: Bootstrap
+    rule: GoldRule
+    drift_by: DriftBy
+    rows: tuple[GoldRow, ...]
+    """flagged first, then by agreement, lowest first"""
+
+
+@dataclass(frozen=True, slots=True)
+class OnboardingResult:
+    gold_tasks: int
+    """gold tasks ranked, at most the campaign's ``onboarding_gold_tasks``"""
+    agreement: Estimate
+    """over those, without an interval"""
+
+
+def _gold_figure(estimate: Estimate) -> Figure:
+    return Figure.of(
+        estimate,
+        key=GOLD_KEY,
+        label=GOLD_LABEL,
+        n_of=GOLD_N_OF,
+        form="strict",
+        chance=CHANCE["strict"],
+    )
+
+
+def gold_estimate(
+    rankings: Sequence[tuple[int, Mapping[int, Label]]],
+    references: Mapping[int, Mapping[int, Label]],
+    *,
+    fail_policy: FailPolicy = "rank_last",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> Estimate:
+    """Agreement of one labeller's gold rankings ``(task id, labels)`` with the references.
+
+    The labeller and the reference are two raters of each gold task and the figure is the
+    pairwise agreement in the ``strict`` form (:func:`annotation.agreement.pairwise_agreement`):
+    the share of completion pairs both ordered strictly that they order the same way; n = such
+    pairs; the interval resamples the gold tasks. Rankings of tasks without a reference are
+    ignored.
+    """
+    records = [
+        agreement.RankingRecord(ranking_id=i + 1, task_id=task_id, labeller_id=1, items=items)
+        for i, (task_id, items) in enumerate(rankings)
+        if task_id in references
+    ]
+    records += [
+        agreement.RankingRecord(
+            ranking_id=0, task_id=task_id, labeller_id=0, items=references[task_id]
+        )
+        for task_id in sorted({r.task_id for r in records})
+    ]
+    if not records:
+        return Estimate(value=None, n=0, ci_low=None, ci_high=None)
+    table = agreement.ranking_table(records)
+    votes = agreement.pair_votes(table, fail_policy=fail_policy)
+    return agreement.pairwise_agreement(votes, form="strict", bootstrap=bootstrap).estimate
+
+
+def task_strict_agreement(
+    rankings: Sequence[Mapping[int, Label]], *, fail_policy: FailPolicy = "rank_last"
+) -> tuple[float | None, int]:
+    """(agreement, pairs compared) of one task's rankings: the share of (labeller pair,
+    completion pair) comparisons where both ordered the pair strictly and the same way; None
+    when no such comparison exists (fewer than two rankings, or only ties). The adaptive-overlap
+    rule of :func:`annotation.services.ranking_submit`."""
+    if len(rankings) < 2:
+        return None, 0
+    records = [
+        agreement.RankingRecord(ranking_id=i + 1, task_id=1, labeller_id=i + 1, items=items)
+        for i, items in enumerate(rankings)
+    ]
+    table = agreement.ranking_table(records)
+    votes = agreement.pair_votes(table, fail_policy=fail_policy)
+    agree, compared = agreement.agreement_by_task(votes, form="strict")[0]
+    return (float(agree / compared) if compared > 0 else None), int(compared)
+
+
+def _first_gold_rankings(
+    *, campaign_id: int, labeller_id: int, limit: int
+) -> list[tuple[int, dict[int, Label]]]:
+    """(task id, labels) of the labeller's first ``limit`` gold rankings in the campaign."""
+    firsts = list(
+        Ranking.objects.filter(campaign_id=campaign_id, labeller_id=labeller_id, task__is_gold=True)
+        .order_by("id")
+        .values_list("id", "task_id")[:limit]
+    )
+    items: dict[int, dict[int, Label]] = defaultdict(dict)
+    for ranking_id, completion_id, rank, failed in RankingItem.objects.filter(
+        ranking_id__in=[ranking_id for ranking_id, _ in firsts]
+    ).values_list("ranking_id", "completion_id", "rank", "failed"):
+        items[ranking_id][completion_id] = FAIL if failed else rank
+    return [(task_id, items[ranking_id]) for ranking_id, task_id in firsts]
+
+
+def onboarding_result(*, campaign: Campaign, labeller_id: int, gold_tasks: int) -> OnboardingResult:
+    """The labeller's agreement with the references over their first ``gold_tasks`` gold
+    rankings (fewer if they have not ranked that many). Three queries, no interval."""
+    rankings = _first_gold_rankings(
+        campaign_id=campaign.pk, labeller_id=labeller_id, limit=gold_tasks
+    )
+    references = exports.gold_references(campaign_ids=[campaign.pk])
+    estimate = gold_estimate(
+        rankings, references, fail_policy="rank_last", bootstrap=Bootstrap(resamples=0)
+    )
+    return OnboardingResult(gold_tasks=len(rankings), agreement=estimate)
+
+
+def _iso_week(at: datetime) -> str:
+    year, week, _ = at.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _drift(
+    mine: Sequence[exports.RankingRow],
+    created: Mapping[int, datetime],
+    references: Mapping[int, Mapping[int, Label]],
+    *,
+    by: DriftBy,
+    block: int,
+    fail_policy: FailPolicy,
+    bootstrap: Bootstrap,
+) -> tuple[GoldPoint, ...]:
+    """The labeller's gold agreement per block of ``block`` gold tasks (in the order ranked;
+    the last block may be shorter) or per ISO week of submission."""
+    groups: dict[str, list[exports.RankingRow]] = {}
+    if by == "week":
+        for row in mine:
+            groups.setdefault(_iso_week(created[row.ranking_id]), []).append(row)
+    else:
+        for first in range(0, len(mine), block):
+            rows = list(mine[first : first + block])
+            groups[f"gold tasks {first + 1}-{first + len(rows)}"] = rows
+    points = []
+    for label, rows in groups.items():
+        estimate = gold_estimate(
+            [(r.task_id, r.items) for r in rows],
+            references,
+            fail_policy=fail_policy,
+            bootstrap=bootstrap,
+        )
+        points.append(
+            GoldPoint(
+                label=label,
+                start=created[rows[0].ranking_id],
+                end=created[rows[-1].ranking_id],
+                tasks=len(rows),
+                agreement=_gold_figure(estimate),
+            )
+        )
+    return tuple(points)
+
+
+def _onboarding_state(
+    campaign: Campaign,
+    membership: Membership | None,
+    mine: Sequence[exports.RankingRow],
+    references: Mapping[int, Mapping[int, Label]],
+) -> tuple[str, float | None]:
+    """What :func:`onboarding_result` would say, from the labeller's rows already read
+    (oldest first, as the onboarding takes them)."""
+    needed = campaign.onboarding_gold_tasks
+    if needed == 0:
+        return "off", None
+    if membership is not None and membership.onboarding_passed_at is not None:
+        return "passed", membership.onboarding_agreement
+    first = [(r.task_id, r.items) for r in mine[:needed]]
+    value = gold_estimate(first, references, bootstrap=Bootstrap(resamples=0)).value
+    if len(first) < needed and len(mine) < len(references):  # gold left for them to rank
+        return "in_progress", value
+    if value is not None and value >= campaign.onboarding_threshold:
+        return "passed", value
+    return "failed", value
+
+
+def gold_table(
+    *,
+    campaign: Campaign,
+    fail_policy: FailPolicy = "rank_last",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    rule: GoldRule | None = None,
+    drift_by: DriftBy = "block",
+) -> GoldTable:
+    """Every labeller's agreement with the gold references: overall, over time, their latest
+    block (flagged below ``rule.threshold``, by default the campaign's onboarding threshold)
+    and their onboarding outcome. Labellers with no gold ranking are not listed."""
+    rule = rule or GoldRule(threshold=campaign.onboarding_threshold)
+    rows = exports.ranking_rows(campaign_ids=[campaign.pk], gold=True)
+    references = exports.gold_references(campaign_ids=[campaign.pk])
+    created = dict(
+        Ranking.objects.filter(pk__in=[r.ranking_id for r in rows]).values_list("id", "created_at")
+    )
+    by_labeller: dict[int, list[exports.RankingRow]] = defaultdict(list)
+    for row in rows:  # oldest first
+        by_labeller[row.labeller_id].append(row)
+    usernames = dict(
+        get_user_model().objects.filter(pk__in=list(by_labeller)).values_list("pk", "username")
+    )
+    memberships = {
+        m.user_id: m for m in Membership.objects.filter(campaign=campaign, user_id__in=by_labeller)
+    }
+    result = []
+    for labeller_id, mine in by_labeller.items():
+        overall = gold_estimate(
+            [(r.task_id, r.items) for r in mine],
+            references,
+            fail_policy=fail_policy,
+            bootstrap=bootstrap,
+        )
+        recent_rows = mine[-rule.block :]
+        recent = gold_estimate(
+            [(r.task_id, r.items) for r in recent_rows],
+            references,
+            fail_policy=fail_policy,
+            bootstrap=bootstrap,
+        )
+        flagged = (
+            len(recent_rows) >= rule.min_tasks
+            and recent.value is not None
+            and recent.value < rule.threshold
+        )
+        reason = None
+        if flagged:
+            earlier = mine[: -rule.block]
+            before = gold_estimate(
+                [(r.task_id, r.items) for r in earlier],
+                references,
+                fail_policy=fail_policy,
+                bootstrap=Bootstrap(resamples=0),
+            )
+            reason = (
+                f"agreement with the gold references {recent.value:.2f} over their last "
+                f"{len(recent_rows)} gold tasks ({recent.n} pairs) is below {rule.threshold:.2f}"
+            )
+            if before.value is not None:
+                reason += f" (before: {before.value:.2f} over {len(earlier)} gold tasks)"
+        onboarding, onboarding_value = _onboarding_state(
+            campaign, memberships.get(labeller_id), mine, references
+        )
+        result.append(
+            GoldRow(
+                labeller_id=labeller_id,
+                username=usernames.get(labeller_id, ""),
+                agreement=_gold_figure(overall),
+                tasks=len(mine),
+                drift=_drift(
+                    mine,
+                    created,
+                    references,
+                    by=drift_by,
+                    block=rule.block,
+                    fail_policy=fail_policy,
+                    bootstrap=bootstrap,
+                ),
+                latest=_gold_figure(recent),
+                onboarding=onboarding,
+                onboarding_agreement=onboarding_value,
+                flagged=flagged,
+                flag_reason=reason,
+            )
+        )
+    result.sort(
+        key=lambda row: (
+            not row.flagged,
+            math.inf if row.agreement.value is None else row.agreement.value,
+            row.labeller_id,
+        )
+    )
+    return GoldTable(
+        campaign_id=campaign.pk,
+        gold_tasks=len(references),
+        rankings=len(rows),
+        fail_policy=fail_policy,
+        bootstrap=bootstrap,
+        rule=rule,
+        drift_by=drift_by,
+        rows=tuple(result),
+    )
+
+
+def _gold_only_row(labeller_id: int, username: str) -> LabellerRow:
+    """A quality-table row for a labeller who ranked gold tasks only (e.g. in onboarding)."""
+    return LabellerRow(
+        labeller_id=labeller_id,
+        username=username,
+        agreement=Figure(
+            key="agreement_with_consensus",
+            label="agreement with the others' leave-one-out consensus (strict pairs; chance 50%)",
+            value=None,
+            n=0,
+            n_of="completion pairs scored",
+            ci_low=None,
+            ci_high=None,
+            form="strict",
+            chance=CHANCE["strict"],
+        ),
+        tasks=0,
+        tasks_with_overlap=0,
+        fail_rate=None,
+        tie_rate=None,
+        median_seconds=None,
+        robust_z=None,
+        flagged=False,
+        flag_reason=None,
+    )
+
+
+def _with_gold(row: LabellerRow, gold: GoldRow | None) -> LabellerRow:
+    if gold is None:
+        return replace(row, gold_agreement=_gold_figure(Estimate(None, 0, None, None)))
+    reasons = [r for r in (row.flag_reason, gold.flag_reason) if r]
+    return replace(
+        row,
+        gold_agreement=gold.agreement,
+        gold_tasks=gold.tasks,
+        gold_flagged=gold.flagged,
+        flagged=row.flagged or gold.flagged,
+        flag_reason="; ".join(reasons) or None,
+    )

@@ -7,14 +7,21 @@ Locking rules (PostgreSQL; SQLite serialises writers with BEGIN IMMEDIATE instea
   picked with ``FOR UPDATE SKIP LOCKED`` so concurrent labellers never wait on each other.
 - ``Assignment`` row: held while submitting, skipping or expiring it, so each happens once.
 Order: membership, then assignment, then task. Nothing locks a task before an assignment.
+
+Gold tasks (``Task.is_gold``) carry a reference ranking; every labeller may rank them (their
+``target_overlap`` is raised, under the task lock, to whatever is handed out), and they are mixed
+into each labeller's queue at ``Campaign.gold_rate`` or, during onboarding, served alone.
+Adaptive overlap (``Campaign.overlap_min``) raises a task's ``target_overlap`` by one in the
+submit that fills it while its labellers disagree, up to ``Campaign.overlap``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,10 +33,10 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Subquery, Value
-from django.db.models.functions import Greatest
+from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
-from annotation import importing
+from annotation import importing, quality
 from annotation.errors import Busy, Conflict, InvalidInput, NotFound, PermissionDenied
 from annotation.models import (
     MAX_COMPLETIONS,
@@ -53,10 +60,38 @@ User = AbstractBaseUser
 
 # --- Campaigns ----------------------------------------------------------------------------------
 
-CAMPAIGN_SETTINGS = ("completions_per_task", "overlap", "allow_ties", "allow_fail")
+CAMPAIGN_SETTINGS = (
+    "completions_per_task",
+    "overlap",
+    "allow_ties",
+    "allow_fail",
+    "overlap_min",
+    "reopen_below",
+    "gold_rate",
+    "onboarding_gold_tasks",
+    "onboarding_threshold",
+    "task_order",
+    "order_seed",
+)
 
 
-def _check_campaign_settings(*, completions_per_task: int, overlap: int) -> None:
+def _check_rate(value: Any, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidInput("must be a number between 0 and 1", field=field)
+
+
+def _check_campaign_settings(
+    *,
+    completions_per_task: int,
+    overlap: int,
+    overlap_min: int | None = None,
+    reopen_below: float = 0.5,
+    gold_rate: float = 0.0,
+    onboarding_gold_tasks: int = 0,
+    onboarding_threshold: float = 0.7,
+    task_order: str = Campaign.TaskOrder.SEQUENTIAL,
+    order_seed: int = 0,
+) -> None:
     if not MIN_COMPLETIONS <= completions_per_task <= MAX_COMPLETIONS:
         raise InvalidInput(
             f"must be between {MIN_COMPLETIONS} and {MAX_COMPLETIONS}",
@@ -64,6 +99,17 @@ def _check_campaign_settings(*, completions_per_task: int, overlap: int) -> None
         )
     if overlap < 1:
         raise InvalidInput("must be at least 1", field="overlap")
+    if overlap_min is not None and not 1 <= overlap_min <= overlap:
+        raise InvalidInput(f"must be between 1 and the overlap ({overlap})", field="overlap_min")
+    _check_rate(reopen_below, "reopen_below")
+    _check_rate(gold_rate, "gold_rate")
+    _check_rate(onboarding_threshold, "onboarding_threshold")
+    if not 0 <= onboarding_gold_tasks <= 1000:
+        raise InvalidInput("must be between 0 and 1000", field="onboarding_gold_tasks")
+    if task_order not in Campaign.TaskOrder.values:
+        raise InvalidInput(f"unknown task order {task_order!r}", field="task_order")
+    if not 0 <= order_seed < 2**31:
+        raise InvalidInput("must be between 0 and 2^31 - 1", field="order_seed")
 
 
 @transaction.atomic
@@ -77,8 +123,28 @@ def campaign_create(
     allow_ties: bool = True,
     allow_fail: bool = True,
     round_number: int = 0,
+    overlap_min: int | None = None,
+    reopen_below: float = 0.5,
+    gold_rate: float = 0.0,
+    onboarding_gold_tasks: int = 0,
+    onboarding_threshold: float = 0.7,
+    task_order: str = Campaign.TaskOrder.SEQUENTIAL,
+    order_seed: int = 0,
 ) -> Campaign:
-    _check_campaign_settings(completions_per_task=completions_per_task, overlap=overlap)
+    """Create a draft campaign. ``overlap_min`` (k_min) turns on adaptive overlap up to
+    ``overlap`` (k_max); see :class:`annotation.models.Campaign` for the other settings."""
+    quality_settings = {
+        "overlap_min": overlap_min,
+        "reopen_below": reopen_below,
+        "gold_rate": gold_rate,
+        "onboarding_gold_tasks": onboarding_gold_tasks,
+        "onboarding_threshold": onboarding_threshold,
+        "task_order": task_order,
+        "order_seed": order_seed,
+    }
+    _check_campaign_settings(
+        completions_per_task=completions_per_task, overlap=overlap, **quality_settings
+    )
     return Campaign.objects.create(
         name=name,
         description=description,
@@ -88,6 +154,7 @@ def campaign_create(
         allow_fail=allow_fail,
         round_number=round_number,
         created_by=created_by,
+        **quality_settings,
     )
 
 
@@ -96,7 +163,13 @@ def campaign_update(*, campaign: Campaign, **changes: Any) -> Campaign:
     """Change a campaign's settings.
 
     N cannot change once tasks exist (their completions are fixed). Changing the overlap moves
-    every task's target, never below the slots already taken.
+    every task's target, never below the slots already taken: with a fixed overlap to the new
+    one; with adaptive overlap into k_min..k_max (a task reopened on disagreement keeps its
+    raised target; turning adaptive overlap on moves every task to k_min). Changing the task
+    order (or its seed) recomputes every task's priority; ``uncertainty`` starts from the random
+    order until an ``acquisition`` job scores the tasks.
+
+    Locks the campaign row, then (with ``UPDATE``) the tasks whose target or priority moves.
     """
     campaign = Campaign.objects.select_for_update(no_key=True).get(pk=campaign.pk)
     allowed = {"name", "description", *CAMPAIGN_SETTINGS}
@@ -104,8 +177,12 @@ def campaign_update(*, campaign: Campaign, **changes: Any) -> Campaign:
     if unknown:
         raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
     n = changes.get("completions_per_task", campaign.completions_per_task)
-    overlap = changes.get("overlap", campaign.overlap)
-    _check_campaign_settings(completions_per_task=n, overlap=overlap)
+    merged = {name: changes.get(name, getattr(campaign, name)) for name in CAMPAIGN_SETTINGS}
+    _check_campaign_settings(
+        **{k: v for k, v in merged.items() if k not in ("allow_ties", "allow_fail")}
+    )
+    was_adaptive = campaign.adaptive_overlap
+    old_order = (campaign.task_order, campaign.order_seed)
     if n != campaign.completions_per_task and campaign.tasks.exists():
         raise Conflict(
             "cannot change the number of completions once tasks are imported",
@@ -116,9 +193,81 @@ def campaign_update(*, campaign: Campaign, **changes: Any) -> Campaign:
     for name, value in changes.items():
         setattr(campaign, name, value)
     campaign.save(update_fields=[*changes, "updated_at"])
-    if "overlap" in changes:
-        campaign.tasks.update(target_overlap=Greatest(F("active_count"), Value(overlap)))
+    if {"overlap", "overlap_min"} & changes.keys():
+        _retarget_tasks(campaign, was_adaptive=was_adaptive)
+    if (campaign.task_order, campaign.order_seed) != old_order:
+        _apply_task_order(campaign, campaign.tasks.filter(is_gold=False))
     return campaign
+
+
+def _retarget_tasks(campaign: Campaign, *, was_adaptive: bool) -> None:
+    """Move the tasks' targets after an overlap change (see :func:`campaign_update`)."""
+    real = campaign.tasks.filter(is_gold=False)
+    if campaign.adaptive_overlap:
+        k_min, k_max = Value(campaign.overlap_min), Value(campaign.overlap)
+        start = Greatest(F("target_overlap"), k_min) if was_adaptive else k_min
+        real.update(target_overlap=Greatest(F("active_count"), Least(start, k_max)))
+    else:
+        real.update(target_overlap=Greatest(F("active_count"), Value(campaign.overlap)))
+    # Gold tasks have no cap: their target only says when progress counts them as complete.
+    campaign.tasks.filter(is_gold=True).update(
+        target_overlap=Greatest(F("active_count"), Value(campaign.overlap))
+    )
+
+
+def initial_overlap(campaign: Campaign) -> int:
+    """The target a new task starts with: k_min with adaptive overlap, else the overlap."""
+    return campaign.overlap_min if campaign.adaptive_overlap else campaign.overlap
+
+
+def random_priority(*, campaign_id: int, seed: int, task_id: int) -> float:
+    """A task's place in the campaign's random order: uniform in [0, 1), fixed by the campaign,
+    its ``order_seed`` and the task id (the same on every machine and every call)."""
+    digest = hashlib.blake2b(f"{campaign_id}:{seed}:{task_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _apply_task_order(campaign: Campaign, tasks) -> None:
+    """Set the priority of ``tasks`` (a queryset or list) from the campaign's task order:
+    0 for sequential (id order), the seeded random order otherwise (uncertainty starts there
+    until an acquisition job scores the tasks)."""
+    if campaign.task_order == Campaign.TaskOrder.SEQUENTIAL:
+        if isinstance(tasks, list):
+            tasks = Task.objects.filter(pk__in=[t.pk for t in tasks])
+        tasks.update(priority=0.0)
+        return
+    rows = [
+        Task(
+            pk=task.pk,
+            priority=random_priority(
+                campaign_id=campaign.pk, seed=campaign.order_seed, task_id=task.pk
+            ),
+        )
+        for task in (tasks.only("pk") if hasattr(tasks, "only") else tasks)
+    ]
+    Task.objects.bulk_update(rows, ["priority"], batch_size=1000)
+
+
+PRIORITY_BATCH = 500
+"""Tasks per transaction when an acquisition job writes priorities: each batch locks its rows
+only briefly, so labellers asking for tasks meanwhile are not held up."""
+
+
+def task_priorities_set(*, campaign: Campaign, priorities: Mapping[int, float]) -> int:
+    """Store reward-model priorities (higher first) of the campaign's real tasks; ids of gold
+    tasks and of other campaigns' tasks are ignored. Returns how many tasks were updated.
+
+    Not one transaction: batches of :data:`PRIORITY_BATCH` commit one by one (a priority is an
+    ordering hint, not an invariant; a task assigned meanwhile keeps its slot either way).
+    """
+    own = set(
+        campaign.tasks.filter(is_gold=False, pk__in=list(priorities)).values_list("pk", flat=True)
+    )
+    rows = [Task(pk=pk, priority=float(priorities[pk])) for pk in sorted(own)]
+    for start in range(0, len(rows), PRIORITY_BATCH):
+        with transaction.atomic():
+            Task.objects.bulk_update(rows[start : start + PRIORITY_BATCH], ["priority"])
+    return len(rows)
 
 
 @transaction.atomic
@@ -240,6 +389,7 @@ class ImportResult:
     prompts: int
     tasks: int
     completions: int
+    gold_tasks: int = 0
 
 
 def campaign_import(
@@ -256,6 +406,8 @@ def campaign_import(
         max_text_chars=settings.IMPORT_MAX_TEXT_CHARS,
         max_bytes=settings.IMPORT_MAX_BYTES,
         default_source=f"import:{filename}"[:200],
+        allow_ties=campaign.allow_ties,
+        allow_fail=campaign.allow_fail,
     )
     return _store_import(campaign=campaign, records=parsed)
 
@@ -295,25 +447,35 @@ def _store_import(*, campaign: Campaign, records: Sequence[importing.ParsedPromp
             for c in r.completions
         ]
     )
-    tasks = tasks_create(
-        campaign=campaign,
-        groups=[
-            (
-                p,
-                completions[
-                    i * campaign.completions_per_task : (i + 1) * campaign.completions_per_task
-                ],
-            )
-            for i, (p, _) in enumerate(with_completions)
-        ],
+    n = campaign.completions_per_task
+    groups = [(p, completions[i * n : (i + 1) * n]) for i, (p, _) in enumerate(with_completions)]
+    gold = [
+        None
+        if r.gold is None
+        else {str(c.pk): label for c, label in zip(group, r.gold, strict=True)}
+        for (_, group), (_, r) in zip(groups, with_completions, strict=True)
+    ]
+    tasks = tasks_create(campaign=campaign, groups=groups, gold=gold)
+    return ImportResult(
+        prompts=len(prompts),
+        tasks=len(tasks),
+        completions=len(completions),
+        gold_tasks=sum(g is not None for g in gold),
     )
-    return ImportResult(prompts=len(prompts), tasks=len(tasks), completions=len(completions))
 
 
 def tasks_create(
-    *, campaign: Campaign, groups: Sequence[tuple[Prompt, Sequence[Completion]]]
+    *,
+    campaign: Campaign,
+    groups: Sequence[tuple[Prompt, Sequence[Completion]]],
+    gold: Sequence[dict[str, Label] | None] | None = None,
 ) -> list[Task]:
-    """Create one task per (prompt, completions) group; each group must hold exactly N."""
+    """Create one task per (prompt, completions) group; each group must hold exactly N.
+
+    ``gold[i]``, when given and not None, makes task i a gold task with that reference ranking
+    (``{"<completion id>": label}``, already validated). New tasks start at k_min labellers with
+    adaptive overlap, and take their place in the campaign's task order.
+    """
     n = campaign.completions_per_task
     for prompt, group in groups:
         if len(group) != n:
@@ -321,9 +483,24 @@ def tasks_create(
                 f"prompt {prompt.pk} has {len(group)} completions; the campaign needs {n}",
                 field="completions",
             )
+    references = list(gold) if gold is not None else [None] * len(groups)
+    if len(references) != len(groups):
+        raise InvalidInput("one gold entry (or None) per group", field="gold")
+    start = initial_overlap(campaign)
     tasks = Task.objects.bulk_create(
-        [Task(campaign=campaign, prompt=p, target_overlap=campaign.overlap) for p, _ in groups]
+        [
+            Task(
+                campaign=campaign,
+                prompt=p,
+                target_overlap=start if reference is None else campaign.overlap,
+                is_gold=reference is not None,
+                gold_ranking=reference,
+            )
+            for (p, _), reference in zip(groups, references, strict=True)
+        ]
     )
+    if campaign.task_order != Campaign.TaskOrder.SEQUENTIAL:
+        _apply_task_order(campaign, [t for t in tasks if not t.is_gold])
     TaskCompletion.objects.bulk_create(
         [
             TaskCompletion(task=task, completion=c, position=i)
@@ -372,7 +549,16 @@ def task_assign_next(
 
     A task counts open leases and submitted rankings against its overlap, so it is never handed
     to more labellers than its target, however many ask at once. Tasks others have started come
-    first (breadth first), so tasks reach k rankings rather than many sitting at one.
+    first (breadth first), so tasks reach k rankings rather than many sitting at one; among
+    those started by as many labellers, the highest ``priority`` (the campaign's task order),
+    then the lowest id.
+
+    Gold tasks: with probability ``gold_rate`` the labeller gets a gold task they have not
+    ranked (lowest id first) instead, if one is free right now and real work is left for them;
+    a gold task's target is raised to fit, so every labeller can rank it. When only gold tasks
+    are left: None (gold tasks are never served alone, outside onboarding). During onboarding
+    (``onboarding_gold_tasks`` M > 0, not passed yet) only gold tasks are served; after M the
+    labeller passes (recorded on the membership) or is refused with ``onboarding_failed``.
 
     Locks: the labeller's membership row, then one candidate task (``SKIP LOCKED``: a task
     another request is assigning is passed over rather than waited for; only when every open
@@ -397,14 +583,24 @@ def task_assign_next(
 
     mine = Assignment.objects.filter(task=OuterRef("pk"), labeller=labeller)
     finished = [Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED]
-    candidates = (
-        Task.objects.filter(campaign=campaign, active_count__lt=F("target_overlap"))
+    open_to_me = (
+        Task.objects.filter(campaign=campaign)
         .filter(~Exists(mine.filter(status__in=finished)))
         .annotate(expired_assignment_id=Subquery(mine.values("pk")[:1]))
         .select_related("prompt")
-        .order_by("-active_count", "id")
     )
-    task = _lock_first_free(candidates)
+    gold = open_to_me.filter(is_gold=True).order_by("id")
+    real = open_to_me.filter(is_gold=False, active_count__lt=F("target_overlap")).order_by(
+        "-active_count", "-priority", "id"
+    )
+    if _onboarding_pending(campaign=campaign, membership=membership, gold=gold, now=now):
+        task = _lock_first_free(gold)
+    else:
+        task = None
+        if campaign.gold_rate > 0 and _gold_draw() < campaign.gold_rate and real.exists():
+            task = _lock_first_free(gold, wait=False)
+        if task is None:
+            task = _lock_first_free(real)
     if task is None:
         return None
 
@@ -431,24 +627,80 @@ def task_assign_next(
             pk=task.expired_assignment_id, task=task, labeller=labeller, **fields
         )
         assignment.save(update_fields=[name.removesuffix("_id") for name in fields])
-    Task.objects.filter(pk=task.pk).update(active_count=F("active_count") + 1)
+    taken = F("active_count") + 1
+    if task.is_gold:  # no cap: the target follows what is handed out
+        Task.objects.filter(pk=task.pk).update(
+            active_count=taken, target_overlap=Greatest(F("target_overlap"), taken)
+        )
+    else:
+        Task.objects.filter(pk=task.pk).update(active_count=taken)
     return assignment
 
 
-def _lock_first_free(candidates, *, patience_seconds: float = 10.0) -> Task | None:
+_gold_draw: Callable[[], float] = random.SystemRandom().random
+"""Uniform draw in [0, 1) deciding whether the next task is a gold one (tests replace it)."""
+
+
+def _onboarding_pending(*, campaign: Campaign, membership: Membership, gold, now: datetime) -> bool:
+    """True while the labeller must get gold tasks only (onboarding on, not passed yet).
+
+    After M gold rankings (or fewer, when no gold task is left for them) the first M are
+    compared with their references: at ``onboarding_threshold`` or above the pass is recorded
+    on the membership (the caller holds its lock); below, ``PermissionDenied``
+    (``onboarding_failed``, with the agreement) is raised, every time they ask. A failure is not
+    stored: it is read from the rankings, so lowering the threshold lets them in.
+    """
+    needed = campaign.onboarding_gold_tasks
+    if needed == 0 or membership.onboarding_passed_at is not None:
+        return False
+    result = quality.onboarding_result(
+        campaign=campaign, labeller_id=membership.user_id, gold_tasks=needed
+    )
+    if result.gold_tasks < needed and gold.exists():
+        return True
+    if result.gold_tasks == 0:
+        raise Conflict(
+            "this campaign has no qualification tasks for you yet", code="onboarding_unavailable"
+        )
+    value = result.agreement.value
+    if value is not None and value >= campaign.onboarding_threshold:
+        membership.onboarding_passed_at = now
+        membership.onboarding_agreement = value
+        membership.save(update_fields=["onboarding_passed_at", "onboarding_agreement"])
+        return False
+    shown = "undefined" if value is None else f"{value:.2f}"
+    raise PermissionDenied(
+        f"your first {result.gold_tasks} qualification tasks agree {shown} with the reference "
+        f"rankings; {campaign.onboarding_threshold:.2f} is needed. Ask a campaign admin",
+        code="onboarding_failed",
+        extra={
+            "onboarding": {
+                "agreement": value,
+                "pairs": result.agreement.n,
+                "tasks": result.gold_tasks,
+                "threshold": campaign.onboarding_threshold,
+            }
+        },
+    )
+
+
+def _lock_first_free(
+    candidates, *, patience_seconds: float = 10.0, wait: bool = True
+) -> Task | None:
     """Lock the first candidate task nobody else holds, or return None if none is left.
 
     ``SKIP LOCKED`` passes over tasks other requests are assigning right now. When it finds
     nothing, those locked tasks may still have room once their holders commit: check again
     with a plain read, and retry after a short jittered pause, so the labeller is never told
     "nothing left" while work remains (Label Studio #4190). Waiting on a row lock instead
-    would deadlock: PostgreSQL keeps the locks of rows that failed the re-check.
+    would deadlock: PostgreSQL keeps the locks of rows that failed the re-check. With
+    ``wait=False`` a request that finds every candidate locked returns None at once.
     """
     deadline = time.monotonic() + patience_seconds
     pause = 0.002
     while True:
         task = candidates.select_for_update(skip_locked=True, of=("self",)).first()
-        if task is not None or not candidates.exists():
+        if task is not None or not wait or not candidates.exists():
             return task
         if time.monotonic() > deadline:
             raise Busy("every open task is being assigned right now; try again")
@@ -579,7 +831,12 @@ def ranking_submit(
 
     ``assignment`` may be the row or its id; anyone else's assignment raises ``NotFound``.
 
-    Locks: the assignment row, then its task row.
+    Adaptive overlap: the submit that fills a real task's current target (below k_max) reads
+    the task's rankings and, when their pairwise agreement on strict pairs is below
+    ``reopen_below``, raises the target by one, so one more labeller ranks it. Undefined
+    agreement (no completion pair two labellers both ordered strictly) does not reopen.
+
+    Locks: the assignment row, then its task row (the target moves only under the task lock).
     """
     now = now or timezone.now()
     assignment_id = assignment if isinstance(assignment, int) else assignment.pk
@@ -624,7 +881,9 @@ def ranking_submit(
 
     task = Task.objects.select_for_update().get(pk=assignment.task_id)
     if status == Assignment.Status.EXPIRED:
-        if task.active_count >= task.target_overlap:
+        if task.is_gold:  # no cap: there is always room on a gold task
+            task.target_overlap = max(task.target_overlap, task.active_count + 1)
+        elif task.active_count >= task.target_overlap:
             raise Conflict(
                 "your lease on this task expired and it has been given to another labeller; "
                 "the ranking was not stored",
@@ -654,7 +913,15 @@ def ranking_submit(
         ]
     )
     task.submitted_count += 1
-    task.save(update_fields=["active_count", "submitted_count"])
+    if (
+        campaign.adaptive_overlap
+        and not task.is_gold
+        and task.submitted_count >= task.target_overlap
+        and task.target_overlap < campaign.overlap
+        and _task_disagrees(task_id=task.pk, threshold=campaign.reopen_below)
+    ):
+        task.target_overlap += 1  # reopened for one more labeller
+    task.save(update_fields=["active_count", "submitted_count", "target_overlap"])
     assignment.status = Assignment.Status.SUBMITTED
     assignment.finished_at = now
     assignment.save(update_fields=["status", "finished_at"])
@@ -664,6 +931,18 @@ def ranking_submit(
         labels=labels,
         guideline_version=assignment.guideline.version if assignment.guideline_id else None,
     )
+
+
+def _task_disagrees(*, task_id: int, threshold: float) -> bool:
+    """Whether the task's labellers agree on fewer than ``threshold`` of the strict pairs they
+    both ordered (:func:`annotation.quality.task_strict_agreement`); False when undefined."""
+    rankings: dict[int, dict[int, Label]] = {}
+    for ranking_id, completion_id, rank, failed in RankingItem.objects.filter(
+        ranking__task_id=task_id
+    ).values_list("ranking_id", "completion_id", "rank", "failed"):
+        rankings.setdefault(ranking_id, {})[completion_id] = FAIL if failed else rank
+    value, _ = quality.task_strict_agreement(list(rankings.values()))
+    return value is not None and value < threshold
 
 
 @transaction.atomic
@@ -687,3 +966,56 @@ def assignment_skip(*, labeller: User, assignment: Assignment, reason: str) -> A
     assignment.skip_reason = reason.strip()
     assignment.save(update_fields=["skip_reason"])
     return assignment
+
+
+# --- Gold tasks ---------------------------------------------------------------------------------
+
+
+def _task_for_update(task: Task | int) -> Task:
+    task_id = task if isinstance(task, int) else task.pk
+    found = Task.objects.select_for_update(of=("self",)).select_related("campaign")
+    task = found.filter(pk=task_id).first()
+    if task is None:
+        raise NotFound("task not found")
+    return task
+
+
+@transaction.atomic
+def task_mark_gold(*, task: Task | int, items: Any) -> Task:
+    """Make a task a gold task with this reference ranking (or replace its reference).
+
+    ``items`` is shaped like a submitted ranking (every completion of the task once, ranks 1..N,
+    ties and F only where the campaign allows them); errors name the field. From now on the
+    task's rankings, earlier ones included, are compared with the reference and leave the
+    exports and the inter-labeller agreement. Locks the task row.
+    """
+    task = _task_for_update(task)
+    if task.campaign.status == Campaign.Status.CLOSED:
+        raise Conflict("a closed campaign cannot be changed", field="campaign")
+    completion_ids = list(
+        TaskCompletion.objects.filter(task=task)
+        .order_by("position")
+        .values_list("completion_id", flat=True)
+    )
+    labels = normalise_items(items, completion_ids=completion_ids, campaign=task.campaign)
+    task.is_gold = True
+    task.gold_ranking = {str(completion): label for completion, label in labels.items()}
+    task.save(update_fields=["is_gold", "gold_ranking"])
+    return task
+
+
+@transaction.atomic
+def task_unmark_gold(*, task: Task | int) -> Task:
+    """Make a gold task an ordinary one again: its rankings return to the exports and the
+    agreement, and its target goes back to the campaign's (never below the slots taken; more
+    labellers than the overlap may have ranked it as gold). Locks the task row."""
+    task = _task_for_update(task)
+    if not task.is_gold:
+        return task
+    task.is_gold = False
+    task.gold_ranking = None
+    task.target_overlap = max(task.active_count, initial_overlap(task.campaign))
+    task.save(update_fields=["is_gold", "gold_ranking", "target_overlap"])
+    _apply_task_order(task.campaign, [task])
+    task.refresh_from_db(fields=["priority"])
+    return task

@@ -20,5 +20,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("annotation.api.urls")),
     path("api/", include("training.api.urls")),
+    path("dashboard/", include("annotation.dashboard.urls")),
+    path("dashboard/training/", include("training.dashboard.urls")),
     path("", include("annotation.urls")),
 ]

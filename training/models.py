@@ -65,6 +65,7 @@ class TrainingJob(models.Model):
         DPO = "dpo", "DPO"
         GENERATE = "generate", "Generate completions"
         ROUND = "round", "Whole round"
+        ACQUISITION = "acquisition", "Task priorities from the reward model"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -111,6 +112,22 @@ class TrainingJob(models.Model):
     celery_task_id = models.CharField(max_length=255, blank=True)
     worker = models.CharField(max_length=255, blank=True)
     device = models.CharField(max_length=255, blank=True)
+    round = models.ForeignKey(
+        "Round",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        help_text="The RLHF round this job works for, if any.",
+    )
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="steps",
+        help_text="The chained job (kind round) that ran this one as a step.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -127,13 +144,15 @@ class TrainingJob(models.Model):
                 name="training_job_status_valid",
             ),
             models.CheckConstraint(
-                condition=Q(kind__in=["reward_model", "ppo", "dpo", "generate", "round"]),
+                condition=Q(
+                    kind__in=["reward_model", "ppo", "dpo", "generate", "round", "acquisition"]
+                ),
                 name="training_job_kind_valid",
             ),
             models.CheckConstraint(
                 condition=~Q(status="succeeded")
                 | Q(result_version__isnull=False)
-                | Q(kind__in=["generate", "round"]),
+                | Q(kind__in=["generate", "round", "acquisition"]),
                 name="training_job_success_has_result",
             ),
         ]
@@ -161,3 +180,101 @@ class JobMetric(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} step {self.step}"
+
+
+class Round(models.Model):
+    """One iteration of online RLHF: a campaign's labels → reward model → policy update → the
+    next campaign, whose completions the updated policy generated.
+
+    ``policy_before`` generated (most of) the campaign's completions; ``reference`` is the fixed
+    KL reference of the whole loop (the round-0 base unless chosen otherwise). The status only
+    moves forward: collecting → trained (a PPO/DPO update set ``policy_after``; another update
+    may replace it) → completed (the next campaign is open; nothing changes any more). Running
+    jobs are not a status: they are read from ``jobs``.
+    """
+
+    class Status(models.TextChoices):
+        COLLECTING = "collecting", "Collecting labels"
+        TRAINED = "trained", "Policy updated"
+        COMPLETED = "completed", "Next round opened"
+
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.COLLECTING: frozenset({Status.TRAINED}),
+        Status.TRAINED: frozenset({Status.TRAINED, Status.COMPLETED}),
+        Status.COMPLETED: frozenset(),
+    }
+
+    class RewardScope(models.TextChoices):
+        ALL = "all", "Pairs of every round so far"
+        ROUND = "round", "Pairs of this round only"
+
+    number = models.PositiveIntegerField(help_text="The campaign's round number.")
+    campaign = models.OneToOneField(
+        "annotation.Campaign",
+        on_delete=models.CASCADE,
+        related_name="rlhf_round",
+        help_text="The campaign whose labels this round trains on.",
+    )
+    previous = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="next_round"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COLLECTING)
+    reward_scope = models.CharField(
+        max_length=16, choices=RewardScope.choices, default=RewardScope.ALL
+    )
+    reference = models.ForeignKey(
+        ModelVersion,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The frozen KL reference of PPO and DPO (and of the evaluation's KL).",
+    )
+    policy_before = models.ForeignKey(
+        ModelVersion,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The policy that generated this round's completions; updates start from it.",
+    )
+    reward_model = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    policy_after = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    next_campaign = models.OneToOneField(
+        "annotation.Campaign",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="opened_by_round",
+    )
+    eval_settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="How policies are evaluated (held-out fraction, samples, ...); inherited by "
+        "the next round.",
+    )
+    evaluation = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="policy_before / policy_after on held-out prompts: reward, KL, gold score.",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["collecting", "trained", "completed"]),
+                name="round_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(reward_scope__in=["all", "round"]), name="round_reward_scope_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Round {self.number} ({self.status})"

@@ -12,6 +12,7 @@ from celery import shared_task
 from django.conf import settings
 
 from training import (
+    acquisition,  # noqa: F401 - registers the acquisition job runner
     runners,  # noqa: F401 - registers the job runners
     services,
 )

@@ -63,7 +63,67 @@ class CampaignSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class CampaignCreateSerializer(serializers.Serializer):
+CAMPAIGN_ADMIN_FIELDS = [
+    "overlap_min",
+    "reopen_below",
+    "gold_rate",
+    "onboarding_gold_tasks",
+    "onboarding_threshold",
+    "task_order",
+    "order_seed",
+]
+
+
+class CampaignAdminSerializer(CampaignSerializer):
+    """What admins see of a campaign: also the gold, onboarding, adaptive-overlap and task-order
+    settings (labellers never see them: nothing tells them gold tasks exist)."""
+
+    class Meta(CampaignSerializer.Meta):
+        fields = [*CampaignSerializer.Meta.fields, *CAMPAIGN_ADMIN_FIELDS]
+        read_only_fields = fields
+
+
+class CampaignQualitySettings(serializers.Serializer):
+    """The gold / onboarding / adaptive overlap / task order settings, shared by create and
+    update (update makes every field optional)."""
+
+    overlap_min = serializers.IntegerField(
+        min_value=1,
+        max_value=100,
+        allow_null=True,
+        required=False,
+        help_text="k_min of adaptive overlap (null: fixed overlap); tasks grow to `overlap`.",
+    )
+    reopen_below = serializers.FloatField(
+        min_value=0,
+        max_value=1,
+        required=False,
+        help_text="Adaptive overlap: reopen a task whose strict pairwise agreement is below this.",
+    )
+    gold_rate = serializers.FloatField(
+        min_value=0, max_value=1, required=False, help_text="Share of gold tasks in each queue."
+    )
+    onboarding_gold_tasks = serializers.IntegerField(
+        min_value=0,
+        max_value=1000,
+        required=False,
+        help_text="M gold tasks a new labeller ranks (alone) before real ones; 0: no onboarding.",
+    )
+    onboarding_threshold = serializers.FloatField(
+        min_value=0,
+        max_value=1,
+        required=False,
+        help_text="Agreement with the gold references needed to pass onboarding.",
+    )
+    task_order = serializers.ChoiceField(
+        choices=Campaign.TaskOrder.choices,
+        required=False,
+        help_text="sequential, random (seeded) or uncertainty (reward model).",
+    )
+    order_seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False)
+
+
+class CampaignCreateSerializer(CampaignQualitySettings):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     completions_per_task = serializers.IntegerField(
@@ -75,7 +135,7 @@ class CampaignCreateSerializer(serializers.Serializer):
     round_number = serializers.IntegerField(min_value=0, max_value=100_000, default=0)
 
 
-class CampaignUpdateSerializer(serializers.Serializer):
+class CampaignUpdateSerializer(CampaignQualitySettings):
     name = serializers.CharField(max_length=200, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
     completions_per_task = serializers.IntegerField(
@@ -440,6 +500,11 @@ class LabellerRowSerializer(serializers.Serializer):
     robust_z = serializers.FloatField(allow_null=True)
     flagged = serializers.BooleanField()
     flag_reason = serializers.CharField(allow_null=True)
+    gold_agreement = PairwiseFigureSerializer(
+        allow_null=True, help_text="Agreement with the gold reference rankings (strict pairs)."
+    )
+    gold_tasks = serializers.IntegerField()
+    gold_flagged = serializers.BooleanField()
 
 
 class FlagRuleSerializer(serializers.Serializer):
@@ -455,3 +520,88 @@ class LabellerTableSerializer(serializers.Serializer):
     bootstrap = BootstrapSerializer()
     flag_rule = FlagRuleSerializer()
     labellers = LabellerRowSerializer(many=True)
+
+
+# --- Gold tasks and task order ------------------------------------------------------------------
+
+
+class GoldReferenceInputSerializer(serializers.Serializer):
+    """A gold task's reference ranking, shaped like a submitted ranking."""
+
+    items = RankingItemInputSerializer(many=True, allow_empty=False)
+
+
+class GoldTaskSerializer(serializers.Serializer):
+    task = serializers.IntegerField(source="pk")
+    is_gold = serializers.BooleanField()
+    reference = serializers.SerializerMethodField()
+
+    @extend_schema_field(RankingItemInputSerializer(many=True, allow_null=True))
+    def get_reference(self, task) -> list[dict] | None:
+        if not task.gold_ranking:
+            return None
+        return [
+            {"completion": int(completion), "rank": label}
+            for completion, label in task.gold_ranking.items()
+        ]
+
+
+class GoldQuerySerializer(serializers.Serializer):
+    fail_policy = serializers.ChoiceField(choices=FAIL_POLICIES, default="rank_last")
+    resamples = serializers.IntegerField(min_value=0, max_value=10_000, default=1000)
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+    drift = serializers.ChoiceField(
+        choices=["block", "week"],
+        default="block",
+        help_text="The drift series: per block of gold tasks (in the order ranked) or per week.",
+    )
+    block = serializers.IntegerField(
+        min_value=2, max_value=1000, default=10, help_text="Gold tasks per block."
+    )
+
+
+class GoldRuleSerializer(serializers.Serializer):
+    threshold = serializers.FloatField()
+    block = serializers.IntegerField()
+    min_tasks = serializers.IntegerField()
+
+
+class GoldPointSerializer(serializers.Serializer):
+    label = serializers.CharField()
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    tasks = serializers.IntegerField()
+    agreement = PairwiseFigureSerializer()
+
+
+class GoldRowSerializer(serializers.Serializer):
+    labeller = serializers.IntegerField(source="labeller_id")
+    username = serializers.CharField()
+    agreement = PairwiseFigureSerializer()
+    tasks = serializers.IntegerField()
+    latest = PairwiseFigureSerializer(help_text="Over the latest `block` gold tasks.")
+    drift = GoldPointSerializer(many=True)
+    onboarding = serializers.CharField(help_text="off, in_progress, passed or failed")
+    onboarding_agreement = serializers.FloatField(allow_null=True)
+    flagged = serializers.BooleanField()
+    flag_reason = serializers.CharField(allow_null=True)
+
+
+class GoldTableSerializer(serializers.Serializer):
+    campaign = serializers.IntegerField(source="campaign_id")
+    gold_tasks = serializers.IntegerField()
+    rankings = serializers.IntegerField()
+    fail_policy = serializers.CharField()
+    bootstrap = BootstrapSerializer()
+    rule = GoldRuleSerializer()
+    drift_by = serializers.CharField()
+    labellers = GoldRowSerializer(source="rows", many=True)
+
+
+class AcquisitionInputSerializer(serializers.Serializer):
+    reward_model_version = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_ID,
+        required=False,
+        help_text="The reward model that scores the tasks (default: the newest one).",
+    )

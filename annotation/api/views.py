@@ -28,6 +28,11 @@ def _require_admin(request: Request) -> None:
         raise PermissionDenied("only campaign admins can do this")
 
 
+def _campaign_serializer(request: Request) -> type[s.CampaignSerializer]:
+    """Admins see the gold, onboarding, overlap and task-order settings; labellers do not."""
+    return s.CampaignAdminSerializer if selectors.is_admin(request.user) else s.CampaignSerializer
+
+
 def _with_guideline_version(campaigns):
     latest = Guideline.objects.filter(campaign=OuterRef("pk")).order_by("-version")
     return campaigns.annotate(guideline_version=Subquery(latest.values("version")[:1]))
@@ -69,38 +74,38 @@ class CampaignViewSet(viewsets.ViewSet):
     @extend_schema(responses=s.CampaignSerializer(many=True))
     def list(self, request: Request) -> Response:
         campaigns = _with_guideline_version(selectors.campaign_list_for(user=request.user))
-        return Response(s.CampaignSerializer(campaigns, many=True).data)
+        return Response(_campaign_serializer(request)(campaigns, many=True).data)
 
     @extend_schema(responses=s.CampaignSerializer)
     def retrieve(self, request: Request, pk=None) -> Response:
-        return Response(s.CampaignSerializer(self._annotated(request, pk)).data)
+        return Response(_campaign_serializer(request)(self._annotated(request, pk)).data)
 
-    @extend_schema(request=s.CampaignCreateSerializer, responses={201: s.CampaignSerializer})
+    @extend_schema(request=s.CampaignCreateSerializer, responses={201: s.CampaignAdminSerializer})
     def create(self, request: Request) -> Response:
         _require_admin(request)
         data = _valid(s.CampaignCreateSerializer, request)
         campaign = services.campaign_create(created_by=request.user, **data)
         return Response(
-            s.CampaignSerializer(self._annotated(request, campaign.pk)).data,
+            s.CampaignAdminSerializer(self._annotated(request, campaign.pk)).data,
             status=status.HTTP_201_CREATED,
         )
 
-    @extend_schema(request=s.CampaignUpdateSerializer, responses=s.CampaignSerializer)
+    @extend_schema(request=s.CampaignUpdateSerializer, responses=s.CampaignAdminSerializer)
     def partial_update(self, request: Request, pk=None) -> Response:
         campaign = self._campaign(request, pk)
         _require_admin(request)
         data = _valid(s.CampaignUpdateSerializer, request)
         services.campaign_update(campaign=campaign, **data)
-        return Response(s.CampaignSerializer(self._annotated(request, pk)).data)
+        return Response(s.CampaignAdminSerializer(self._annotated(request, pk)).data)
 
-    @extend_schema(request=s.CampaignStatusSerializer, responses=s.CampaignSerializer)
+    @extend_schema(request=s.CampaignStatusSerializer, responses=s.CampaignAdminSerializer)
     @action(detail=True, methods=["post"], url_path="status")
     def set_status(self, request: Request, pk=None) -> Response:
         campaign = self._campaign(request, pk)
         _require_admin(request)
         data = _valid(s.CampaignStatusSerializer, request)
         services.campaign_set_status(campaign=campaign, status=data["status"])
-        return Response(s.CampaignSerializer(self._annotated(request, pk)).data)
+        return Response(s.CampaignAdminSerializer(self._annotated(request, pk)).data)
 
     @extend_schema(
         methods=["POST"], request=s.MembersSerializer, responses={200: OpenApiResponse()}
@@ -263,6 +268,78 @@ class CampaignViewSet(viewsets.ViewSet):
             "labellers": rows,
         }
         return Response(s.LabellerTableSerializer(table).data)
+
+    @extend_schema(parameters=[s.GoldQuerySerializer], responses=s.GoldTableSerializer)
+    @action(detail=True, methods=["get"])
+    def gold(self, request: Request, pk=None) -> Response:
+        """Admins: every labeller's agreement with the gold reference rankings (strict pairs,
+        n, 95% interval over gold tasks), its drift per block of gold tasks or per week, the
+        latest block (flagged below the campaign's onboarding threshold) and the onboarding
+        outcome."""
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        query = _query(s.GoldQuerySerializer, request)
+        table = quality.gold_table(
+            campaign=campaign,
+            fail_policy=query["fail_policy"],
+            bootstrap=Bootstrap(resamples=query["resamples"], seed=query["seed"]),
+            rule=quality.GoldRule(threshold=campaign.onboarding_threshold, block=query["block"]),
+            drift_by=query["drift"],
+        )
+        return Response(s.GoldTableSerializer(table).data)
+
+    @extend_schema(
+        methods=["POST"],
+        request=s.GoldReferenceInputSerializer,
+        responses=s.GoldTaskSerializer,
+    )
+    @extend_schema(methods=["DELETE"], request=None, responses=s.GoldTaskSerializer)
+    @action(
+        detail=True,
+        methods=["post", "delete"],
+        url_path=r"tasks/(?P<task_id>[0-9]+)/gold",
+        url_name="task-gold",
+        parser_classes=[JSONParser],
+    )
+    def task_gold(self, request: Request, pk=None, task_id=None) -> Response:
+        """Admins: make a task gold with its reference ranking (POST, shaped like a ranking
+        submit; again to replace the reference) or an ordinary task again (DELETE)."""
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        tasks = selectors.task_list_for_admin(campaign=campaign)
+        task = tasks.filter(pk=_int(task_id, "task")).first()
+        if task is None:
+            raise NotFound("task not found")
+        if request.method == "DELETE":
+            task = services.task_unmark_gold(task=task)
+        else:
+            data = _valid(s.GoldReferenceInputSerializer, request)
+            task = services.task_mark_gold(task=task, items=[dict(i) for i in data["items"]])
+        return Response(s.GoldTaskSerializer(task).data)
+
+    @extend_schema(request=s.AcquisitionInputSerializer, responses={202: OpenApiResponse()})
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
+    def acquisition(self, request: Request, pk=None) -> Response:
+        """Admins: queue a job in which a reward model scores the campaign's open tasks and
+        the most uncertain are served first (campaigns with ``task_order`` uncertainty)."""
+        from training.acquisition import acquisition_job_create
+        from training.models import ModelVersion
+
+        campaign = self._campaign(request, pk)
+        _require_admin(request)
+        data = _valid(s.AcquisitionInputSerializer, request)
+        reward_model = None
+        if "reward_model_version" in data:
+            reward_model = ModelVersion.objects.filter(pk=data["reward_model_version"]).first()
+            if reward_model is None:
+                raise InvalidInput("no such model version", field="reward_model_version")
+        job = acquisition_job_create(
+            campaign=campaign, created_by=request.user, reward_model=reward_model
+        )
+        return Response(
+            {"job": job.pk, "kind": job.kind, "status": job.status},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(
         parameters=[s.PairsQuerySerializer],

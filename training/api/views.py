@@ -1,4 +1,5 @@
-"""Training API: admins create, follow and cancel jobs and read model versions."""
+"""Training API: admins create, follow and cancel jobs, read model versions, and run the RLHF
+loop round by round."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class TrainingJobViewSet(viewsets.ViewSet):
         """The job's metrics per step; ``?after=<step>`` returns only newer ones (polling)."""
         job = selectors.training_job_get(job_id=_int(pk, "id"))
         after = request.query_params.get("after")
-        rows = selectors.job_metrics(job=job, after_step=int(after) if after else None)
+        rows = selectors.job_metrics(job=job, after_step=_step(after) if after else None)
         return Response(s.JobMetricSerializer(rows, many=True).data)
 
     @extend_schema(request=None, responses=s.TrainingJobSerializer)
@@ -84,3 +85,62 @@ class ModelVersionViewSet(viewsets.ViewSet):
             raise InvalidInput("reward models are registered by their training job", field="kind")
         version = services.model_version_register(**data)
         return Response(s.ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
+class RoundViewSet(viewsets.ViewSet):
+    """RLHF rounds: a campaign's labels → reward model → policy update → the next campaign."""
+
+    lookup_value_regex = "[0-9]+"
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses=s.RoundSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        rounds = selectors.round_list()
+        campaign = request.query_params.get("campaign")
+        if campaign is not None:
+            rounds = rounds.filter(campaign_id=_int(campaign, "campaign"))
+        return _paginated(request, self, rounds, s.RoundSerializer)
+
+    @extend_schema(responses=s.RoundSerializer)
+    def retrieve(self, request: Request, pk=None) -> Response:
+        rnd = selectors.round_get(round_id=_int(pk, "id"))
+        return Response(s.RoundSerializer(rnd).data)
+
+    @extend_schema(request=s.RoundCreateSerializer, responses={201: s.RoundSerializer})
+    def create(self, request: Request) -> Response:
+        """Start the loop on a campaign: round = its round number, from ``policy``."""
+        data = _valid(s.RoundCreateSerializer, request)
+        rnd = services.round_start(created_by=request.user, **data)
+        return Response(s.RoundSerializer(rnd).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.RoundNextSerializer, responses={201: s.TrainingJobSerializer})
+    @action(detail=True, methods=["post"])
+    def next(self, request: Request, pk=None) -> Response:
+        """Start the next round: queue a generate job that samples K completions per prompt from
+        the round's updated policy (optionally mixed with the previous one and the reference)
+        and opens the next campaign with them."""
+        rnd = selectors.round_get(round_id=_int(pk, "id"))
+        data = _valid(s.RoundNextSerializer, request)
+        job = services.training_job_create_from_form(
+            created_by=request.user, kind="generate", round=rnd, **data
+        )
+        return Response(s.TrainingJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.RoundRunSerializer, responses={201: s.TrainingJobSerializer})
+    @action(detail=True, methods=["post"])
+    def run(self, request: Request, pk=None) -> Response:
+        """Run the whole round as one chained job: reward model → PPO/DPO → generate."""
+        rnd = selectors.round_get(round_id=_int(pk, "id"))
+        data = _valid(s.RoundRunSerializer, request)
+        job = services.training_job_create_from_form(
+            created_by=request.user, kind="round", round=rnd, **data
+        )
+        return Response(s.TrainingJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+def _step(value: str) -> int:
+    """``?after=``: a step number, clamped to what the column holds."""
+    try:
+        return min(max(0, int(value)), 2**31 - 1)
+    except ValueError:
+        raise InvalidInput("must be an integer", field="after") from None

@@ -164,9 +164,15 @@ def sample_responses(
     return out
 
 
+_CONTROL_CHARACTERS = {c: None for c in range(32) if chr(c) not in "\n\t"} | {0x7F: None}
+
+
 def decode_response(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) -> str:
-    """The completion text: special tokens (EOS included) dropped."""
-    return tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    """The completion text: special tokens (EOS included) dropped, and control characters other
+    than newline and tab removed (a byte-level model can emit NUL, which PostgreSQL refuses in
+    text and which no labeller can read)."""
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    return text.translate(_CONTROL_CHARACTERS)
 
 
 def generate_with_model(

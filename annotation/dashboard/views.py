@@ -1,0 +1,650 @@
+"""Dashboard pages for campaigns and their quality. Staff only.
+
+Every write goes through ``annotation.services`` (the same calls as the API), every figure
+through ``annotation.quality`` / ``annotation.agreement`` / ``annotation.consensus``; the views
+only read the request, call them and lay the answers out. Service errors come back on the form
+next to the field they name.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from annotation import agreement, consensus, exports, importing, quality, selectors, services
+from annotation.agreement import Bootstrap
+from annotation.dashboard import forms
+from annotation.errors import NotFound, ServiceError
+from annotation.models import Campaign, Ranking, TaskCompletion
+from annotation.pairs import FAIL
+from annotation.rendering import render_markdown
+from training import selectors as training_selectors
+
+MAX_ID = 2**62
+ACTIVE_WINDOW = timedelta(hours=24)
+TREND_POINTS = 20
+TREND_RESAMPLES = 200
+PAGE_SIZE = 50
+
+
+# --- Access -------------------------------------------------------------------------------------
+
+
+def staff_required(view):
+    """Anonymous users go to the login page; signed-in users who are not staff get 403."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not selectors.is_admin(request.user):
+            raise DjangoPermissionDenied("the dashboard is for campaign admins")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _campaign(request: HttpRequest, campaign_id: int) -> Campaign:
+    if campaign_id > MAX_ID:
+        raise Http404("campaign not found")
+    try:
+        return selectors.campaign_get_for_admin(user=request.user, campaign_id=campaign_id)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+
+
+def _posted(request: HttpRequest):
+    """The POST data to bind a form to (even when empty: an empty POST shows "required")."""
+    return request.POST if request.method == "POST" else None
+
+
+def _percent(part: int, whole: int) -> int:
+    return round(100 * part / whole) if whole else 0
+
+
+# --- Campaign list ------------------------------------------------------------------------------
+
+
+def _strict_agreement(campaign: Campaign) -> quality.Figure | None:
+    """Strict pairwise agreement at a glance (no interval: the list must stay fast)."""
+    figures = quality.campaign_agreement(campaign=campaign, bootstrap=Bootstrap(resamples=0))
+    return next((f for f in figures.pairwise if f.form == "strict"), None)
+
+
+@staff_required
+@require_GET
+def campaign_list(request: HttpRequest) -> HttpResponse:
+    """Every campaign: status, round, progress, today's rankings, active labellers, agreement."""
+    now = timezone.now()
+    start_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = []
+    for campaign in selectors.campaign_list_for(user=request.user):
+        progress = selectors.campaign_progress(campaign=campaign)
+        rankings = selectors.ranking_list_for(user=request.user, campaign_id=campaign.pk)
+        rows.append(
+            {
+                "campaign": campaign,
+                "progress": progress,
+                "complete_percent": _percent(progress.tasks_complete, progress.tasks),
+                "rankings_today": rankings.filter(created_at__gte=start_of_day).count(),
+                "active_labellers": rankings.filter(created_at__gte=now - ACTIVE_WINDOW)
+                .values("labeller_id")
+                .distinct()
+                .count(),
+                "agreement": _strict_agreement(campaign) if progress.rankings else None,
+            }
+        )
+    return render(request, "dashboard/campaign_list.html", {"rows": rows})
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def campaign_create(request: HttpRequest) -> HttpResponse:
+    form = forms.CampaignForm(_posted(request))
+    if request.method == "POST" and form.is_valid():
+        try:
+            campaign = services.campaign_create(created_by=request.user, **form.cleaned_data)
+        except ServiceError as exc:
+            forms.add_service_error(form, exc)
+        else:
+            messages.success(request, f"Campaign “{campaign.name}” created (draft).")
+            return redirect("dashboard:campaign", campaign_id=campaign.pk)
+    return render(
+        request,
+        "dashboard/campaign_form.html",
+        {"form": form, "campaign": None},
+        status=400 if form.errors else 200,
+    )
+
+
+# --- One campaign -------------------------------------------------------------------------------
+
+
+def _detail(request: HttpRequest, campaign: Campaign, *, status: int = 200, **forms_given):
+    progress = selectors.campaign_progress(campaign=campaign)
+    guideline = selectors.current_guideline(campaign=campaign)
+    labellers = selectors.labeller_progress(campaign=campaign)
+    acknowledged = set(
+        campaign.memberships.filter(acknowledged_guideline=guideline).values_list(
+            "user_id", flat=True
+        )
+        if guideline
+        else []
+    )
+    context = {
+        "campaign": campaign,
+        "progress": progress,
+        "complete_percent": _percent(progress.tasks_complete, progress.tasks),
+        "rankings_percent": _percent(progress.rankings, progress.target_rankings),
+        "guideline": guideline,
+        "labellers": [
+            {"row": row, "acknowledged": row.user_id in acknowledged} for row in labellers
+        ],
+        "transitions": [
+            (status_value, Campaign.Status(status_value).label)
+            for status_value in Campaign.Status.values
+            if status_value in Campaign.TRANSITIONS[campaign.status]
+        ],
+        "jobs": training_selectors.training_job_list().filter(campaign=campaign)[:10],
+        "round": training_selectors.round_list().filter(campaign=campaign).first(),
+        "members_form": forms_given.get("members_form") or forms.MembersForm(),
+        "invite_form": forms_given.get("invite_form") or forms.InviteForm(),
+        "pairs_form": forms.PairsExportForm(),
+        "urls": {
+            "pairs": reverse("campaign-pairs", args=[campaign.pk]),
+            "rankings": reverse("campaign-rankings-export", args=[campaign.pk]),
+        },
+    }
+    return render(request, "dashboard/campaign_detail.html", context, status=status)
+
+
+@staff_required
+@require_GET
+def campaign_detail(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """A campaign's overview: progress, labellers, status, members, exports, links."""
+    return _detail(request, _campaign(request, campaign_id))
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def campaign_edit(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    campaign = _campaign(request, campaign_id)
+    initial = {name: getattr(campaign, name) for name in forms.CampaignForm.base_fields}
+    form = forms.CampaignForm(_posted(request), initial=initial, editing=True)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.campaign_update(campaign=campaign, **form.cleaned_data)
+        except ServiceError as exc:
+            forms.add_service_error(form, exc)
+        else:
+            messages.success(request, "Settings saved.")
+            return redirect("dashboard:campaign", campaign_id=campaign.pk)
+    return render(
+        request,
+        "dashboard/campaign_form.html",
+        {"form": form, "campaign": campaign},
+        status=400 if form.errors else 200,
+    )
+
+
+@staff_required
+@require_POST
+def campaign_status(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """Pause, resume, activate or close (services.campaign_set_status guards the moves)."""
+    campaign = _campaign(request, campaign_id)
+    form = forms.StatusForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Unknown status.")
+    else:
+        try:
+            campaign = services.campaign_set_status(
+                campaign=campaign, status=form.cleaned_data["status"]
+            )
+        except ServiceError as exc:
+            messages.error(request, exc.message.capitalize() + ".")
+        else:
+            messages.success(request, f"The campaign is now {campaign.get_status_display()}.")
+    return redirect("dashboard:campaign", campaign_id=campaign.pk)
+
+
+@staff_required
+@require_POST
+def members_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    campaign = _campaign(request, campaign_id)
+    form = forms.MembersForm(request.POST)
+    if not form.is_valid():
+        return _detail(request, campaign, members_form=form, status=400)
+    added = services.campaign_add_members(campaign=campaign, users=form.cleaned_data["usernames"])
+    messages.success(request, f"Added {added} labeller{'s' if added != 1 else ''}.")
+    return redirect("dashboard:campaign", campaign_id=campaign.pk)
+
+
+@staff_required
+@require_POST
+def member_remove(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    campaign = _campaign(request, campaign_id)
+    form = forms.RemoveMemberForm(request.POST)
+    user = None
+    if form.is_valid():
+        user = get_user_model().objects.filter(pk=form.cleaned_data["user"]).first()
+    if user is None:
+        messages.error(request, "No such labeller.")
+    else:
+        services.campaign_remove_member(campaign=campaign, user=user)
+        messages.success(request, f"Removed {user.username}; their rankings stay.")
+    return redirect("dashboard:campaign", campaign_id=campaign.pk)
+
+
+@staff_required
+@require_POST
+def labeller_invite(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """Create a labeller account and show its one-time password, once (never stored in clear)."""
+    campaign = _campaign(request, campaign_id)
+    form = forms.InviteForm(request.POST)
+    if form.is_valid():
+        try:
+            user, password = services.labeller_invite(campaign=campaign, **form.cleaned_data)
+        except ServiceError as exc:
+            forms.add_service_error(form, exc)
+        else:
+            response = render(
+                request,
+                "dashboard/invited.html",
+                {
+                    "campaign": campaign,
+                    "invited": user,
+                    "password": password,
+                    "login_url": request.build_absolute_uri(reverse("login")),
+                },
+            )
+            response["Cache-Control"] = "no-store"
+            return response
+    return _detail(request, campaign, invite_form=form, status=400)
+
+
+# --- Guidelines ---------------------------------------------------------------------------------
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def guidelines(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """The markdown editor with a live preview, and every published version."""
+    campaign = _campaign(request, campaign_id)
+    current = selectors.current_guideline(campaign=campaign)
+    form = forms.GuidelineForm(_posted(request), initial={"text": current.text if current else ""})
+    if request.method == "POST" and form.is_valid():
+        try:
+            guideline = services.guideline_publish(
+                campaign=campaign, text=form.cleaned_data["text"], created_by=request.user
+            )
+        except ServiceError as exc:
+            forms.add_service_error(form, exc)
+        else:
+            messages.success(
+                request,
+                f"Published version {guideline.version}. Labellers acknowledge it before "
+                "their next task.",
+            )
+            return redirect("dashboard:guidelines", campaign_id=campaign.pk)
+    text = form["text"].value() or ""
+    versions = (
+        campaign.guidelines.select_related("created_by")
+        .annotate(acknowledged=Count("acknowledgements"))
+        .order_by("-version")
+    )
+    return render(
+        request,
+        "dashboard/guidelines.html",
+        {
+            "campaign": campaign,
+            "form": form,
+            "current": current,
+            "preview": render_markdown(text),
+            "versions": [(v, render_markdown(v.text)) for v in versions],
+            "members": campaign.memberships.count(),
+            "preview_url": reverse("dashboard:guidelines-preview"),
+        },
+        status=400 if form.errors else 200,
+    )
+
+
+@staff_required
+@require_POST
+def guidelines_preview(request: HttpRequest) -> JsonResponse:
+    """Markdown in, sanitised HTML out (annotation.rendering, as labellers will see it)."""
+    form = forms.PreviewForm(request.POST)
+    if not form.is_valid():
+        return JsonResponse({"errors": form.errors}, status=400)
+    return JsonResponse({"html": str(render_markdown(form.cleaned_data["text"]))})
+
+
+# --- Import -------------------------------------------------------------------------------------
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def campaign_import(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """Upload JSONL/CSV (services.campaign_import: all or nothing, errors by line)."""
+    campaign = _campaign(request, campaign_id)
+    form = forms.ImportForm(_posted(request), request.FILES or None)
+    line_errors: list[importing.LineError] = []
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            result = services.campaign_import(
+                campaign=campaign,
+                data=upload.read(),
+                filename=upload.name or "upload",
+                fmt=form.cleaned_data["format"] or None,
+            )
+        except importing.ImportFailed as exc:
+            line_errors = exc.errors
+            form.add_error("file", f"{upload.name}: {len(exc.errors)} error(s); nothing stored.")
+        except ServiceError as exc:
+            forms.add_service_error(form, exc)
+        else:
+            messages.success(
+                request,
+                f"Imported {result.prompts} prompts, {result.completions} completions and "
+                f"{result.tasks} tasks from {upload.name}.",
+            )
+            return redirect("dashboard:campaign", campaign_id=campaign.pk)
+    from training.dashboard.views import generate_context
+
+    return render(
+        request,
+        "dashboard/import.html",
+        {
+            "campaign": campaign,
+            "form": form,
+            "line_errors": line_errors[:500],
+            "more_errors": max(0, len(line_errors) - 500),
+            "progress": selectors.campaign_progress(campaign=campaign),
+            **generate_context(request, campaign=campaign),
+        },
+        status=400 if form.errors else 200,
+    )
+
+
+# --- Quality ------------------------------------------------------------------------------------
+
+
+def _trend_cutoffs(created: list[datetime]) -> list[datetime]:
+    """Ends of the days with rankings (at most TREND_POINTS of them, evenly spread, the last
+    always included): the trend is the figures over the rankings up to each cutoff."""
+    days = sorted({timezone.localtime(at).date() for at in created})
+    if len(days) > TREND_POINTS:
+        step = (len(days) - 1) / (TREND_POINTS - 1)
+        days = [days[round(i * step)] for i in range(TREND_POINTS)]
+    zone = timezone.get_current_timezone()
+    return [
+        datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=zone) for day in days
+    ]
+
+
+def _inputs_from_rows(campaign: Campaign, rows: list, fail_policy: str) -> quality.AgreementInputs:
+    """Agreement inputs for a subset of a campaign's rankings (same steps as
+    quality.agreement_inputs, which reads them all)."""
+    table = agreement.ranking_table(exports.ranking_records(rows))
+    return quality.AgreementInputs(
+        campaign_id=campaign.pk,
+        fail_policy=fail_policy,
+        table=table,
+        votes=agreement.pair_votes(table, fail_policy=fail_policy),
+        prompt_of_task={row.task_id: row.prompt_id for row in rows},
+    )
+
+
+def _figure_json(figure: quality.Figure) -> dict[str, Any]:
+    return {
+        "value": figure.value,
+        "n": figure.n,
+        "ci_low": figure.ci_low,
+        "ci_high": figure.ci_high,
+    }
+
+
+def agreement_trend(campaign: Campaign, *, fail_policy: str = "rank_last") -> list[dict]:
+    """The campaign figures over the cumulative rankings up to the end of each day."""
+    rows = exports.ranking_rows(campaign_ids=[campaign.pk])
+    created = dict(Ranking.objects.filter(campaign=campaign).values_list("id", "created_at"))
+    points = []
+    bootstrap = Bootstrap(resamples=TREND_RESAMPLES)
+    for cutoff in _trend_cutoffs(list(created.values())):
+        subset = [row for row in rows if created[row.ranking_id] < cutoff]
+        if not subset:
+            continue
+        figures = quality.campaign_figures(
+            _inputs_from_rows(campaign, subset, fail_policy), bootstrap=bootstrap
+        )
+        by_key = {f.key: f for f in figures.figures}
+        points.append(
+            {
+                "date": (cutoff - timedelta(days=1)).date().isoformat(),
+                "rankings": len(subset),
+                "tasks_with_overlap": figures.tasks_with_overlap,
+                "figures": {
+                    key: _figure_json(by_key[key])
+                    for key in (
+                        "pairwise_agreement.strict",
+                        "pairwise_agreement.three_way",
+                        "alpha.ranks",
+                        "kendall_w",
+                    )
+                    if key in by_key
+                },
+            }
+        )
+    return points
+
+
+@staff_required
+@require_GET
+def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """Agreement figures (form, chance, n, 95% CI), their trend, and the labeller table."""
+    campaign = _campaign(request, campaign_id)
+    fail_policy = request.GET.get("fail_policy", "rank_last")
+    if fail_policy not in exports.FAIL_POLICIES:
+        fail_policy = "rank_last"
+    inputs = quality.agreement_inputs(campaign=campaign, fail_policy=fail_policy)
+    figures = quality.campaign_figures(inputs)
+    gold = quality.gold_table(campaign=campaign, fail_policy=fail_policy)
+    labellers = quality.labeller_figures(inputs, gold=gold if gold.gold_tasks else None)
+    return render(
+        request,
+        "dashboard/quality.html",
+        {
+            "campaign": campaign,
+            "figures": figures,
+            "labellers": labellers,
+            "gold": gold if gold.gold_tasks else None,
+            "fail_policy": fail_policy,
+            "fail_policies": exports.FAIL_POLICIES,
+            "trend": {
+                "points": agreement_trend(campaign, fail_policy=fail_policy),
+                "labels": {
+                    "pairwise_agreement.strict": "pairwise agreement, strict (chance 50%)",
+                    "pairwise_agreement.three_way": "pairwise agreement, three-way (chance 33%)",
+                    "alpha.ranks": "Krippendorff's alpha (ordinal, ranks)",
+                    "kendall_w": "Kendall's W (mean over tasks)",
+                },
+                "chance": {
+                    "pairwise_agreement.strict": agreement.CHANCE["strict"],
+                    "pairwise_agreement.three_way": agreement.CHANCE["three_way"],
+                },
+            },
+        },
+    )
+
+
+# --- Rankings side by side ----------------------------------------------------------------------
+
+
+@dataclass
+class CompletionRow:
+    completion_id: int
+    position: int
+    text: str
+    source: str
+    labels: list[Any]
+    consensus: Any
+
+
+def _label(value) -> str:
+    if value is None:
+        return "—"
+    return FAIL if value == FAIL else str(value)
+
+
+def _task_rows(task_ids: list[int]) -> dict[int, list[tuple[int, int, str, str]]]:
+    """(completion id, position, text, source) of each task's completions, in import order."""
+    slots: dict[int, list[tuple[int, int, str, str]]] = defaultdict(list)
+    for task_id, completion_id, position, text, source in (
+        TaskCompletion.objects.filter(task_id__in=task_ids)
+        .order_by("task_id", "position")
+        .values_list(
+            "task_id", "completion_id", "position", "completion__text", "completion__source"
+        )
+    ):
+        slots[task_id].append((completion_id, position, text, source))
+    return slots
+
+
+@staff_required
+@require_GET
+def labeller_detail(request: HttpRequest, campaign_id: int, user_id: int) -> HttpResponse:
+    """One labeller's rankings next to the other labellers' consensus on the same tasks."""
+    campaign = _campaign(request, campaign_id)
+    labeller = get_user_model().objects.filter(pk=min(user_id, MAX_ID)).first()
+    if labeller is None:
+        raise Http404("labeller not found")
+    inputs = quality.agreement_inputs(campaign=campaign)
+    row = next((r for r in quality.labeller_figures(inputs) if r.labeller_id == labeller.pk), None)
+    credit, scored = agreement.consensus_credit(inputs.table, inputs.votes)
+    per_ranking = {
+        int(rid): (float(c), int(s))
+        for rid, c, s in zip(inputs.table.ranking_ids, credit, scored, strict=True)
+    }
+    rows = exports.ranking_rows(campaign_ids=[campaign.pk])
+    by_task: dict[int, list] = defaultdict(list)
+    for r in rows:
+        by_task[r.task_id].append(r)
+    mine = [r for r in rows if r.labeller_id == labeller.pk]
+    paginator = Paginator(mine, PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    slots = _task_rows([r.task_id for r in page.object_list])
+    tasks = []
+    for ranking in page.object_list:
+        others = [r.items for r in by_task[ranking.task_id] if r.labeller_id != labeller.pk]
+        agreed = consensus.ranked_pairs(others) if others else {}
+        got, pairs = per_ranking.get(ranking.ranking_id, (0.0, 0))
+        tasks.append(
+            {
+                "ranking": ranking,
+                "others": len(others),
+                "agreement": got / pairs if pairs else None,
+                "pairs": pairs,
+                "completions": [
+                    CompletionRow(
+                        completion_id=cid,
+                        position=position,
+                        text=text,
+                        source=source,
+                        labels=[_label(ranking.items.get(cid))],
+                        consensus=_label(agreed.get(cid)) if others else "—",
+                    )
+                    for cid, position, text, source in slots[ranking.task_id]
+                ],
+            }
+        )
+    return render(
+        request,
+        "dashboard/labeller.html",
+        {
+            "campaign": campaign,
+            "labeller": labeller,
+            "row": row,
+            "tasks": tasks,
+            "page": page,
+        },
+    )
+
+
+@staff_required
+@require_GET
+def task_list(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """The campaign's tasks with their rankings count and per-task agreement."""
+    campaign = _campaign(request, campaign_id)
+    paginator = Paginator(selectors.task_list_for_admin(campaign=campaign), PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    inputs = quality.agreement_inputs(campaign=campaign)
+    _, figures = quality.task_figures(inputs)
+    by_task = {f.task_id: f for f in figures}
+    return render(
+        request,
+        "dashboard/tasks.html",
+        {
+            "campaign": campaign,
+            "page": page,
+            "tasks": [(task, by_task.get(task.pk)) for task in page.object_list],
+        },
+    )
+
+
+@staff_required
+@require_GET
+def task_detail(request: HttpRequest, campaign_id: int, task_id: int) -> HttpResponse:
+    """A task's completions with every labeller's ranking side by side and the consensus."""
+    campaign = _campaign(request, campaign_id)
+    task = selectors.task_list_for_admin(campaign=campaign).filter(pk=min(task_id, MAX_ID)).first()
+    if task is None:
+        raise Http404("task not found")
+    rankings = list(
+        selectors.ranking_list_for(user=request.user, campaign_id=campaign.pk)
+        .filter(task=task)
+        .select_related("labeller")
+        .order_by("labeller__username", "id")
+    )
+    labels = [{item.completion_id: item.label for item in r.items.all()} for r in rankings]
+    agreed = consensus.ranked_pairs(labels) if labels else {}
+    inputs = quality.agreement_inputs(campaign=campaign)
+    _, figures = quality.task_figures(inputs)
+    figure = next((f for f in figures if f.task_id == task.pk), None)
+    completions = [
+        CompletionRow(
+            completion_id=cid,
+            position=position,
+            text=text,
+            source=source,
+            labels=[_label(ranking.get(cid)) for ranking in labels],
+            consensus=_label(agreed.get(cid)) if labels else "—",
+        )
+        for cid, position, text, source in _task_rows([task.pk])[task.pk]
+    ]
+    return render(
+        request,
+        "dashboard/task.html",
+        {
+            "campaign": campaign,
+            "task": task,
+            "here": f"Task {task.pk}",
+            "rankings": rankings,
+            "completions": completions,
+            "figure": figure,
+        },
+    )

@@ -1,0 +1,399 @@
+"""The online RLHF loop, round after round, with a synthetic labeller: gold score, reward-model
+score and KL to the reference per round, plus PPO step timings.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_rlhf_loop.py [--rounds 4] [--ppo-steps 30]
+        [--prompts 64] [--device cpu|cuda|auto] [--update ppo|dpo] [--out bench/rlhf_loop.png]
+
+Everything runs through the project's own path, in one process: a throwaway SQLite database
+(migrated on start), the services and job runners (``training_job_run``, no Celery), and the
+synthetic labeller client over the real HTTP API (Django's WSGI application behind
+``httpx.WSGITransport``). Round 0's completions come from the base model (a ``generate`` job);
+each round then is one chained ``round`` job: reward model on every round's pairs → PPO (or DPO)
+→ the next campaign's completions from the new policy, which the labeller ranks in turn.
+
+The base is the tiny local model pretrained briefly on the bundled corpus (cached under
+``var/bench/``), or ``--model-dir``. The synthetic labeller's hidden gold score
+(``training.ml.synthetic.gold_score``) is what a working loop must raise; the reward-model score
+is each round's own reward model (normalised on the round's starting policy), so it is compared
+within a round (before → after), not across rounds. Figures are printed and the plot is saved
+(matplotlib, Agg) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TOPICS = [
+    "bread",
+    "kettles",
+    "plants",
+    "yawning",
+    "rain",
+    "coffee",
+    "bicycles",
+    "music",
+    "sleep",
+    "gardens",
+    "rivers",
+    "clouds",
+    "stars",
+    "ovens",
+    "tea",
+    "books",
+    "dogs",
+    "cats",
+    "trains",
+    "bridges",
+    "snow",
+    "apples",
+    "soup",
+    "lamps",
+    "maps",
+    "boats",
+    "shoes",
+    "honey",
+    "winter",
+    "cheese",
+    "mountains",
+    "birds",
+    "candles",
+    "forests",
+    "pianos",
+    "islands",
+]
+FORMS = (
+    "Tell me about {}.",
+    "Why do people like {}?",
+    "Write a short note about {}.",
+    "What should I know about {}?",
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--ppo-steps", type=int, default=30, help="PPO steps per round")
+    parser.add_argument("--prompts", type=int, default=64, help=f"at most {len(TOPICS) * 4}")
+    parser.add_argument("--completions", type=int, default=4, help="N = K per task")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=3e-3, help="PPO learning rate")
+    parser.add_argument("--kl-coef", type=float, default=0.05, help="fixed PPO KL coefficient")
+    parser.add_argument("--update", choices=["ppo", "dpo"], default="ppo")
+    parser.add_argument("--noise", type=float, default=0.1, help="labeller's score noise (std)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--model-dir", type=Path, help="base model (default: pretrained tiny)")
+    parser.add_argument("--pretrain-steps", type=int, default=200, help="for the tiny model")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "rlhf_loop.png")
+    parser.add_argument("--keep", type=Path, help="keep the database and models in this folder")
+    return parser.parse_args()
+
+
+def setup_django(workdir: Path) -> None:
+    """A private world in ``workdir``: SQLite database, model store, and Celery's filesystem
+    queue (jobs run here, in-process; what job creation enqueues never reaches a worker)."""
+    os.environ["RLHF_VAR_DIR"] = str(workdir)
+    os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    os.environ["MODEL_STORE_DIR"] = str(workdir / "models")
+    os.environ.pop("REDIS_URL", None)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    import logging
+
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    for name in ("django.request", "httpx", "kombu"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def configs(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    device = None if args.device == "auto" else args.device
+    sampling = {
+        "temperature": 1.0,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "device": device,
+    }
+    round_config = {
+        "reward_model": {
+            "num_epochs": 3,
+            "learning_rate": 1e-3,
+            "lr_schedule": "cosine",
+            "batch_size": 16,
+            "max_length": 64,
+            "eval_fraction": 0.2,
+            "seed": args.seed,
+            "device": device,
+        },
+        "ppo": {
+            "total_steps": args.ppo_steps,
+            "rollout_batch_size": 16,
+            "mini_batch_size": 8,
+            "ppo_epochs": 4,
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": 1.0,
+            "learning_rate": args.learning_rate,
+            "anneal_lr": False,
+            "kl_coef": args.kl_coef,
+            "adaptive_kl": False,
+            "missing_eos_penalty": None,
+            "seed": args.seed,
+            "device": device,
+        },
+        "dpo": {
+            "beta": 0.1,
+            "learning_rate": 1e-4,
+            "num_epochs": 2,
+            "batch_size": 8,
+            "seed": args.seed,
+            "device": device,
+        },
+        "sampling": sampling,
+    }
+    eval_settings = {
+        "eval_fraction": 0.2,
+        "samples_per_prompt": 4,
+        "temperature": 1.0,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": 1234,
+        "gold_score": True,
+    }
+    return sampling, round_config, eval_settings
+
+
+def base_model(args: argparse.Namespace) -> Path:
+    if args.model_dir:
+        return args.model_dir
+    from training.ml.tiny import build_tiny_model, bundled_corpus_files
+
+    return build_tiny_model(
+        ROOT / "var" / "bench" / f"tiny-pretrained-{args.pretrain_steps}",
+        seed=0,
+        pretrain_files=bundled_corpus_files() if args.pretrain_steps else None,
+        pretrain_steps=args.pretrain_steps,
+    )
+
+
+def run_job(job):
+    from training import services
+
+    started = time.perf_counter()
+    job = services.training_job_run(job_id=job.pk, worker="bench")
+    if job.status != "succeeded":
+        raise SystemExit(f"job #{job.pk} ({job.kind}) {job.status}:\n{job.error}")
+    return job, time.perf_counter() - started
+
+
+def ppo_timings(job) -> dict[str, float]:
+    """Medians over the PPO steps of a job (the first step is left out: warm-up)."""
+    from training.selectors import job_metrics
+
+    rows = [m.values for m in job_metrics(job=job)][1:]
+    if not rows:
+        return {}
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rows if key in r)
+
+    return {
+        "rollout_tokens_per_s": round(median("ppo/rollout_tokens_per_s"), 1),
+        "rollout_seconds": round(median("ppo/rollout_seconds"), 4),
+        "update_seconds": round(median("ppo/update_seconds"), 4),
+        "step_seconds": round(median("ppo/step_seconds"), 4),
+    }
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = [r["round"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    gold_x = [0] + [r + 1 for r in rounds]
+    gold_y = [rows[0]["gold_before"]] + [r["gold_after"] for r in rows]
+    axes[0].plot(gold_x, gold_y, marker="o")
+    axes[0].set(title="Gold score on held-out prompts", xlabel="policy after round (0 = base)")
+    axes[1].plot(rounds, [r["reward_before"] for r in rows], marker="o", label="before")
+    axes[1].plot(rounds, [r["reward_after"] for r in rows], marker="o", label="after")
+    axes[1].set(title="Reward-model score (each round's RM)", xlabel="round")
+    axes[1].legend()
+    kl_y = [rows[0]["kl_ref_before"]] + [r["kl_ref_after"] for r in rows]
+    axes[2].plot(gold_x, kl_y, marker="o", label="to the reference")
+    axes[2].plot(gold_x[1:], [r["kl_previous"] for r in rows], marker="o", label="to the previous")
+    axes[2].set(title="KL (nats per completion)", xlabel="policy after round (0 = base)")
+    axes[2].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    args = parse_args()
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="rlhf-loop-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        run(args, workdir)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    setup_django(workdir)
+
+    import httpx
+    from django.contrib.auth import get_user_model
+    from django.core.wsgi import get_wsgi_application
+
+    from annotation import services as annotation_services
+    from annotation.models import Prompt
+    from training import services
+    from training.ml.device import device_name, pick_device
+    from training.ml.synthetic import SyntheticLabeller
+    from training.models import Round, TrainingJob
+    from training.synthetic_client import label_campaign, login
+
+    started = time.perf_counter()
+    base_dir = base_model(args)
+    sampling, round_config, eval_settings = configs(args)
+    users = get_user_model().objects
+    admin = users.create_user("bench-admin", password="bench-admin", is_staff=True)
+    labeller = users.create_user("bench-labeller", password="bench-labeller")
+    base = services.model_version_register(kind="base", name="base", path=str(base_dir))
+    campaign = annotation_services.campaign_create(
+        created_by=admin,
+        name="RLHF loop bench",
+        completions_per_task=args.completions,
+        overlap=1,
+        allow_ties=False,
+        allow_fail=False,
+    )
+    annotation_services.campaign_add_members(campaign=campaign, users=[labeller])
+    annotation_services.guideline_publish(
+        campaign=campaign, text="Rank the replies, best first.", created_by=admin
+    )
+    annotation_services.campaign_set_status(campaign=campaign, status="active")
+    prompts = [f.format(t) for f in FORMS for t in TOPICS][: args.prompts]
+    Prompt.objects.bulk_create(
+        [Prompt(campaign=campaign, external_id=f"p{i}", text=p) for i, p in enumerate(prompts)]
+    )
+
+    # Both the admin and the labeller go through the HTTP API with token auth.
+    transport = httpx.WSGITransport(app=get_wsgi_application())
+    admin_api = httpx.Client(transport=transport, base_url="http://localhost")
+    login(admin_api, username="bench-admin", password="bench-admin")
+    http = httpx.Client(transport=transport, base_url="http://localhost")
+    login(http, username="bench-labeller", password="bench-labeller")
+
+    def create(url: str, body: dict) -> TrainingJob:
+        response = admin_api.post(url, json=body)
+        if response.status_code != 201:
+            raise SystemExit(f"{url}: {response.status_code} {response.text[:500]}")
+        return TrainingJob.objects.get(pk=response.json()["id"])
+
+    run_job(
+        create(
+            "/api/training-jobs/",
+            {
+                "kind": "generate",
+                "campaign_ids": [campaign.pk],
+                "base_model_version": base.pk,
+                "config": sampling,
+            },
+        )
+    )
+    response = admin_api.post(
+        "/api/rounds/",
+        json={"campaign": campaign.pk, "policy": base.pk, "eval_settings": eval_settings},
+    )
+    rnd = Round.objects.get(pk=response.json()["id"])
+    synthetic = SyntheticLabeller(noise=args.noise, seed=args.seed)
+    rows = []
+    for number in range(args.rounds):
+        stats = label_campaign(http, campaign_id=rnd.campaign_id, labeller=synthetic)
+        job, seconds = run_job(
+            create(
+                f"/api/rounds/{rnd.pk}/run/",
+                {"config": round_config, "update": args.update},
+            )
+        )
+        rnd.refresh_from_db()
+        steps = {s.kind: s for s in job.steps.all()}
+        evaluation = rnd.evaluation
+        before, after = evaluation["policy_before"], evaluation["policy_after"]
+        row = {
+            "round": number,
+            "rankings": stats.rankings,
+            "labelling_seconds": round(stats.seconds, 2),
+            "rm_eval_accuracy": rnd.reward_model.metrics.get("eval/accuracy"),
+            "rm_pairs": rnd.reward_model.metrics.get("counts/train_pairs"),
+            "gold_before": before["gold_score"],
+            "gold_after": after["gold_score"],
+            "reward_before": before["reward"],
+            "reward_after": after["reward"],
+            "kl_ref_before": before["kl_ref"],
+            "kl_ref_after": after["kl_ref"],
+            "kl_previous": after["kl_previous"],
+            "response_length_after": after["response_length"],
+            "eos_rate_after": after["eos_rate"],
+            "round_job_seconds": round(seconds, 1),
+            **({"ppo": ppo_timings(steps["ppo"])} if "ppo" in steps else {}),
+            "example_after": after["examples"][0],
+        }
+        rows.append(row)
+        print(
+            f"round {number}: {stats.rankings} rankings; RM eval acc "
+            f"{row['rm_eval_accuracy']:.3f}; gold {row['gold_before']:.3f} -> "
+            f"{row['gold_after']:.3f}; RM score {row['reward_before']:+.3f} -> "
+            f"{row['reward_after']:+.3f}; KL ref {row['kl_ref_after']:.1f} "
+            f"(to previous {row['kl_previous']:.1f}); {seconds:.0f} s"
+            + (
+                f"; PPO {row['ppo']['rollout_tokens_per_s']:.0f} tok/s rollout, "
+                f"{row['ppo']['update_seconds']:.3f} s update"
+                if "ppo" in row
+                else ""
+            ),
+            flush=True,
+        )
+        rnd = rnd.next_round
+
+    device = device_name(pick_device(None if args.device == "auto" else args.device))
+    title = (
+        f"{args.update.upper()}, {args.rounds} rounds x {args.ppo_steps} steps, "
+        f"{len(prompts)} prompts x {args.completions}, noise {args.noise}, KL coef "
+        f"{args.kl_coef}, seed {args.seed}, {device}"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(rows, args.out, title)
+    summary = {
+        "device": device,
+        "base_model": str(base_dir),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "rounds": rows,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "plot": str(args.out),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

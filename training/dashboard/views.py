@@ -1,0 +1,345 @@
+"""Dashboard pages for training: start jobs, follow them live, model versions and their lineage.
+
+Jobs are created through ``training.services.training_job_create_from_form`` (the API's path
+too), cancelled through ``training_job_cancel`` and retried through ``training_job_retry``. The
+job page is a shell plus static/dashboard/job.js, which polls the JSON API.
+"""
+
+from __future__ import annotations
+
+from django import forms as django_forms
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from annotation.dashboard.forms import add_service_error
+from annotation.dashboard.views import MAX_ID, staff_required
+from annotation.errors import NotFound, ServiceError
+from annotation.models import Campaign
+from training import selectors, services
+from training.api.serializers import TrainingJobSerializer
+from training.dashboard import forms
+from training.models import ModelVersion, Round, TrainingJob
+
+POLL_MS = 1500
+
+CHARTS: dict[str, list[dict]] = {
+    TrainingJob.Kind.REWARD_MODEL: [
+        {"title": "Loss", "keys": ["reward/loss"]},
+        {"title": "Accuracy", "keys": ["reward/accuracy", "eval/accuracy"], "unit": "fraction"},
+        {"title": "Margin (chosen - rejected)", "keys": ["reward/margin", "eval/margin"]},
+    ],
+    TrainingJob.Kind.PPO: [
+        {"title": "Reward", "keys": ["ppo/score", "ppo/reward_normalized", "ppo/reward_total"]},
+        {"title": "KL to the reference and β", "keys": ["ppo/kl_ref", "ppo/beta"]},
+        {"title": "Entropy", "keys": ["ppo/entropy"]},
+        {"title": "Clip fraction and approx. KL", "keys": ["ppo/clipfrac", "ppo/approx_kl"]},
+        {"title": "Losses", "keys": ["ppo/policy_loss", "ppo/value_loss"]},
+    ],
+    TrainingJob.Kind.DPO: [
+        {"title": "Loss", "keys": ["dpo/loss"]},
+        {"title": "Accuracy", "keys": ["dpo/accuracy"], "unit": "fraction"},
+        {"title": "Implicit rewards", "keys": ["dpo/chosen_reward", "dpo/rejected_reward"]},
+    ],
+}
+
+
+def _id_param(request: HttpRequest, name: str) -> int | None:
+    value = request.GET.get(name, "")
+    return int(value) if value.isdigit() and 0 < int(value) <= MAX_ID else None
+
+
+def _initial(request: HttpRequest, kind: str) -> dict:
+    """Prefill from ?campaign= and ?round= (the buttons on the campaign and round pages)."""
+    initial: dict = {}
+    if (campaign_id := _id_param(request, "campaign")) is not None:
+        campaign = Campaign.objects.filter(pk=campaign_id).first()
+        if campaign is not None:
+            initial["campaign_ids"] = [campaign]
+            if kind == TrainingJob.Kind.GENERATE:
+                initial["target_campaign"] = campaign
+    if (round_id := _id_param(request, "round")) is not None:
+        initial["round"] = Round.objects.filter(pk=round_id).first()
+    return initial
+
+
+def _job(job_id: int) -> TrainingJob:
+    if job_id > MAX_ID:
+        raise Http404("training job not found")
+    try:
+        return selectors.training_job_get(job_id=job_id)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+
+
+# --- Jobs ---------------------------------------------------------------------------------------
+
+
+@staff_required
+@require_GET
+def job_list(request: HttpRequest) -> HttpResponse:
+    """Every job, newest first (optionally one campaign's), and the buttons to start one."""
+    jobs = selectors.training_job_list().select_related("campaign", "result_version")
+    campaign = None
+    if (campaign_id := _id_param(request, "campaign")) is not None:
+        campaign = Campaign.objects.filter(pk=campaign_id).first()
+        if campaign is not None:
+            jobs = jobs.filter(campaign=campaign)
+    return render(
+        request,
+        "dashboard/jobs.html",
+        {
+            "nav": "jobs",
+            "jobs": jobs[:200],
+            "campaign": campaign,
+            "kinds": [(kind, spec.title) for kind, spec in forms.KINDS.items()],
+            "poll_ms": POLL_MS,
+        },
+    )
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def job_create(request: HttpRequest, kind: str) -> HttpResponse:
+    """The form of one job kind; POST validates through the services and queues the job."""
+    if kind not in forms.KINDS:
+        raise Http404("unknown job kind")
+    form = forms.TrainingJobForm(
+        request.POST if request.method == "POST" else None,
+        initial=_initial(request, kind),
+        kind=kind,
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = services.training_job_create_from_form(
+                created_by=request.user, kind=kind, **form.service_arguments()
+            )
+        except ServiceError as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(request, f"{job.get_kind_display()} #{job.pk} queued.")
+            return redirect("training-dashboard:job", job_id=job.pk)
+    return render(
+        request,
+        "dashboard/job_form.html",
+        {"nav": "jobs", "form": form, "kind": kind, "spec": forms.KINDS[kind]},
+        status=400 if form.errors else 200,
+    )
+
+
+@staff_required
+@require_GET
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    """The job's live page: status, progress, metric charts, log tail, error, cancel."""
+    job = _job(job_id)
+    config = {
+        "job": TrainingJobSerializer(job).data,
+        "charts": CHARTS.get(job.kind, []),
+        "poll_ms": POLL_MS,
+        "urls": {
+            "job": reverse("training-job-detail", args=[job.pk]),
+            "metrics": reverse("training-job-metrics", args=[job.pk]),
+            "cancel": reverse("training-job-cancel", args=[job.pk]),
+        },
+    }
+    return render(
+        request,
+        "dashboard/job.html",
+        {
+            "nav": "jobs",
+            "job": job,
+            "config": config,
+            "steps": job.steps.order_by("created_at", "id"),
+        },
+    )
+
+
+@staff_required
+@require_POST
+def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    """Cancel without JavaScript (the page's script calls the API's cancel instead)."""
+    job = _job(job_id)
+    try:
+        services.training_job_cancel(job=job)
+    except ServiceError as exc:
+        messages.error(request, exc.message.capitalize() + ".")
+    else:
+        messages.success(request, "Cancellation requested.")
+    return redirect("training-dashboard:job", job_id=job.pk)
+
+
+@staff_required
+@require_POST
+def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _job(job_id)
+    try:
+        new = services.training_job_retry(job=job, created_by=request.user)
+    except ServiceError as exc:
+        messages.error(request, exc.message.capitalize() + ".")
+        return redirect("training-dashboard:job", job_id=job.pk)
+    messages.success(request, f"Retrying as #{new.pk}.")
+    return redirect("training-dashboard:job", job_id=new.pk)
+
+
+# --- Model versions and rounds ------------------------------------------------------------------
+
+
+def _number(value) -> str:
+    """A metric for people: four significant digits, integers as they are."""
+    if isinstance(value, bool) or value is None:
+        return "—" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _metrics(metrics: dict) -> tuple[list, list]:
+    """(headline, the rest): evaluation figures first, counts and training figures folded."""
+    items = [(key, _number(value)) for key, value in metrics.items()]
+    headline = [item for item in items if item[0].startswith(("eval/", "evaluation/"))]
+    return headline[:10], [item for item in items if item not in headline[:10]]
+
+
+def _lineage(versions: list[ModelVersion]) -> list[tuple[ModelVersion, int]]:
+    """Versions as a tree (parent → children), depth-first, oldest root first."""
+    children: dict[int | None, list[ModelVersion]] = {}
+    ids = {v.pk for v in versions}
+    for version in sorted(versions, key=lambda v: (v.created_at, v.pk)):
+        parent = version.parent_id if version.parent_id in ids else None
+        children.setdefault(parent, []).append(version)
+    ordered: list[tuple[ModelVersion, int]] = []
+
+    def walk(parent: int | None, depth: int) -> None:
+        for version in children.get(parent, []):
+            ordered.append((version, depth))
+            walk(version.pk, depth + 1)
+
+    walk(None, 0)
+    return ordered
+
+
+EVALUATION_COLUMNS = ("policy_before", "policy_after", "delta")
+
+
+def _evaluation_table(evaluation: dict) -> dict:
+    """A round's evaluation (training.runners.evaluate_update) as a table: the policy before,
+    after, and the difference as columns, their figures as rows; the scalars (algorithm, job,
+    held-out prompts) as notes. Other nested values (settings, examples) are left out."""
+    if not evaluation:
+        return {"columns": [], "rows": [], "notes": []}
+    nested = {k: v for k, v in evaluation.items() if isinstance(v, dict)}
+    if any(c in nested for c in EVALUATION_COLUMNS):
+        nested = {c: nested[c] for c in EVALUATION_COLUMNS if c in nested}
+    columns = list(nested)
+    keys: list[str] = []
+    for values in nested.values():
+        keys += [k for k in values if k not in keys and not isinstance(values[k], dict | list)]
+    rows = [(key, [_number(nested[c].get(key)) for c in columns]) for key in keys]
+    notes = [
+        (key.replace("_", " "), _number(value))
+        for key, value in evaluation.items()
+        if not isinstance(value, dict | list)
+    ]
+    return {"columns": columns, "rows": rows, "notes": notes}
+
+
+def _models_page(
+    request: HttpRequest,
+    *,
+    register_form: forms.ModelRegisterForm | None = None,
+    round_form: forms.RoundStartForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    versions = list(selectors.model_version_list().select_related("created_by_job__campaign"))
+    rounds = [
+        {
+            "round": rnd,
+            "jobs": list(selectors.round_jobs(round=rnd)),
+            "evaluation": _evaluation_table(rnd.evaluation),
+        }
+        for rnd in selectors.round_list()
+    ]
+    return render(
+        request,
+        "dashboard/models.html",
+        {
+            "nav": "models",
+            "lineage": [
+                (version, depth, _metrics(version.metrics)) for version, depth in _lineage(versions)
+            ],
+            "rounds": rounds,
+            "register_form": register_form or forms.ModelRegisterForm(),
+            "round_form": round_form or forms.RoundStartForm(),
+        },
+        status=status,
+    )
+
+
+@staff_required
+@require_GET
+def model_list(request: HttpRequest) -> HttpResponse:
+    """Rounds (campaign → reward model → policy → next campaign, with the evaluation of each
+    update against the policy before it), and every model version as a lineage tree."""
+    return _models_page(request)
+
+
+@staff_required
+@require_POST
+def model_register(request: HttpRequest) -> HttpResponse:
+    """Register a base or policy model (services.model_version_register, as the API does)."""
+    form = forms.ModelRegisterForm(request.POST)
+    if form.is_valid():
+        try:
+            version = services.model_version_register(**form.cleaned_data)
+        except ServiceError as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"Registered {version.name} (#{version.pk}).")
+            return redirect(reverse("training-dashboard:models") + f"#version-{version.pk}")
+    return _models_page(request, register_form=form, status=400)
+
+
+@staff_required
+@require_POST
+def round_create(request: HttpRequest) -> HttpResponse:
+    """Start the RLHF loop on a campaign (services.round_start)."""
+    form = forms.RoundStartForm(request.POST)
+    if form.is_valid():
+        try:
+            rnd = services.round_start(created_by=request.user, **form.cleaned_data)
+        except ServiceError as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(request, f"Round {rnd.number} started on {rnd.campaign.name}.")
+            return redirect(reverse("training-dashboard:models") + f"#round-{rnd.pk}")
+    return _models_page(request, round_form=form, status=400)
+
+
+# --- Used by the campaign import page -----------------------------------------------------------
+
+
+def generate_context(request: HttpRequest, *, campaign: Campaign) -> dict:
+    """The "generate completions from a policy" form of the campaign import page."""
+    if TrainingJob.Kind.GENERATE not in services.RUNNERS:
+        from training import runners  # noqa: F401 - registers the runners
+    if TrainingJob.Kind.GENERATE not in services.RUNNERS:
+        return {
+            "generate_form": None,
+            "generate_unavailable": "Generation jobs are not available yet (no runner for "
+            "the generate kind).",
+        }
+    form = forms.TrainingJobForm(
+        initial={"campaign_ids": [campaign], "target_campaign": campaign}, kind="generate"
+    )
+    # Here the prompts and the target are this campaign; errors come back on the full form.
+    del form.fields["round"]
+    form.fields["campaign_ids"].widget = django_forms.MultipleHiddenInput()
+    form.fields["target_campaign"].widget = django_forms.HiddenInput()
+    return {
+        "generate_form": form,
+        "generate_url": reverse("training-dashboard:job-create", args=["generate"]),
+    }
