@@ -107,6 +107,26 @@ def check_finished_job(job: TrainingJob) -> None:
     assert "succeeded" in job.log_tail and job.worker and job.device
 
 
+def start_gpu_worker(
+    tmp_path: Path, name: str, *, pool: str = "solo", threads: int = 1, **extra_env: str
+) -> subprocess.Popen:
+    """A real Celery worker on the ``gpu`` queue, sharing the test database and a model store
+    under ``tmp_path``; in its own process group so a test can kill it outright."""
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "MODEL_STORE_DIR": str(tmp_path / "models"),
+        "OMP_NUM_THREADS": str(threads),
+        **extra_env,
+    }
+    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "gpu"]
+    command += ["--concurrency", "1", "--prefetch-multiplier", "1", "--pool", pool]
+    command += ["--without-gossip", "--without-mingle", "-n", f"{name}@%h"]
+    command += ["--loglevel", "WARNING"]
+    return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
+
+
 @pytest.mark.django_db
 def test_reward_model_job_runs_and_registers_a_version(
     admin_user, tiny_model_dir, tmp_path, settings, django_capture_on_commit_callbacks
@@ -128,39 +148,7 @@ def test_reward_model_job_through_a_real_gpu_queue_worker(
 ):
     settings.MODEL_STORE_DIR = tmp_path / "models"
     campaign = labelled_marker_campaign()
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "MODEL_STORE_DIR": str(tmp_path / "models"),
-        "OMP_NUM_THREADS": "2",
-    }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "gpu",
-            "--concurrency",
-            "1",
-            "--prefetch-multiplier",
-            "1",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            "rm-test@%h",
-            "--loglevel",
-            "WARNING",
-        ],
-        cwd=REPO,
-        env=env,
-    )
+    worker = start_gpu_worker(tmp_path, "rm-test", threads=2)
     try:
         job = create_job(admin_user, campaign, tiny_model_dir)
         deadline = time.monotonic() + 240

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from django.db import connection
 from django.utils import timezone
 
 from tests.conftest import client_for
-from tests.training.test_reward_model_job import labelled_marker_campaign
+from tests.training.test_reward_model_job import labelled_marker_campaign, start_gpu_worker
 from training import services
 from training.models import ModelVersion, TrainingJob
 
@@ -43,41 +42,7 @@ pytestmark = [
 
 
 def start_worker(tmp_path: Path, name: str, pool: str) -> subprocess.Popen:
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "MODEL_STORE_DIR": str(tmp_path / "models"),
-        "TRAINING_HEARTBEAT_SECONDS": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "gpu",
-            "--concurrency",
-            "1",
-            "--prefetch-multiplier",
-            "1",
-            "--pool",
-            pool,
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"{name}@%h",
-            "--loglevel",
-            "WARNING",
-        ],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-    )
+    return start_gpu_worker(tmp_path, name, pool=pool, TRAINING_HEARTBEAT_SECONDS="1")
 
 
 def wait_for(job: TrainingJob, predicate, seconds: float = 180) -> TrainingJob:

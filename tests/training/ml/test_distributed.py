@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.training.ml.test_reward_model import marker_pairs
 from training.ml import __main__ as cli
 from training.ml.config import RewardModelConfig
-from training.ml.data import PreferencePair
 from training.ml.launch import (
     DistributedTrainingError,
     parse_progress_line,
@@ -30,33 +29,6 @@ from training.ml.reward_model import (
     load_reward_model,
     train_reward_model,
 )
-
-WORDS = ("the", "kettle", "water", "bread", "onion", "sky", "rice", "soup", "cat", "sleep", "light")
-WORDS += ("sound", "metal", "rust", "moon", "leaf", "plant", "test", "code", "loop", "list", "file")
-
-
-def marker_pairs(n: int, *, seed: int = 0, rounds: int = 1) -> list[PreferencePair]:
-    """Chosen completions always contain 'banana'; rejected ones never do."""
-    rng = random.Random(seed)
-
-    def words(k: int) -> list[str]:
-        return [rng.choice(WORDS) for _ in range(k)]
-
-    pairs = []
-    for i in range(n):
-        chosen = words(rng.randint(4, 8))
-        chosen.insert(rng.randint(0, len(chosen)), "banana")
-        pairs.append(
-            PreferencePair(
-                prompt=f"Question {i}: tell me about {' '.join(words(3))}.\nAnswer:",
-                chosen=" " + " ".join(chosen),
-                rejected=" " + " ".join(words(rng.randint(4, 8))),
-                prompt_id=i,
-                round=i % rounds,
-            )
-        )
-    return pairs
-
 
 CONFIG = RewardModelConfig(
     num_epochs=2,
