@@ -4,11 +4,12 @@ to k_max, only while their labellers disagree; never beyond k_max, even under co
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 
 import pytest
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, F
 
 from annotation import quality, services
 from annotation.models import Ranking, Task
@@ -179,13 +180,29 @@ def test_adaptive_overlap_never_exceeds_k_max_under_concurrency():
     submitted: list[int] = []
     lock = threading.Lock()
 
+    def waiting_for_others(user) -> bool:
+        """Whether a task this labeller has not ranked is still short of its target: others
+        hold its leases now, and a disagreeing ranking from them may yet reopen it."""
+        return (
+            Task.objects.filter(campaign=campaign, submitted_count__lt=F("target_overlap"))
+            .exclude(rankings__labeller=user)
+            .exists()
+        )
+
     def label(user):
         client = client_for(user)
         reverse = int(user.username.removeprefix("labeller")) % 2 == 1
-        for _ in range(10):
+        ranked, deadline = 0, time.monotonic() + 60
+        while ranked < 10:
             response = client.post(f"/api/campaigns/{campaign.pk}/next-task/")
             if response.status_code == 204:
-                return
+                # 204 means nothing for this labeller *now*; leaving at once would strand a
+                # task reopened a moment later with nobody left to rank it.
+                if not waiting_for_others(user):
+                    return
+                assert time.monotonic() < deadline, "a task stayed short of its target"
+                time.sleep(0.01)
+                continue
             assert response.status_code == 200, response.content
             body = response.json()
             ids = sorted((c["id"] for c in body["completions"]), reverse=reverse)
@@ -196,6 +213,7 @@ def test_adaptive_overlap_never_exceeds_k_max_under_concurrency():
                 format="json",
             )
             assert result.status_code == 201, result.content
+            ranked += 1
             with lock:
                 submitted.append(result.json()["id"])
 
