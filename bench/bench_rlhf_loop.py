@@ -34,57 +34,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TOPICS = [
-    "bread",
-    "kettles",
-    "plants",
-    "yawning",
-    "rain",
-    "coffee",
-    "bicycles",
-    "music",
-    "sleep",
-    "gardens",
-    "rivers",
-    "clouds",
-    "stars",
-    "ovens",
-    "tea",
-    "books",
-    "dogs",
-    "cats",
-    "trains",
-    "bridges",
-    "snow",
-    "apples",
-    "soup",
-    "lamps",
-    "maps",
-    "boats",
-    "shoes",
-    "honey",
-    "winter",
-    "cheese",
-    "mountains",
-    "birds",
-    "candles",
-    "forests",
-    "pianos",
-    "islands",
-]
-FORMS = (
-    "Tell me about {}.",
-    "Why do people like {}?",
-    "Write a short note about {}.",
-    "What should I know about {}?",
-)
+from training.ml.synthetic import PROMPT_FORMS, PROMPT_TOPICS, synthetic_prompts  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--ppo-steps", type=int, default=30, help="PPO steps per round")
-    parser.add_argument("--prompts", type=int, default=64, help=f"at most {len(TOPICS) * 4}")
+    parser.add_argument(
+        "--prompts", type=int, default=64, help=f"at most {len(PROMPT_TOPICS) * len(PROMPT_FORMS)}"
+    )
     parser.add_argument("--completions", type=int, default=4, help="N = K per task")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="PPO learning rate")
@@ -296,7 +255,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         campaign=campaign, text="Rank the replies, best first.", created_by=admin
     )
     annotation_services.campaign_set_status(campaign=campaign, status="active")
-    prompts = [f.format(t) for f in FORMS for t in TOPICS][: args.prompts]
+    prompts = synthetic_prompts(args.prompts)
     Prompt.objects.bulk_create(
         [Prompt(campaign=campaign, external_id=f"p{i}", text=p) for i, p in enumerate(prompts)]
     )

@@ -45,12 +45,14 @@ def reference_samples(
     *, campaign_ids: Sequence[int], model_version_id: int | None
 ) -> list[tuple[str | list, str]]:
     """(prompt, completion) from the reference policy on the campaigns' prompts, for reward
-    normalisation; empty when no completion of the campaigns came from that model version."""
+    normalisation; empty when no completion of the campaigns came from that model version.
+    Gold tasks' completions are left out: gold prompts are checks of the labellers, not data."""
     if model_version_id is None:
         return []
     completions = Completion.objects.filter(
         model_version_id=model_version_id,
         task_completions__task__campaign_id__in=campaign_ids,
+        task_completions__task__is_gold=False,
     ).distinct()
     return [
         (prompt_messages or prompt_text, text)
@@ -75,8 +77,13 @@ def campaign_prompts(
     *, campaign_ids: Sequence[int], without_tasks_in: int | None = None
 ) -> list[PromptRecord]:
     """The campaigns' prompts in id order (only those with no task in campaign
-    ``without_tasks_in``, when given: prompts imported without completions, say)."""
-    prompts = Prompt.objects.filter(campaign_id__in=campaign_ids).order_by("id")
+    ``without_tasks_in``, when given: prompts imported without completions, say). Prompts of
+    gold tasks are left out: they check the labellers and must not become training data."""
+    prompts = (
+        Prompt.objects.filter(campaign_id__in=campaign_ids)
+        .exclude(tasks__is_gold=True)
+        .order_by("id")
+    )
     if without_tasks_in is not None:
         prompts = prompts.exclude(tasks__campaign_id=without_tasks_in)
     return [

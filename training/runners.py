@@ -6,7 +6,7 @@ registered by kind with ``@runner`` and looked up by ``services.training_job_run
 
 * ``reward_model``: ``train_reward_model`` on the campaigns' pairs;
 * ``ppo`` / ``dpo``: ``run_ppo`` / ``run_dpo`` from a policy, then the evaluation of the update on
-  held-out prompts (:func:`evaluate_policies`);
+  held-out prompts (:func:`training.ml.evaluation.evaluate_policies`);
 * ``generate``: ``generate_completions`` from one to three sources, then the tasks (and, for a
   round, the next campaign) in the transaction that marks the job succeeded;
 * ``round``: the three steps above as jobs of their own, run one after the other.
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from training import exports, services
+from training.ml.evaluation import EvalSettings, evaluate_policies
 from training.models import ModelVersion, Round, TrainingJob
 from training.services import (
-    EvalSettings,
     GeneratedCompletion,
     JobOutcome,
     JobReporter,
@@ -321,119 +321,6 @@ def evaluate_update(
         "held_out_prompts": len(prompts),
         "settings": dataclasses.asdict(settings),
     }
-
-
-def evaluate_policies(
-    policies: dict[str, str | Path],
-    *,
-    reference: str | Path,
-    reward_model: str | Path | None,
-    prompts: Sequence[Any],
-    settings: EvalSettings,
-    device: str | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Sample ``settings.samples_per_prompt`` completions per prompt from each policy (same
-    seed for all) and measure, per policy:
-
-    * ``reward``: mean normalised reward-model score (None without a reward model);
-    * ``kl_ref``: mean over samples of ``Σ_t log π(a_t|·) - log π_ref(a_t|·)`` with
-      ``logits / temperature``, the Monte-Carlo estimate of KL(π‖π_ref) PPO reports;
-    * ``kl_previous`` (every policy after the first): the same against the first policy;
-    * ``gold_score`` (when ``settings.gold_score``): the synthetic labeller's hidden score;
-    * ``response_length`` (tokens), ``eos_rate`` and a few ``examples``.
-
-    The policies and the reference must share a tokenizer (as PPO requires).
-    """
-    import torch
-
-    from training.ml import device as device_lib
-    from training.ml.generation import SamplingConfig, generate_with_model
-    from training.ml.policy import (
-        build_query_response_batch,
-        encode_prompt,
-        load_causal_lm,
-        load_tokenizer,
-        sequence_logprobs,
-    )
-    from training.ml.reward_model import load_reward_model
-    from training.ml.synthetic import expected_gold_score
-
-    torch_device = device_lib.pick_device(device)
-    names = list(policies)
-    tokenizer = load_tokenizer(policies[names[0]])
-    sampling = SamplingConfig(
-        num_completions=settings.samples_per_prompt,
-        temperature=settings.temperature,
-        max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed,
-        device=str(torch_device),
-    )
-    queries = [encode_prompt(tokenizer, p) for p in prompts]
-    samples = {}
-    for name in names:
-        model = load_causal_lm(policies[name], device=torch_device)
-        samples[name] = [
-            c for row in generate_with_model(model, tokenizer, prompts, sampling) for c in row
-        ]
-        del model
-        if should_stop is not None and should_stop():
-            from training.ml.reward_model import TrainingCancelled
-
-            raise TrainingCancelled("stopped during the evaluation")
-
-    @torch.no_grad()
-    def logprobs(model_dir: str | Path) -> dict[str, torch.Tensor]:
-        model = load_causal_lm(model_dir, device=torch_device)
-        out = {}
-        for name in names:
-            completions = samples[name]
-            rows = []
-            for start in range(0, len(completions), 16):
-                chunk = completions[start : start + 16]
-                batch = build_query_response_batch(
-                    [queries[c.prompt_index] for c in chunk],
-                    [list(c.token_ids) for c in chunk],
-                    pad_token_id=tokenizer.pad_token_id,
-                ).to(torch_device)
-                with device_lib.autocast(torch_device):
-                    rows.append(
-                        sequence_logprobs(model, batch, temperature=settings.temperature)
-                        .float()
-                        .cpu()
-                    )
-            out[name] = torch.cat(rows)
-        return out
-
-    paths = {name: str(path) for name, path in policies.items()}
-    by_path: dict[str, dict[str, torch.Tensor]] = {}
-    for path in dict.fromkeys([*paths.values(), str(reference)]):
-        by_path[path] = logprobs(path)
-    reward = load_reward_model(reward_model, device=str(torch_device)) if reward_model else None
-
-    results: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(names):
-        completions = samples[name]
-        texts = [c.text for c in completions]
-        own = by_path[paths[name]][name]
-        result: dict[str, Any] = {
-            "kl_ref": float((own - by_path[str(reference)][name]).mean()),
-            "response_length": sum(len(c.token_ids) for c in completions) / len(completions),
-            "eos_rate": sum(c.eos for c in completions) / len(completions),
-            "reward": None,
-            "samples": len(completions),
-        }
-        if i > 0:
-            result["kl_previous"] = float((own - by_path[paths[names[0]]][name]).mean())
-        if reward is not None:
-            pairs = [(prompts[c.prompt_index], c.text) for c in completions]
-            scores = reward.score(pairs, batch_size=32)
-            result["reward"] = sum(scores) / len(scores)
-        if settings.gold_score:
-            result["gold_score"] = expected_gold_score(texts)
-        result["examples"] = texts[:3]
-        results[name] = result
-    return results
 
 
 # --- Generation: the next round's completions ---------------------------------------------------

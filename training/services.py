@@ -41,6 +41,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from annotation.errors import Conflict, InvalidInput
+from training.ml.evaluation import EvalSettings
 from training.models import JobMetric, ModelVersion, Round, TrainingJob
 
 logger = logging.getLogger(__name__)
@@ -208,37 +209,6 @@ def _check_config(kind: str, config: Any) -> None:
         config_from_dict(config_class(kind), config)
     except ValueError as exc:
         raise InvalidInput(str(exc), field="config") from None
-
-
-@dataclass
-class EvalSettings:
-    """How a round evaluates a policy update on held-out prompts (stored on the Round)."""
-
-    eval_fraction: float = 0.2
-    """share of the prompts held out of PPO training and used for evaluation, picked by a hash of
-    the prompt text: the same prompts stay held out round after round"""
-    max_prompts: int = 32
-    """evaluate on at most this many held-out prompts"""
-    samples_per_prompt: int = 4
-    """completions sampled per held-out prompt from each policy"""
-    temperature: float = 0.7
-    """sampling temperature; the KL uses logits / temperature as PPO does"""
-    max_new_tokens: int = 48
-    """longest evaluated completion, in tokens"""
-    seed: int = 1234
-    """sampling seed: the same for every policy and round, so they are compared on equal terms"""
-    gold_score: bool = False
-    """also report ``training.ml.synthetic.gold_score`` (meaningful when the labels came from the
-    synthetic labeller, whose hidden preference it is)"""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError("eval_fraction must be in [0, 1)")
-        for name in ("max_prompts", "samples_per_prompt", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
 
 
 def eval_settings_clean(data: Any, *, field: str = "eval_settings") -> dict[str, Any]:

@@ -28,44 +28,13 @@ from annotation.models import Prompt
 from tests.conftest import client_for
 from tests.factories import AdminFactory, UserFactory
 from training import services
-from training.ml.synthetic import SyntheticLabeller
+from training.ml.synthetic import SyntheticLabeller, synthetic_prompts
 from training.ml.tiny import build_tiny_model, bundled_corpus_files
 from training.models import Round, TrainingJob
 from training.synthetic_client import label_campaign, login, main
 
 PASSWORD = "correct horse battery"  # tests.factories.UserFactory's
-TOPICS = [
-    "bread",
-    "kettles",
-    "plants",
-    "yawning",
-    "rain",
-    "coffee",
-    "bicycles",
-    "music",
-    "sleep",
-    "gardens",
-    "rivers",
-    "clouds",
-    "stars",
-    "ovens",
-    "tea",
-    "books",
-    "dogs",
-    "cats",
-    "trains",
-    "bridges",
-    "snow",
-    "apples",
-    "soup",
-    "lamps",
-    "maps",
-    "boats",
-    "shoes",
-    "honey",
-]
-FORMS = ("Tell me about {}.", "Why do people like {}?", "Write a short note about {}.")
-PROMPTS = [f.format(t) for f in FORMS for t in TOPICS][:64]
+PROMPTS = synthetic_prompts(64, topics=28, forms=3)
 
 SAMPLING = {"temperature": 1.0, "max_new_tokens": 16, "seed": 0}
 EVAL_SETTINGS = {

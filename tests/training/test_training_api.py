@@ -75,6 +75,7 @@ ENDPOINTS = [
     ("get", "/api/rounds/", None, 200),
     ("get", "/api/rounds/{r}/", None, 200),
     ("post", "/api/rounds/{r}/run/", {}, 201),
+    ("post", "/api/rounds/{r}/next/", {}, 409),  # nothing trained yet: see the test below
 ]
 
 

@@ -32,6 +32,63 @@ FAVOURED_LETTER = "e"
 
 _WORD_RE = re.compile(r"[a-z']+")
 
+PROMPT_TOPICS: tuple[str, ...] = (
+    "bread",
+    "kettles",
+    "plants",
+    "yawning",
+    "rain",
+    "coffee",
+    "bicycles",
+    "music",
+    "sleep",
+    "gardens",
+    "rivers",
+    "clouds",
+    "stars",
+    "ovens",
+    "tea",
+    "books",
+    "dogs",
+    "cats",
+    "trains",
+    "bridges",
+    "snow",
+    "apples",
+    "soup",
+    "lamps",
+    "maps",
+    "boats",
+    "shoes",
+    "honey",
+    "winter",
+    "cheese",
+    "mountains",
+    "birds",
+    "candles",
+    "forests",
+    "pianos",
+    "islands",
+)
+"""Everyday topics for the synthetic loop's prompts."""
+
+PROMPT_FORMS: tuple[str, ...] = (
+    "Tell me about {}.",
+    "Why do people like {}?",
+    "Write a short note about {}.",
+    "What should I know about {}?",
+)
+"""Question forms, each filled with every topic."""
+
+
+def synthetic_prompts(
+    n: int, *, topics: int = len(PROMPT_TOPICS), forms: int = len(PROMPT_FORMS)
+) -> list[str]:
+    """The first ``n`` prompts of the synthetic loop: each of the first ``forms`` question forms
+    over the first ``topics`` topics, form by form."""
+    return [f.format(t) for f in PROMPT_FORMS[:forms] for t in PROMPT_TOPICS[:topics]][:n]
+
+
 Label = int | Literal["F"]
 Rng = random.Random | np.random.Generator | int | None
 

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -408,5 +409,9 @@ def test_ppo_raises_the_synthetic_gold_score(tiny_model_dir, tmp_path):
     )
     scores = [m["ppo/score"] for m in result.history]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
-    assert last > first + 0.25, scores  # about 0.1 -> 0.9 with seed 0 (0.1 -> 1.1 with seed 1)
+    # How far it climbs in 20 steps depends on the sampled tokens, so on the CPU's float
+    # arithmetic: seeds 0-5 went 0.1 -> 0.24..0.80 on an AMD EPYC, 0.1 -> 0.9..1.1 on an Intel
+    # Xeon. A climb is a steady trend: a policy that learned nothing gives rank correlation ~0.
+    trend = np.corrcoef(np.arange(len(scores)), np.argsort(np.argsort(scores)))[0, 1]
+    assert last > first + 0.1 and trend > 0.6, (trend, scores)
     assert result.history[-1]["ppo/kl_ref"] > 0
