@@ -40,6 +40,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def _option(value: str) -> str | int | bool | None:
+    """A connection option from the URL's query: ``true``/``false`` and integers typed (psycopg
+    and Django want ``server_side_binding=True``, ``prepare_threshold=5``), the rest as is."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value.lower() == "none":
+        return None
+    return int(value) if value.isdigit() else value
+
+
 def database_from_url(url: str | None, *, sqlite_path: Path) -> dict:
     """Django DATABASES['default'] from ``DATABASE_URL``; SQLite file when unset.
 
@@ -55,7 +65,14 @@ def database_from_url(url: str | None, *, sqlite_path: Path) -> dict:
         }
     parsed = urlparse(url)
     if parsed.scheme in {"postgres", "postgresql", "pgsql"}:
-        options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+        # Server-side binding with statements prepared after 5 uses: the hot labelling queries
+        # are planned once per connection instead of on every request (bench/README.md). Put
+        # ``?prepare_threshold=none`` in the URL behind a transaction-pooling PgBouncer.
+        options = {
+            "server_side_binding": True,
+            "prepare_threshold": 5,
+            **{key: _option(values[-1]) for key, values in parse_qs(parsed.query).items()},
+        }
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
