@@ -99,6 +99,7 @@ def setup_campaign(*, labellers: int, tasks: int, overlap: int, tag: str) -> tup
     for user in users:
         services.guideline_acknowledge(user=user, guideline=guideline)
     services.campaign_set_status(campaign=campaign, status="active")
+    services.task_statistics_refresh()  # as an import through the service does on commit
     tokens = [Token.objects.get_or_create(user=u)[0].key for u in users]
     return campaign.pk, tokens
 
@@ -122,11 +123,129 @@ def check_database(campaign_id: int, stats: Stats) -> dict[str, int]:
     }
 
 
-def _code(response) -> str:
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes and their reaped children have used (Linux
+    /proc): a PostgreSQL backend or a gunicorn worker that exits during the run is still
+    counted, in its parent's (postmaster's, arbiter's) children's times."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / ticks
+
+
+def _pids(*, parent: int | None = None, user: str | None = None) -> list[int]:
+    """The children of ``parent``, or every process run by ``user``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if parent is not None:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == parent:
+                    pids.append(int(entry.name))
+            elif entry.owner() == user and (entry / "comm").read_text().strip() == "postgres":
+                pids.append(int(entry.name))
+        except (OSError, KeyError):
+            continue
+    return pids
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by the web workers, PostgreSQL and this load generator during a run,
+    which says where a ranking's cost goes on a machine whose speed varies."""
+
+    server_pid: int
+    web: float = 0.0
+    db: float = 0.0
+    load: float = 0.0
+
+    def _read(self) -> tuple[float, float, float]:
+        usage = os.times()
+        return (
+            _cpu_seconds([self.server_pid, *_pids(parent=self.server_pid)]),
+            _cpu_seconds(_pids(user="postgres")),
+            usage.user + usage.system,
+        )
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._read()
+        self.web, self.db, self.load = (b - a for a, b in zip(self._start, end, strict=True))
+
+
+class TransportError(Exception):
+    """The request did not get an answer (connection refused or reset, timeout)."""
+
+
+class HttpxClient:
+    """POST through one shared ``httpx.AsyncClient`` (keep-alive, one connection per labeller)."""
+
+    def __init__(self, connections: int) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._client = httpx.AsyncClient(timeout=30, limits=limits)
+        self._errors = (httpx.HTTPError,)
+
+    async def post(self, url: str, *, headers: dict, json: dict | None = None):
+        try:
+            response = await self._client.post(url, headers=headers, json=json)
+        except self._errors as exc:
+            raise TransportError(type(exc).__name__) from exc
+        return response.status_code, _json(response.content)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class AiohttpClient:
+    """The same through ``aiohttp``, which spends about a third of httpx's CPU per request:
+    on a 2-core machine the load generator's CPU is taken from the server (bench/README.md)."""
+
+    def __init__(self, connections: int) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+        self._errors = (aiohttp.ClientError, asyncio.TimeoutError)
+
+    async def post(self, url: str, *, headers: dict, json: dict | None = None):
+        try:
+            async with self._session.post(url, headers=headers, json=json) as response:
+                return response.status, _json(await response.read())
+        except self._errors as exc:
+            raise TransportError(type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+CLIENTS = {"httpx": HttpxClient, "aiohttp": AiohttpClient}
+
+
+def _json(content: bytes):
+    import json
+
     try:
-        return str(response.json().get("code", ""))
+        return json.loads(content) if content else None
     except ValueError:
-        return "not-json"
+        return None
+
+
+def _code(body) -> str:
+    return str(body.get("code", "")) if isinstance(body, dict) else "not-json"
 
 
 async def labeller(
@@ -139,29 +258,27 @@ async def labeller(
     combined: bool,
     stats: Stats,
 ) -> None:
-    import httpx
-
     headers = {"Authorization": f"Token {token}"}
     assignment = None
     while time.monotonic() < deadline:
         if assignment is None:
             start = time.perf_counter()
             try:
-                response = await client.post(
+                code, body = await client.post(
                     f"{base}/api/campaigns/{campaign}/next-task/", headers=headers
                 )
-            except httpx.HTTPError as exc:
-                stats.error(f"next:{type(exc).__name__}")
+            except TransportError as exc:
+                stats.error(f"next:{exc}")
                 await asyncio.sleep(0.05)
                 continue
             stats.next_ms.append((time.perf_counter() - start) * 1000)
-            if response.status_code == 204:
+            if code == 204:
                 return
-            if response.status_code != 200:
-                stats.error(f"next:{response.status_code}:{_code(response)}")
+            if code != 200:
+                stats.error(f"next:{code}:{_code(body)}")
                 await asyncio.sleep(0.05)
                 continue
-            assignment = response.json()
+            assignment = body
         if think:
             await asyncio.sleep(random.expovariate(1 / think))
         ids = [c["id"] for c in assignment["completions"]]
@@ -172,18 +289,17 @@ async def labeller(
         )
         start = time.perf_counter()
         try:
-            response = await client.post(
+            code, body = await client.post(
                 url, json={"items": items, "time_spent_ms": 1000}, headers=headers
             )
-        except httpx.HTTPError as exc:
-            stats.error(f"submit:{type(exc).__name__}")
+        except TransportError as exc:
+            stats.error(f"submit:{exc}")
             continue  # retry the same assignment: the submit is idempotent
         stats.submit_ms.append((time.perf_counter() - start) * 1000)
-        if response.status_code not in (200, 201):
-            stats.error(f"submit:{response.status_code}:{_code(response)}")
+        if code not in (200, 201):
+            stats.error(f"submit:{code}:{_code(body)}")
             assignment = None
             continue
-        body = response.json()
         if body["id"] not in stats.submitted_ids:
             stats.submitted += 1
             stats.submitted_ids.add(body["id"])
@@ -193,23 +309,31 @@ async def labeller(
 
 
 async def run_load(
-    base: str, campaign: int, tokens: list[str], seconds: float, think: float, combined: bool
+    base: str,
+    campaign: int,
+    tokens: list[str],
+    seconds: float,
+    think: float,
+    combined: bool,
+    client_name: str = "httpx",
 ) -> tuple[Stats, float]:
-    import httpx
-
     stats = Stats()
-    limits = httpx.Limits(max_connections=len(tokens), max_keepalive_connections=len(tokens))
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    client = CLIENTS[client_name](len(tokens))
+    try:
         start = time.monotonic()
         deadline = start + seconds
         await asyncio.gather(
             *(labeller(client, base, campaign, t, deadline, think, combined, stats) for t in tokens)
         )
         elapsed = time.monotonic() - start
+    finally:
+        await client.close()
     return stats, elapsed
 
 
-def start_server(port: int, workers: int, threads: int) -> subprocess.Popen:
+def start_server(
+    port: int, workers: int, threads: int, app: str = "config.wsgi"
+) -> subprocess.Popen:
     import socket
 
     with socket.socket() as probe:
@@ -219,7 +343,7 @@ def start_server(port: int, workers: int, threads: int) -> subprocess.Popen:
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "gunicorn"),
-            "config.wsgi",
+            app,
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
@@ -258,8 +382,19 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--overlap", type=int, default=3)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--port", type=int, default=8791)
+    parser.add_argument(
+        "--app",
+        default="config.wsgi",
+        help="WSGI application to serve (bench.bare_pair:application: the bare yardstick)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default="httpx",
+        help="HTTP client of the load generator (aiohttp costs less CPU per request)",
+    )
     parser.add_argument(
         "--combined",
         action="store_true",
@@ -269,7 +404,7 @@ def main() -> None:
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL to a PostgreSQL database (see the docstring)")
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, check=True)
-    server = start_server(args.port, args.workers, args.threads)
+    server = start_server(args.port, args.workers, args.threads, args.app)
     rows = []
     try:
         for k in args.labellers:
@@ -277,25 +412,30 @@ def main() -> None:
             campaign, tokens = setup_campaign(
                 labellers=k, tasks=args.tasks, overlap=args.overlap, tag=tag
             )
-            stats, elapsed = asyncio.run(
-                run_load(
-                    f"http://127.0.0.1:{args.port}",
-                    campaign,
-                    tokens,
-                    args.seconds,
-                    args.think,
-                    args.combined,
+            with CpuMeter(server_pid=server.pid) as cpu:
+                stats, elapsed = asyncio.run(
+                    run_load(
+                        f"http://127.0.0.1:{args.port}",
+                        campaign,
+                        tokens,
+                        args.seconds,
+                        args.think,
+                        args.combined,
+                        args.client,
+                    )
                 )
-            )
             checks = check_database(campaign, stats)
             rows.append((k, stats, elapsed, checks))
             latencies = stats.next_ms + stats.submit_ms
             median = statistics.median(latencies) if latencies else float("nan")
+            per = 1000 / max(stats.submitted, 1)
             print(
                 f"K={k:3d}  {stats.submitted / elapsed:7.1f} rankings/s  "
                 f"next p50/p95/p99 {_triple(stats.next_ms)} ms  "
                 f"submit p50/p95/p99 {_triple(stats.submit_ms)} ms  "
-                f"all p50 {median:.1f} ms  errors {stats.errors or 0}  db {checks}",
+                f"all p50 {median:.1f} ms  errors {stats.errors or 0}  db {checks}  "
+                f"CPU ms per ranking: web {cpu.web * per:.1f}, postgres {cpu.db * per:.1f}, "
+                f"load generator {cpu.load * per:.1f}",
                 flush=True,
             )
     finally:
