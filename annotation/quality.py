@@ -28,6 +28,8 @@ in one call. No access checks here: callers pass a campaign they were allowed to
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -37,6 +39,8 @@ from typing import Final, Literal
 
 import numpy as np
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.db.models import Count, Max
 
 from annotation import agreement, exports
 from annotation.agreement import (
@@ -48,7 +52,7 @@ from annotation.agreement import (
     PairVotes,
     RankingTable,
 )
-from annotation.models import Campaign, Membership, Ranking, RankingItem
+from annotation.models import Campaign, Membership, Ranking, RankingItem, Task
 from annotation.pairs import FAIL, FailPolicy, Label
 
 FORMS: Final[tuple[AgreementForm, ...]] = ("strict", "three_way", "tie_half")
@@ -393,6 +397,40 @@ def campaign_agreement(
     """The campaign-wide figures of ``campaign``."""
     inputs = agreement_inputs(campaign=campaign, fail_policy=fail_policy)
     return campaign_figures(inputs, bootstrap=bootstrap)
+
+
+def strict_agreement_at_a_glance(*, campaign: Campaign) -> Figure | None:
+    """Strict pairwise agreement without an interval, for lists of campaigns: cached until a
+    ranking is added or removed or a task's gold status changes (the figure depends on nothing
+    else), so a page listing many large campaigns does not recompute each one on every load.
+    The cache failing (Redis down) only costs the recomputation."""
+    key = f"quality:strict:{campaign.pk}:{_rankings_version(campaign)}"
+    try:
+        cached = cache.get(key)
+    except Exception:
+        cached = None
+    if cached is not None:
+        return cached[0]
+    figures = campaign_agreement(campaign=campaign, bootstrap=Bootstrap(resamples=0))
+    figure = next((f for f in figures.pairwise if f.form == "strict"), None)
+    with contextlib.suppress(Exception):
+        cache.set(key, (figure,), AT_A_GLANCE_SECONDS)
+    return figure
+
+
+AT_A_GLANCE_SECONDS = 24 * 3600
+"""How long a cached at-a-glance figure lives (its key changes with the data anyway)."""
+
+
+def _rankings_version(campaign: Campaign) -> str:
+    """Changes whenever the campaign's agreement inputs change: its rankings (count and newest
+    id) and which of its tasks are gold."""
+    rankings = Ranking.objects.filter(campaign=campaign).aggregate(n=Count("id"), last=Max("id"))
+    gold = Task.objects.filter(campaign=campaign, is_gold=True).order_by("id")
+    digest = hashlib.blake2b(
+        ",".join(map(str, gold.values_list("id", flat=True))).encode(), digest_size=8
+    ).hexdigest()
+    return f"{rankings['n']}.{rankings['last']}.{digest}"
 
 
 def labeller_quality_table(

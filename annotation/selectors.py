@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation.errors import NotFound
@@ -86,10 +87,16 @@ def assignment_get_for_labeller(*, labeller: User, assignment_id: int) -> Assign
     return assignment
 
 
-def assignment_completions(*, assignment: Assignment) -> list[Completion]:
-    """The task's completions in the assignment's shuffled display order."""
-    by_id = {c.pk: c for c in Completion.objects.filter(pk__in=assignment.display_order)}
-    return [by_id[pk] for pk in assignment.display_order]
+def assignment_completions(*, assignment: Assignment) -> list[tuple[int, str]]:
+    """The task's completions as ``(id, text)`` in the assignment's shuffled display order
+    (those :func:`annotation.services.task_assign_next` attached, when it did)."""
+    shown = getattr(assignment, "shown_completions", None)
+    if shown is not None:
+        return shown
+    texts = dict(
+        Completion.objects.filter(pk__in=assignment.display_order).values_list("pk", "text")
+    )
+    return [(pk, texts[pk]) for pk in assignment.display_order]
 
 
 def ranking_list_for(*, user: User, campaign_id: int | None = None) -> QuerySet[Ranking]:
@@ -122,22 +129,32 @@ class LabellerProgress:
 
 @dataclass(frozen=True, slots=True)
 class CampaignProgress:
+    """Progress on the real (non-gold) tasks; gold tasks and their rankings are counted
+    apart, since a gold task's target grows with every labeller who is handed it."""
+
     tasks: int
     tasks_complete: int
     tasks_in_progress: int
     rankings: int
     target_rankings: int
     open_leases: int
+    gold_tasks: int
+    gold_rankings: int
 
 
 def campaign_progress(*, campaign: Campaign) -> CampaignProgress:
+    real = Q(is_gold=False)
     tasks = campaign.tasks.aggregate(
-        total=Count("id"),
-        complete=Count("id", filter=Q(submitted_count__gte=F("target_overlap"))),
-        started=Count("id", filter=Q(active_count__gt=0)),
+        total=Count("id", filter=real),
+        complete=Count("id", filter=real & Q(submitted_count__gte=F("target_overlap"))),
+        started=Count("id", filter=real & Q(active_count__gt=0)),
+        target=Coalesce(Sum("target_overlap", filter=real), 0),
+        gold=Count("id", filter=Q(is_gold=True)),
     )
-    target = sum(campaign.tasks.values_list("target_overlap", flat=True))
-    rankings = campaign.rankings.count()
+    rankings = campaign.rankings.aggregate(
+        real=Count("id", filter=Q(task__is_gold=False)),
+        gold=Count("id", filter=Q(task__is_gold=True)),
+    )
     open_leases = campaign.assignments.filter(
         status=Assignment.Status.ASSIGNED, lease_expires_at__gt=timezone.now()
     ).count()
@@ -145,9 +162,11 @@ def campaign_progress(*, campaign: Campaign) -> CampaignProgress:
         tasks=tasks["total"],
         tasks_complete=tasks["complete"],
         tasks_in_progress=tasks["started"] - tasks["complete"],
-        rankings=rankings,
-        target_rankings=target,
+        rankings=rankings["real"],
+        target_rankings=tasks["target"],
         open_leases=open_leases,
+        gold_tasks=tasks["gold"],
+        gold_rankings=rankings["gold"],
     )
 
 
@@ -173,7 +192,8 @@ def labeller_progress(
             ),
         )
     }
-    unfinished_tasks = campaign.tasks.filter(submitted_count__lt=F("target_overlap"))
+    # Gold tasks are not work left: they are served between real ones while real work lasts.
+    unfinished_tasks = campaign.tasks.filter(is_gold=False, submitted_count__lt=F("target_overlap"))
     result = []
     usernames = dict(
         Membership.objects.filter(campaign=campaign, user_id__in=member_ids).values_list(

@@ -24,4 +24,7 @@ urlpatterns = [
     ),
     path("campaigns/<int:campaign_id>/tasks/", views.task_list, name="tasks"),
     path("campaigns/<int:campaign_id>/tasks/<int:task_id>/", views.task_detail, name="task"),
+    path(
+        "campaigns/<int:campaign_id>/tasks/<int:task_id>/gold/", views.task_gold, name="task-gold"
+    ),
 ]

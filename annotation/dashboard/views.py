@@ -80,12 +80,6 @@ def _percent(part: int, whole: int) -> int:
 # --- Campaign list ------------------------------------------------------------------------------
 
 
-def _strict_agreement(campaign: Campaign) -> quality.Figure | None:
-    """Strict pairwise agreement at a glance (no interval: the list must stay fast)."""
-    figures = quality.campaign_agreement(campaign=campaign, bootstrap=Bootstrap(resamples=0))
-    return next((f for f in figures.pairwise if f.form == "strict"), None)
-
-
 @staff_required
 @require_GET
 def campaign_list(request: HttpRequest) -> HttpResponse:
@@ -106,7 +100,11 @@ def campaign_list(request: HttpRequest) -> HttpResponse:
                 .values("labeller_id")
                 .distinct()
                 .count(),
-                "agreement": _strict_agreement(campaign) if progress.rankings else None,
+                "agreement": (
+                    quality.strict_agreement_at_a_glance(campaign=campaign)
+                    if progress.rankings
+                    else None
+                ),
             }
         )
     return render(request, "dashboard/campaign_list.html", {"rows": rows})
@@ -473,6 +471,7 @@ def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
             "figures": figures,
             "labellers": labellers,
             "gold": gold if gold.gold_tasks else None,
+            "gold_drift": gold_drift_chart(gold) if gold.gold_tasks else None,
             "fail_policy": fail_policy,
             "fail_policies": exports.FAIL_POLICIES,
             "trend": {
@@ -492,6 +491,35 @@ def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
     )
 
 
+def gold_drift_chart(gold: quality.GoldTable) -> dict:
+    """Each labeller's gold agreement per block of gold tasks, for the quality page's chart:
+    x is the block (gold tasks 1-10, 11-20, ... in the order each labeller ranked them), so a
+    labeller drifting away from the references shows as a falling line."""
+    longest = max((row.drift for row in gold.rows), key=len, default=())
+    return {
+        "labels": [point.label for point in longest],
+        "threshold": gold.rule.threshold,
+        "series": [
+            {
+                "username": row.username,
+                "flagged": row.flagged,
+                "points": [
+                    {
+                        "value": point.agreement.value,
+                        "ci_low": point.agreement.ci_low,
+                        "ci_high": point.agreement.ci_high,
+                        "tasks": point.tasks,
+                        "start": point.start.date().isoformat(),
+                        "end": point.end.date().isoformat(),
+                    }
+                    for point in row.drift
+                ],
+            }
+            for row in gold.rows
+        ],
+    }
+
+
 # --- Rankings side by side ----------------------------------------------------------------------
 
 
@@ -503,6 +531,10 @@ class CompletionRow:
     source: str
     labels: list[Any]
     consensus: Any
+    reference: Any = ""
+    """the gold reference label, on a gold task"""
+    proposed: str = ""
+    """what the gold form offers: the reference, else the consensus, else the position"""
 
 
 def _label(value) -> str:
@@ -611,9 +643,57 @@ def task_list(request: HttpRequest, campaign_id: int) -> HttpResponse:
 def task_detail(request: HttpRequest, campaign_id: int, task_id: int) -> HttpResponse:
     """A task's completions with every labeller's ranking side by side and the consensus."""
     campaign = _campaign(request, campaign_id)
+    return _task_page(request, campaign, _task(campaign, task_id))
+
+
+def _task(campaign: Campaign, task_id: int):
     task = selectors.task_list_for_admin(campaign=campaign).filter(pk=min(task_id, MAX_ID)).first()
     if task is None:
         raise Http404("task not found")
+    return task
+
+
+@staff_required
+@require_POST
+def task_gold(request: HttpRequest, campaign_id: int, task_id: int) -> HttpResponse:
+    """Make the task a gold task with the reference ranking posted (``rank-<completion id>``
+    per completion: 1..N or F), or an ordinary task again (``action=unmark``)."""
+    campaign = _campaign(request, campaign_id)
+    task = _task(campaign, task_id)
+    try:
+        if request.POST.get("action") == "unmark":
+            services.task_unmark_gold(task=task)
+            messages.success(request, f"Task {task.pk} is an ordinary task again.")
+        else:
+            items = [
+                {"completion": completion_id, "rank": _posted_rank(request, completion_id)}
+                for completion_id in TaskCompletion.objects.filter(task=task)
+                .order_by("position")
+                .values_list("completion_id", flat=True)
+            ]
+            services.task_mark_gold(task=task, items=items)
+            messages.success(
+                request,
+                f"Task {task.pk} is a gold task: its rankings are now compared with this "
+                "reference and left out of exports and agreement.",
+            )
+    except ServiceError as exc:
+        return _task_page(request, campaign, task, gold_error=exc.message, status=400)
+    return redirect("dashboard:task", campaign_id=campaign.pk, task_id=task.pk)
+
+
+def _posted_rank(request: HttpRequest, completion_id: int) -> Any:
+    """The form's value for one completion: an int rank, "F", or the raw text (refused later,
+    with the field named, by the service)."""
+    value = request.POST.get(f"rank-{completion_id}", "").strip()
+    if value.upper() == FAIL:
+        return FAIL
+    return int(value) if value.isdigit() else value
+
+
+def _task_page(
+    request: HttpRequest, campaign: Campaign, task, *, gold_error: str = "", status: int = 200
+) -> HttpResponse:
     rankings = list(
         selectors.ranking_list_for(user=request.user, campaign_id=campaign.pk)
         .filter(task=task)
@@ -625,6 +705,7 @@ def task_detail(request: HttpRequest, campaign_id: int, task_id: int) -> HttpRes
     inputs = quality.agreement_inputs(campaign=campaign)
     _, figures = quality.task_figures(inputs)
     figure = next((f for f in figures if f.task_id == task.pk), None)
+    reference = task.gold_ranking if task.is_gold else {}
     completions = [
         CompletionRow(
             completion_id=cid,
@@ -633,9 +714,12 @@ def task_detail(request: HttpRequest, campaign_id: int, task_id: int) -> HttpRes
             source=source,
             labels=[_label(ranking.get(cid)) for ranking in labels],
             consensus=_label(agreed.get(cid)) if labels else "—",
+            reference=_label(reference.get(str(cid))) if reference else "",
+            proposed=str(reference.get(str(cid)) if reference else agreed.get(cid, position + 1)),
         )
         for cid, position, text, source in _task_rows([task.pk])[task.pk]
     ]
+    n = len(completions)
     return render(
         request,
         "dashboard/task.html",
@@ -646,5 +730,9 @@ def task_detail(request: HttpRequest, campaign_id: int, task_id: int) -> HttpRes
             "rankings": rankings,
             "completions": completions,
             "figure": figure,
+            "rank_choices": [str(r) for r in range(1, n + 1)]
+            + ([FAIL] if campaign.allow_fail else []),
+            "gold_error": gold_error,
         },
+        status=status,
     )

@@ -1,6 +1,7 @@
-// The quality page: the agreement figures over cumulative rankings, one point per day (drawn
-// with Chart.js, vendored in static/vendor/). The numbers come from the server
-// (annotation.quality over the rankings up to each day); this module only draws them.
+// The quality page: the agreement figures over cumulative rankings, one point per day, and each
+// labeller's gold agreement per block of gold tasks (drawn with Chart.js, vendored in
+// static/vendor/). The numbers come from the server (annotation.quality); this module only
+// draws them.
 import { PALETTE } from "./common.js";
 
 const trend = JSON.parse(document.getElementById("trend-data").textContent);
@@ -86,4 +87,60 @@ function draw() {
   canvas.dataset.drawn = "true";
 }
 
+function drawGoldDrift() {
+  const element = document.getElementById("gold-drift-data");
+  if (!element) return;
+  const drift = JSON.parse(element.textContent);
+  const goldCanvas = document.getElementById("gold-drift-chart");
+  const datasets = drift.series.map((row, i) => ({
+    label: row.flagged ? `${row.username} (flagged)` : row.username,
+    data: row.points.map((point) => point.value),
+    points: row.points,
+    borderColor: PALETTE[i % PALETTE.length],
+    backgroundColor: PALETTE[i % PALETTE.length],
+    borderWidth: row.flagged ? 3 : 2,
+    clip: false, // lines at exactly 0 or 1 stay whole
+    tension: 0.2,
+    spanGaps: true,
+    pointRadius: 3,
+  }));
+  datasets.push({
+    label: "flag threshold",
+    data: drift.labels.map(() => drift.threshold),
+    borderColor: "#b42318",
+    borderDash: [4, 4],
+    borderWidth: 1,
+    pointRadius: 0,
+    threshold: true,
+  });
+  new window.Chart(goldCanvas, {
+    type: "line",
+    data: { labels: drift.labels, datasets },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      interaction: { mode: "nearest", intersect: false },
+      scales: {
+        y: { min: 0, max: 1, title: { display: true, text: "agreement with the references" } },
+        x: { title: { display: true, text: "gold tasks, in the order ranked" } },
+      },
+      plugins: {
+        tooltip: {
+          filter: (item) => !item.dataset.threshold,
+          callbacks: {
+            label: (item) => {
+              const point = item.dataset.points[item.dataIndex];
+              if (!point || point.value === null) return `${item.dataset.label}: n/a`;
+              const ci = point.ci_low === null ? "" : ` [${point.ci_low.toFixed(2)}, ${point.ci_high.toFixed(2)}]`;
+              return `${item.dataset.label}: ${point.value.toFixed(2)}${ci}, ${point.tasks} tasks, ${point.start} to ${point.end}`;
+            },
+          },
+        },
+      },
+    },
+  });
+  goldCanvas.dataset.drawn = "true";
+}
+
 draw();
+drawGoldDrift();

@@ -10,16 +10,18 @@ import random
 
 import pytest
 from django.db import connection
+from django.test import Client
 
-from annotation import exports, quality, services
+from annotation import exports, quality, selectors, services
 from annotation.errors import Conflict, PermissionDenied
 from annotation.importing import ImportFailed, parse_import
-from annotation.models import Assignment, Membership, Ranking, Task
+from annotation.models import Assignment, Completion, Membership, Ranking, Task
 from tests.annotation.test_concurrency import _run_all
 from tests.conftest import client_for
 from tests.factories import CampaignFactory, UserFactory, make_tasks, task_completion_ids
 from training import exports as training_exports
 from training.ml.synthetic import GOLD_WORDS, SyntheticLabeller, synthetic_ranking
+from training.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
 
@@ -309,13 +311,20 @@ def test_gold_assignment_looks_like_any_other(always_gold, labeller):
 # --- Exports and agreement ----------------------------------------------------------------------
 
 
-def test_gold_rankings_never_leak_into_exports_or_agreement(alternate_gold, admin_user):
+def ranked_by_three(*, admin, overlap: int, noise: float):
+    """4 real and 3 gold tasks (gold rate 0.5), every task ranked by three synthetic
+    labellers (seeds 0-2) as far as the overlap lets them."""
     users = [UserFactory(username=f"ann{i}") for i in range(3)]
     campaign = setup_campaign(
-        real=4, gold=3, labellers=users, admin=admin_user, overlap=3, gold_rate=0.5
+        real=4, gold=3, labellers=users, admin=admin, overlap=overlap, gold_rate=0.5
     )
     for i, user in enumerate(users):
-        label_all(campaign, user, SyntheticLabeller(noise=0.2, seed=i))
+        label_all(campaign, user, SyntheticLabeller(noise=noise, seed=i))
+    return campaign
+
+
+def test_gold_rankings_never_leak_into_exports_or_agreement(alternate_gold, admin_user):
+    campaign = ranked_by_three(admin=admin_user, overlap=3, noise=0.2)
     gold_ids = set(
         Task.objects.filter(campaign=campaign, is_gold=True).values_list("pk", flat=True)
     )
@@ -345,6 +354,35 @@ def test_gold_rankings_never_leak_into_exports_or_agreement(alternate_gold, admi
     assert figures.rankings == 12 and figures.tasks == 4  # real tasks only
     agreement = client.get(f"/api/campaigns/{campaign.pk}/agreement/", {"resamples": 0}).json()
     assert agreement["rankings"] == 12
+
+
+def test_gold_prompts_are_not_policy_prompts_or_normalisation_samples(admin_user):
+    campaign = setup_campaign(real=3, gold=2, labellers=[], admin=admin_user)
+    records = training_exports.campaign_prompts(campaign_ids=[campaign.pk])
+    assert sorted(r.prompt for r in records) == [
+        f"Prompt {t}: say something nice" for t in (0, 1, 2)
+    ]
+    version = ModelVersion.objects.create(kind="policy", name="p0", path="/nowhere")
+    Completion.objects.filter(prompt__campaign=campaign).update(model_version=version)
+    samples = training_exports.reference_samples(
+        campaign_ids=[campaign.pk], model_version_id=version.pk
+    )
+    assert len(samples) == 3 * 4
+    assert {prompt for prompt, _ in samples} == {r.prompt for r in records}
+
+
+def test_progress_counts_real_tasks_and_gold_apart(alternate_gold, admin_user):
+    campaign = ranked_by_three(admin=admin_user, overlap=2, noise=0.0)
+    progress = selectors.campaign_progress(campaign=campaign)
+    assert (progress.tasks, progress.tasks_complete, progress.tasks_in_progress) == (4, 4, 0)
+    assert (progress.rankings, progress.target_rankings) == (8, 8)
+    gold_rankings = Ranking.objects.filter(campaign=campaign, task__is_gold=True).count()
+    assert gold_rankings > 0
+    assert (progress.gold_tasks, progress.gold_rankings) == (3, gold_rankings)
+    for row in selectors.labeller_progress(campaign=campaign):
+        assert row.remaining == 0  # gold tasks nobody ranked yet are not work left
+    body = client_for(admin_user).get(f"/api/campaigns/{campaign.pk}/progress/").json()
+    assert body["campaign"]["tasks"] == 4 and body["campaign"]["gold_tasks"] == 3
 
 
 # --- Agreement with gold ------------------------------------------------------------------------
@@ -471,6 +509,14 @@ def test_failing_onboarding_is_reported_not_looped(labeller, admin_user):
         assert body["code"] == "onboarding_failed"
         assert body["onboarding"]["agreement"] == 0.0 and body["onboarding"]["tasks"] == 3
     assert Assignment.objects.filter(labeller=labeller).count() == 3
+    # The labelling page says what happened, not "Not a labeller here".
+    browser = Client()
+    browser.force_login(labeller)
+    page = browser.get(f"/campaigns/{campaign.pk}/label/")
+    assert page.status_code == 403
+    text = page.content.decode()
+    assert "Qualification not passed" in text and "Not a labeller here" not in text
+    assert "agree 0.00 with the reference rankings; 0.70 is needed" in text
     gold = client_for(admin_user).get(f"/api/campaigns/{campaign.pk}/gold/").json()
     assert gold["labellers"][0]["onboarding"] == "failed"
     # An admin lowering the threshold lets them in.

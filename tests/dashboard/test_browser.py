@@ -25,6 +25,7 @@ from playwright.sync_api import expect
 
 from annotation import services as annotation_services
 from annotation.models import Campaign, Prompt, Ranking
+from tests.dashboard.test_pages import jsonl as jsonl_bytes
 from tests.dashboard.test_pages import rank_every_task
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
 from tests.training.test_reward_model_job import REPO, labelled_marker_campaign
@@ -438,7 +439,124 @@ def test_quality_page_draws_the_trend_and_flags_the_outlier(page, log_in, admin,
     page.screenshot(path=str(output_dir / "dashboard-task.png"), full_page=True)
 
 
-# --- 5. labellers are kept out ------------------------------------------------------------------
+def test_quality_page_draws_gold_agreement_over_time(page, log_in, admin, monkeypatch, output_dir):
+    monkeypatch.setattr(annotation_services, "_gold_draw", lambda: 0.0)
+    campaign = CampaignFactory(completions_per_task=2, overlap=2, gold_rate=0.5)
+    lines = [{"prompt": f"g{i}", "completions": [f"good {i}", f"bad {i}"], "gold": [1, 2]}
+             for i in range(12)]  # fmt: skip
+    lines += [{"prompt": f"p{i}", "completions": [f"a {i}", f"b {i}"]} for i in range(14)]
+    annotation_services.campaign_import(
+        campaign=campaign, data=jsonl_bytes(lines), filename="g.jsonl"
+    )
+    ann, ben = UserFactory(username="ann"), UserFactory(username="ben")
+    annotation_services.campaign_add_members(campaign=campaign, users=[ann, ben])
+    rank_every_task(campaign, ann, lambda ids: {ids[0]: 1, ids[1]: 2})
+    rank_every_task(campaign, ben, lambda ids: {ids[0]: 2, ids[1]: 1})
+    log_in(page, admin)
+    page.goto(f"/dashboard/campaigns/{campaign.pk}/quality/")
+    expect(page.locator("#gold-drift-chart")).to_have_attribute("data-drawn", "true")
+    drift = json.loads(page.locator("#gold-drift-data").text_content())
+    assert drift["labels"] == ["gold tasks 1-10", "gold tasks 11-12"]
+    page.locator("#gold-drift-chart").screenshot(path=str(output_dir / "dashboard-gold-drift.png"))
+    # A real task made gold from its page: the form starts from the consensus.
+    task = campaign.tasks.filter(is_gold=False).order_by("id").first()
+    page.goto(f"/dashboard/campaigns/{campaign.pk}/tasks/{task.pk}/")
+    page.get_by_role("button", name="Use as a gold task").click()
+    expect(page.locator(".messages")).to_contain_text("is a gold task")
+    expect(page.locator("#task-rankings thead")).to_contain_text("Gold reference")
+    page.screenshot(path=str(output_dir / "dashboard-gold-task.png"), full_page=True)
+    task.refresh_from_db()
+    # ann and ben ranked it in opposite orders: the consensus, and so the reference, is a tie
+    assert task.is_gold and sorted(task.gold_ranking.values()) == [1, 1]
+
+
+# --- 5. hostile text is shown as text -----------------------------------------------------------
+
+HOSTILE = (
+    "<script>window.pwned = '{where}'; alert('{where}')</script>"
+    "<img src=x onerror=\"alert('{where}')\">"
+)
+
+
+def test_html_and_script_in_campaign_data_never_run_on_the_dashboard(page, log_in, admin):
+    """Campaign name and description, guidelines (with the live preview), prompts, completions,
+    ranking comments and skip reasons, model names: every page shows them as text."""
+    campaign = CampaignFactory(
+        completions_per_task=3,
+        overlap=2,
+        name=HOSTILE.format(where="name"),
+        description=HOSTILE.format(where="description"),
+        created_by=admin,
+    )
+    annotation_services.guideline_publish(
+        campaign=campaign, text="# Rules\n\n" + HOSTILE.format(where="guidelines"), created_by=admin
+    )
+    lines = [
+        {
+            "prompt": HOSTILE.format(where=f"prompt {i}"),
+            "completions": [HOSTILE.format(where=f"completion {i}.{j}") for j in range(3)],
+        }
+        for i in range(3)
+    ]
+    annotation_services.campaign_import(
+        campaign=campaign, data="\n".join(json.dumps(line) for line in lines).encode(),
+        filename="hostile.jsonl",
+    )  # fmt: skip
+    ann, ben = UserFactory(username="ann"), UserFactory(username="ben")
+    annotation_services.campaign_add_members(campaign=campaign, users=[ann, ben])
+    for user in (ann, ben):
+        annotation_services.guideline_acknowledge(user=user, guideline=campaign.guidelines.get())
+    for i, user in enumerate((ann, ben)):
+        assignment = annotation_services.task_assign_next(labeller=user, campaign=campaign)
+        annotation_services.ranking_submit(
+            labeller=user,
+            assignment=assignment,
+            items=[
+                {"completion": c, "rank": n + 1} for n, c in enumerate(assignment.display_order)
+            ],
+            time_spent_ms=1000,
+            comment=HOSTILE.format(where=f"comment {i}"),
+        )
+    skipped = annotation_services.task_assign_next(labeller=ann, campaign=campaign)
+    annotation_services.assignment_skip(
+        labeller=ann, assignment=skipped, reason=HOSTILE.format(where="skip reason")
+    )
+    ModelVersion.objects.create(
+        kind="base", name=HOSTILE.format(where="model name"), path="/models/hostile"
+    )
+    task = Ranking.objects.filter(campaign=campaign).first().task
+
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    log_in(page, admin)
+    for url in (
+        "/dashboard/",
+        f"/dashboard/campaigns/{campaign.pk}/",
+        f"/dashboard/campaigns/{campaign.pk}/edit/",
+        f"/dashboard/campaigns/{campaign.pk}/guidelines/",
+        f"/dashboard/campaigns/{campaign.pk}/tasks/",
+        f"/dashboard/campaigns/{campaign.pk}/tasks/{task.pk}/",
+        f"/dashboard/campaigns/{campaign.pk}/labellers/{ann.pk}/",
+        f"/dashboard/campaigns/{campaign.pk}/quality/",
+        "/dashboard/training/models/",
+        "/dashboard/training/new/reward_model/",
+    ):
+        assert page.goto(url).status == 200, url
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.pwned") is None, url
+    # The guidelines editor's live preview renders what is typed, sanitised.
+    page.goto(f"/dashboard/campaigns/{campaign.pk}/guidelines/")
+    page.locator("textarea").first.fill("Typed: " + HOSTILE.format(where="preview"))
+    page.wait_for_timeout(1500)  # the preview is debounced, then fetched
+    assert page.evaluate("window.pwned") is None
+    # The texts are there, as text.
+    page.goto(f"/dashboard/campaigns/{campaign.pk}/tasks/{task.pk}/")
+    expect(page.locator("body")).to_contain_text("<script>window.pwned = 'prompt")
+    expect(page.locator("body")).to_contain_text("window.pwned = 'comment")
+    assert dialogs == []
+
+
+# --- 6. labellers are kept out ------------------------------------------------------------------
 
 
 def test_labeller_gets_403_on_the_dashboard_and_its_api(page, log_in, campaign, labeller):

@@ -91,7 +91,9 @@ def dashboard_urls(campaign, job, labeller) -> list[str]:
 
 
 def post_urls(campaign, job) -> list[str]:
+    task = campaign.tasks.first()
     return [
+        f"/dashboard/campaigns/{campaign.pk}/tasks/{task.pk}/gold/",
         f"/dashboard/campaigns/{campaign.pk}/status/",
         f"/dashboard/campaigns/{campaign.pk}/members/",
         f"/dashboard/campaigns/{campaign.pk}/members/remove/",
@@ -516,6 +518,19 @@ def test_quality_page_adds_gold_agreement_when_the_campaign_has_gold_tasks(admin
     )
     assert rows["ann"].startswith("100%") and "4 gold tasks" in rows["ann"]
     assert rows["ben"].startswith("0%")
+    # Over time: one block of 4 gold tasks each, from the gold table's drift series.
+    drift = json.loads(
+        re.search(r'<script id="gold-drift-data" type="application/json">(.*?)</script>', page)[1]
+    )
+    assert drift["labels"] == ["gold tasks 1-4"] and drift["threshold"] == 0.7
+    values = {row["username"]: [p["value"] for p in row["points"]] for row in drift["series"]}
+    assert values == {"ann": [1.0], "ben": [0.0]}
+
+
+def test_quality_page_has_no_gold_chart_without_gold_tasks(outlier_campaign, admin_user):
+    campaign, _ = outlier_campaign
+    page = body(client_for(admin_user).get(f"/dashboard/campaigns/{campaign.pk}/quality/"))
+    assert "gold-drift-data" not in page and "Gold agreement over time" not in page
 
 
 def test_trend_counts_rankings_up_to_each_day(outlier_campaign):
@@ -872,3 +887,99 @@ def test_vendored_chart_js_is_the_recorded_version():
     for template in ("quality.html", "job.html"):
         text = (vendor.parents[1] / "templates" / "dashboard" / template).read_text()
         assert f"vendor/{script.name}" in text
+
+
+# --- gold tasks from the task page --------------------------------------------------------------
+
+
+def test_admin_makes_a_task_gold_from_its_page_and_back(ranked, admin_user):
+    client, token = csrf_client(admin_user)
+    task = Task.objects.filter(campaign=ranked, rankings__isnull=False).first()
+    ids = list(task.task_completions.order_by("position").values_list("completion_id", flat=True))
+    page = body(client.get(f"/dashboard/campaigns/{ranked.pk}/tasks/{task.pk}/"))
+    assert "Use as a gold task" in page and f'name="rank-{ids[0]}"' in page
+    posted = {f"rank-{c}": str(i + 1) for i, c in enumerate(ids)} | {f"rank-{ids[3]}": "F"}
+    url = f"/dashboard/campaigns/{ranked.pk}/tasks/{task.pk}/gold/"
+    response = client.post(url, posted | {"csrfmiddlewaretoken": token})
+    assert response.status_code == 302
+    task.refresh_from_db()
+    assert task.is_gold
+    assert task.gold_ranking == {str(ids[0]): 1, str(ids[1]): 2, str(ids[2]): 3, str(ids[3]): "F"}
+    page = body(client.get(response["Location"]))
+    assert "Gold reference" in page and "Save the reference" in page
+    response = client.post(url, {"action": "unmark", "csrfmiddlewaretoken": token})
+    assert response.status_code == 302
+    task.refresh_from_db()
+    assert not task.is_gold and task.gold_ranking is None
+
+
+def test_a_bad_gold_reference_is_refused_with_the_reason_and_nothing_changes(ranked, admin_user):
+    client, token = csrf_client(admin_user)
+    task = ranked.tasks.first()
+    ids = list(task.task_completions.order_by("position").values_list("completion_id", flat=True))
+    url = f"/dashboard/campaigns/{ranked.pk}/tasks/{task.pk}/gold/"
+    missing = {f"rank-{c}": "1" for c in ids[:3]} | {"csrfmiddlewaretoken": token}
+    response = client.post(url, missing)  # the fourth has no rank; three share rank 1
+    assert response.status_code == 400
+    assert 'id="gold-error"' in body(response)
+    task.refresh_from_db()
+    assert not task.is_gold
+    posted = {f"rank-{c}": str(i + 1) for i, c in enumerate(ids)} | {f"rank-{ids[0]}": "9"}
+    response = client.post(url, posted | {"csrfmiddlewaretoken": token})
+    assert response.status_code == 400 and "between 1 and 4" in body(response)
+    task.refresh_from_db()
+    assert not task.is_gold
+    # Without the CSRF token the post is refused before anything is looked at.
+    assert client.post(url, {"action": "unmark"}).status_code == 403
+
+
+# --- the campaign list's agreement, cached -------------------------------------------------------
+
+
+def test_campaign_list_agreement_is_cached_until_the_rankings_or_gold_change(
+    outlier_campaign, admin_user, monkeypatch
+):
+    from annotation import quality
+
+    campaign, _ = outlier_campaign
+    computed = []
+    real = quality.campaign_agreement
+    monkeypatch.setattr(
+        quality, "campaign_agreement", lambda **kw: computed.append(1) or real(**kw)
+    )
+    client = client_for(admin_user)
+    pages = [body(client.get("/dashboard/")) for _ in range(2)]
+    assert len(computed) == 1
+    shown = [re.search(r"Outliers.*?(\d+)%", page, re.S)[1] for page in pages]
+    assert shown[0] == shown[1]
+    # A new ranking: recomputed.
+    services.campaign_update(campaign=campaign, overlap=5)  # room for a fifth labeller
+    newcomer = UserFactory(username="dan")
+    services.campaign_add_members(campaign=campaign, users=[newcomer])
+    assignment = services.task_assign_next(labeller=newcomer, campaign=campaign)
+    items = [{"completion": c, "rank": i + 1} for i, c in enumerate(assignment.display_order)]
+    services.ranking_submit(labeller=newcomer, assignment=assignment, items=items, time_spent_ms=10)
+    client.get("/dashboard/")
+    assert len(computed) == 2
+    # A task made gold leaves the agreement: recomputed.
+    task = campaign.tasks.first()
+    ids = list(task.task_completions.order_by("position").values_list("completion_id", flat=True))
+    services.task_mark_gold(task=task, items=[{"completion": c, "rank": 1} for c in ids])
+    client.get("/dashboard/")
+    assert len(computed) == 3
+
+
+def test_campaign_list_still_answers_when_the_cache_fails(
+    outlier_campaign, admin_user, monkeypatch
+):
+    from annotation import quality
+
+    class Broken:
+        def get(self, *args, **kwargs):
+            raise ConnectionError("redis is down")
+
+        set = get
+
+    monkeypatch.setattr(quality, "cache", Broken())
+    page = body(client_for(admin_user).get("/dashboard/"))
+    assert "Outliers" in page
