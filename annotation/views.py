@@ -111,14 +111,19 @@ def label(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """Continue the labeller's open task in this campaign, or hand them a new one."""
     campaign = _campaign_or_404(request, campaign_id)
     here = reverse("annotation:label", args=[campaign.pk])
-    guideline = selectors.current_guideline(campaign=campaign)
-    if not selectors.guideline_acknowledged(user=request.user, guideline=guideline):
-        return _gate(campaign, here)
-    try:
+    try:  # the service checks membership, then the guidelines: its refusals say which
         assignment = services.task_assign_next(labeller=request.user, campaign=campaign)
     except PermissionDenied as exc:
         if exc.code == "guidelines_not_acknowledged":
             return _gate(campaign, here)
+        if exc.code == "onboarding_failed":
+            return _message(
+                request,
+                title="Qualification not passed",
+                text=exc.message.capitalize() + ".",
+                campaign=campaign,
+                status=403,
+            )
         return _message(
             request, title="Not a labeller here", text=exc.message, campaign=campaign, status=403
         )

@@ -204,11 +204,19 @@ class LabellerCompletionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class AssignmentPromptSerializer(serializers.Serializer):
+    text = serializers.CharField()
+    messages = serializers.ListField(child=serializers.DictField(), allow_null=True)
+
+
 class AssignmentSerializer(serializers.ModelSerializer):
+    """An assignment as the labeller page shows it. The fields document the shape (OpenAPI);
+    :func:`assignment_body` builds it, since this is the labelling hot path."""
+
     task = serializers.IntegerField(source="task_id", read_only=True)
     campaign = serializers.IntegerField(source="campaign_id", read_only=True)
-    prompt = serializers.SerializerMethodField()
-    completions = serializers.SerializerMethodField()
+    prompt = AssignmentPromptSerializer(read_only=True)
+    completions = LabellerCompletionSerializer(many=True, read_only=True)
     allow_ties = serializers.BooleanField(source="campaign.allow_ties", read_only=True)
     allow_fail = serializers.BooleanField(source="campaign.allow_fail", read_only=True)
 
@@ -230,27 +238,40 @@ class AssignmentSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(
-        {
-            "type": "object",
-            "properties": {
-                "text": {"type": "string"},
-                "messages": {"type": "array", "items": {"type": "object"}, "nullable": True},
-            },
-        }
-    )
-    def get_prompt(self, assignment: Assignment) -> dict:
-        prompt = assignment.task.prompt
-        return {"text": prompt.text, "messages": prompt.messages}
+    def to_representation(self, instance: Assignment) -> dict:
+        return assignment_body(instance)
 
-    @extend_schema_field(LabellerCompletionSerializer(many=True))
-    def get_completions(self, assignment: Assignment) -> list[dict]:
-        completions = self.context.get("completions")
-        if completions is None:
-            from annotation.selectors import assignment_completions
 
-            completions = assignment_completions(assignment=assignment)
-        return LabellerCompletionSerializer(completions, many=True).data
+_datetime = serializers.DateTimeField()
+
+
+def _when(value) -> str | None:
+    return None if value is None else _datetime.to_representation(value)
+
+
+def assignment_body(assignment: Assignment) -> dict:
+    """An assignment in :class:`AssignmentSerializer`'s shape: its campaign's rules, the
+    prompt and the completions (id and text only) in the assignment's display order."""
+    from annotation.selectors import assignment_completions
+
+    prompt = assignment.task.prompt
+    campaign = assignment.campaign
+    return {
+        "id": assignment.pk,
+        "campaign": assignment.campaign_id,
+        "task": assignment.task_id,
+        "status": assignment.status,
+        "assigned_at": _when(assignment.assigned_at),
+        "lease_expires_at": _when(assignment.lease_expires_at),
+        "finished_at": _when(assignment.finished_at),
+        "skip_reason": assignment.skip_reason,
+        "allow_ties": campaign.allow_ties,
+        "allow_fail": campaign.allow_fail,
+        "prompt": {"text": prompt.text, "messages": prompt.messages},
+        "completions": [
+            {"id": pk, "text": text} for pk, text in assignment_completions(assignment=assignment)
+        ],
+    }
 
 
 class AssignmentSummarySerializer(serializers.ModelSerializer):
@@ -348,7 +369,7 @@ def ranking_body(result) -> dict:
         "guideline_version": result.guideline_version,
         "time_spent_ms": ranking.time_spent_ms,
         "comment": ranking.comment,
-        "created_at": serializers.DateTimeField().to_representation(ranking.created_at),
+        "created_at": _when(ranking.created_at),
         "items": [{"completion": c, "rank": label} for c, label in result.labels.items()],
     }
 
@@ -361,12 +382,16 @@ class SkipSerializer(serializers.Serializer):
 
 
 class CampaignProgressSerializer(serializers.Serializer):
+    """Real (non-gold) tasks and their rankings; gold ones counted apart."""
+
     tasks = serializers.IntegerField()
     tasks_complete = serializers.IntegerField()
     tasks_in_progress = serializers.IntegerField()
     rankings = serializers.IntegerField()
     target_rankings = serializers.IntegerField()
     open_leases = serializers.IntegerField()
+    gold_tasks = serializers.IntegerField()
+    gold_rankings = serializers.IntegerField()
 
 
 class LabellerProgressSerializer(serializers.Serializer):

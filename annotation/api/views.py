@@ -194,11 +194,12 @@ class CampaignViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["post"], url_path="next-task", parser_classes=[JSONParser])
     def next_task(self, request: Request, pk=None) -> Response:
         """Your open task, or a new one; 204 when nothing is left for you."""
-        campaign = self._campaign(request, pk)
-        assignment = services.task_assign_next(labeller=request.user, campaign=campaign)
+        # The hot path: the service checks access itself (404 for a campaign you may not
+        # see) while it locks your membership, so there is no separate read first.
+        assignment = services.task_assign_next(labeller=request.user, campaign=_int(pk, "id"))
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(s.AssignmentSerializer(assignment).data)
+        return Response(s.assignment_body(assignment))
 
     @extend_schema(responses={200: OpenApiResponse(description="Campaign and labeller progress")})
     @action(detail=True, methods=["get"])
@@ -515,7 +516,7 @@ def _next_for(request: Request, campaign) -> dict:
         return {"assignment": None, "reason": exc.code, "detail": exc.message}
     if nxt is None:
         return {"assignment": None, "reason": "none_left", "detail": "no task left for you"}
-    return {"assignment": s.AssignmentSerializer(nxt).data, "reason": None, "detail": ""}
+    return {"assignment": s.assignment_body(nxt), "reason": None, "detail": ""}
 
 
 def _paginated(request: Request, view, queryset, serializer_class) -> Response:

@@ -18,6 +18,7 @@ const FAIL = "F";
 const RETRY_DELAYS_MS = [1000, 2000, 4000, 8000, 16000];
 const TRANSIENT = new Set([502, 503, 504]);
 const DRAG_THRESHOLD_PX = 6;
+const REPEAT_MS = 700; // an unranked task shown this recently ignores Enter (a double press)
 
 const config = JSON.parse(document.getElementById("label-config").textContent);
 const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -284,6 +285,7 @@ function showTask(assignment, { initial = false } = {}) {
   state.labels = draft.labels;
   state.timer = new VisibleTimer(draft.elapsedMs);
   state.selected = null;
+  state.shownAt = performance.now();
 
   const n = assignment.completions.length;
   el.taskId.textContent = `· task ${assignment.task}`;
@@ -594,6 +596,9 @@ async function submit() {
   const a = state.assignment;
   if (!a || state.busy || state.finished) return;
   const left = missing();
+  if (left.length === a.completions.length && performance.now() - state.shownAt < REPEAT_MS) {
+    return; // an Enter repeated from the task just submitted: keep "Next task loaded" shown
+  }
   if (left.length) {
     update(`Not ready to submit: still to rank ${listWords(left.map((c) => letterOf(c.id)))}.`);
     el.validation.classList.add("is-blocked");
@@ -658,7 +663,8 @@ function handleNoTask(reason, detail, prefix = "") {
     const text = detail
       ? `${detail.charAt(0).toUpperCase()}${detail.slice(1)}.`
       : "There is no task for you right now.";
-    showDone("No tasks right now", `${prefix} ${text}`.trim());
+    const title = reason === "onboarding_failed" ? "Qualification not passed" : "No tasks right now";
+    showDone(title, `${prefix} ${text}`.trim());
   }
 }
 

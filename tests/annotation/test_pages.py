@@ -34,6 +34,45 @@ def page_config(response) -> dict:
     return json.loads(match.group(1))
 
 
+# --- who may open which page --------------------------------------------------------------------
+
+PAGES = [
+    "/",
+    "/campaigns/{c}/guidelines/",
+    "/campaigns/{c}/label/",
+    "/assignments/{a}/",
+]
+ROLES = ("anonymous", "outsider", "labeller", "other", "admin")
+# Expected status per role, for GET. 302 to the login page for anonymous visitors; other
+# people's assignments and campaigns one is not in answer 404, never 403 with data. The
+# labeller's "label" redirects to their open assignment; an admin who is not a member is told.
+PAGE_MATRIX = {
+    "/": (302, 200, 200, 200, 200),
+    "/campaigns/{c}/guidelines/": (302, 404, 200, 200, 200),
+    "/campaigns/{c}/label/": (302, 404, 302, 302, 403),
+    "/assignments/{a}/": (302, 404, 200, 404, 404),
+}
+
+
+@pytest.mark.parametrize("template", PAGES)
+@pytest.mark.parametrize("role_index", range(len(ROLES)), ids=ROLES)
+def test_page_permissions(campaign, labeller, other_labeller, outsider, admin_user, template,
+                          role_index):  # fmt: skip
+    assignment = services.task_assign_next(labeller=labeller, campaign=campaign)
+    users = (None, outsider, labeller, other_labeller, admin_user)
+    client = client_for(users[role_index]) if users[role_index] else Client()
+    url = template.format(c=campaign.pk, a=assignment.pk)
+    response = client.get(url)
+    assert response.status_code == PAGE_MATRIX[template][role_index], (ROLES[role_index], url)
+    if role_index == 0:
+        assert response["Location"].startswith("/accounts/login/")
+    if ROLES[role_index] == "labeller" and template == "/campaigns/{c}/label/":
+        assert response["Location"] == f"/assignments/{assignment.pk}/"
+    for method in ("post", "put", "delete"):
+        if template != "/campaigns/{c}/guidelines/":  # the one page with a form
+            assert getattr(client, method)(url).status_code in (302, 404, 405)
+
+
 # --- home --------------------------------------------------------------------------------------
 
 
@@ -185,7 +224,6 @@ def test_paused_campaign_and_nothing_left_are_plain_messages(campaign, labeller)
 
 
 def test_admin_who_is_not_a_member_is_told_so(campaign, admin_user):
-    services.guideline_acknowledge(user=admin_user, guideline=campaign.guidelines.get(version=1))
     response = client_for(admin_user).get(f"/campaigns/{campaign.pk}/label/")
     assert response.status_code == 403
     assert "not a member" in response.content.decode()

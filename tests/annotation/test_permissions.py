@@ -58,8 +58,14 @@ ADMIN_ONLY = [
     ("post", "/api/campaigns/{c}/members/", {"usernames": ["mallory"]}, (403, 404, 403, 403, 200)),
     ("delete", "/api/campaigns/{c}/members/", {"usernames": ["bob"]}, (403, 404, 403, 403, 204)),
     ("post", "/api/campaigns/{c}/guidelines/", {"text": "v2"}, (403, 404, 403, 403, 201)),
+    # Without a file: the admin is told which field is missing; nobody else gets that far.
+    ("post", "/api/campaigns/{c}/import/", None, (403, 404, 403, 403, 400)),
+    ("post", "/api/campaigns/{c}/tasks/{t}/gold/", {"items": []}, (403, 404, 403, 403, 400)),
+    ("delete", "/api/campaigns/{c}/tasks/{t}/gold/", None, (403, 404, 403, 403, 200)),
+    ("post", "/api/campaigns/{c}/acquisition/", {}, (403, 404, 403, 403, 409)),
 ]
 READS = [
+    ("get", "/api/", None, (403, 200, 200, 200, 200)),  # DRF's index of the endpoints
     ("get", "/api/campaigns/{c}/", None, (403, 404, 200, 200, 200)),
     ("get", "/api/campaigns/{d}/", None, (403, 404, 404, 404, 200)),
     ("get", "/api/campaigns/{c}/guidelines/", None, (403, 404, 200, 200, 200)),
@@ -67,6 +73,9 @@ READS = [
     ("get", "/api/assignments/{a}/", None, (403, 404, 200, 404, 404)),
     ("get", "/api/assignments/{a}/ranking/", None, (403, 404, 200, 404, 404)),
     ("get", "/api/rankings/{r}/", None, (403, 404, 200, 404, 200)),
+    # Lists: everyone their own (an outsider's is empty; tests below check the scoping).
+    ("get", "/api/assignments/", None, (403, 200, 200, 200, 200)),
+    ("get", "/api/rankings/", None, (403, 200, 200, 200, 200)),
 ]
 LABELLER_WRITES = [
     ("post", "/api/campaigns/{c}/next-task/", None, (403, 404, 200, 200, 403)),
@@ -89,6 +98,7 @@ ADMIN_READS = [
     ("get", "/api/campaigns/{c}/agreement/", None, (403, 404, 403, 403, 200)),
     ("get", "/api/campaigns/{c}/agreement/?tasks=1", None, (403, 404, 403, 403, 200)),
     ("get", "/api/campaigns/{c}/labellers/", None, (403, 404, 403, 403, 200)),
+    ("get", "/api/campaigns/{c}/gold/", None, (403, 404, 403, 403, 200)),
     ("get", "/api/campaigns/{c}/pairs/", None, (403, 404, 403, 403, 200)),
     (
         "get",
@@ -111,7 +121,11 @@ ROLES = ("anonymous", "outsider", "labeller", "other", "admin")
 @pytest.mark.parametrize("role_index", range(len(ROLES)), ids=ROLES)
 def test_endpoint_permissions(world, method, template, body, expected, role_index):
     url = template.format(
-        c=world["campaign"].pk, d=world["draft"].pk, a=world["assignment"].pk, r=world["ranking"].pk
+        c=world["campaign"].pk,
+        d=world["draft"].pk,
+        a=world["assignment"].pk,
+        r=world["ranking"].pk,
+        t=world["assignment"].task_id,
     )
     user = world["users"][ROLES[role_index]]
     response = call(user, method, url, body)
