@@ -32,11 +32,12 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Subquery, Value
+from django.db.models import Exists, F, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
 from annotation import importing, quality, selectors
+from annotation.compiled import CompiledQuery
 from annotation.errors import Busy, Conflict, InvalidInput, NotFound, PermissionDenied
 from annotation.models import (
     MAX_COMPLETIONS,
@@ -533,6 +534,82 @@ def task_statistics_refresh() -> None:
 # --- Assignment ---------------------------------------------------------------------------------
 
 
+# The row locks of next task and submit, compiled once per connection (annotation.compiled):
+# building and compiling them cost more CPU than PostgreSQL spends running them.
+_MEMBERSHIP_LOCK = CompiledQuery(
+    lambda campaign_id, user_id: (
+        Membership.objects.select_for_update(of=("self",))
+        .select_related("campaign")
+        .filter(campaign_id=campaign_id, user_id=user_id)
+    ),
+    campaign_id=int,
+    user_id=int,
+)
+_HELD_LEASE_LOCK = CompiledQuery(
+    lambda campaign_id, labeller_id: (
+        Assignment.objects.select_for_update(of=("self",))
+        .select_related("task__prompt")
+        .filter(campaign_id=campaign_id, labeller_id=labeller_id, status=Assignment.Status.ASSIGNED)
+    ),
+    campaign_id=int,
+    labeller_id=int,
+)
+_SUBMIT_LOCK = CompiledQuery(
+    lambda assignment_id, labeller_id: (
+        Assignment.objects.select_for_update(of=("self", "task"))
+        .select_related("campaign", "guideline", "task")
+        .filter(pk=assignment_id, labeller_id=labeller_id)
+    ),
+    assignment_id=int,
+    labeller_id=int,
+)
+
+
+def _open_tasks(*, campaign_id: int, labeller_id: int) -> QuerySet[Task]:
+    """The campaign's tasks this labeller has neither ranked nor skipped, with the id of an
+    earlier assignment of theirs (an expired lease) as ``expired_assignment_id``."""
+    mine = Assignment.objects.filter(task=OuterRef("pk"), labeller_id=labeller_id)
+    finished = [Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED]
+    return (
+        Task.objects.filter(campaign_id=campaign_id)
+        .filter(~Exists(mine.filter(status__in=finished)))
+        .annotate(expired_assignment_id=Subquery(mine.values("pk")[:1]))
+        .select_related("prompt")
+    )
+
+
+def _real_open_tasks(*, campaign_id: int, labeller_id: int) -> QuerySet[Task]:
+    """Real tasks with room, breadth first: most started, then priority, then id."""
+    return (
+        _open_tasks(campaign_id=campaign_id, labeller_id=labeller_id)
+        .filter(is_gold=False, active_count__lt=F("target_overlap"))
+        .order_by("-active_count", "-priority", "id")
+    )
+
+
+def _gold_open_tasks(*, campaign_id: int, labeller_id: int) -> QuerySet[Task]:
+    """Gold tasks, lowest id first (a gold task always has room: its target follows)."""
+    return (
+        _open_tasks(campaign_id=campaign_id, labeller_id=labeller_id)
+        .filter(is_gold=True)
+        .order_by("id")
+    )
+
+
+def _first_free(candidates: Callable[..., QuerySet[Task]]) -> CompiledQuery:
+    return CompiledQuery(
+        lambda campaign_id, labeller_id: candidates(
+            campaign_id=campaign_id, labeller_id=labeller_id
+        ).select_for_update(skip_locked=True, of=("self",)),
+        campaign_id=int,
+        labeller_id=int,
+    )
+
+
+_REAL_FIRST_FREE = _first_free(_real_open_tasks)
+_GOLD_FIRST_FREE = _first_free(_gold_open_tasks)
+
+
 def _require_member(*, campaign_id: int, labeller: User) -> Membership:
     """Lock and return the labeller's membership row, with its campaign (this serialises the
     labeller's own assignment requests).
@@ -540,12 +617,7 @@ def _require_member(*, campaign_id: int, labeller: User) -> Membership:
     404 for a campaign the labeller may not see (drafts are admin-only); ``not_a_member`` for
     one they see without being a member (an admin, say).
     """
-    membership = (
-        Membership.objects.select_for_update(of=("self",))
-        .select_related("campaign")
-        .filter(campaign_id=campaign_id, user=labeller)
-        .first()
-    )
+    membership = _MEMBERSHIP_LOCK.first(campaign_id=campaign_id, user_id=labeller.pk)
     if membership is None:
         selectors.campaign_get_for(user=labeller, campaign_id=campaign_id)  # 404 if unseen
         raise PermissionDenied("you are not a member of this campaign", code="not_a_member")
@@ -606,38 +678,26 @@ def task_assign_next(
 
     # A statement of its own, after the membership lock: read in the locking statement, it
     # would miss a lease that a request holding the lock before us has just committed.
-    held = (
-        Assignment.objects.select_for_update(of=("self",))
-        .select_related("task__prompt")
-        .filter(campaign=campaign, labeller=labeller, status=Assignment.Status.ASSIGNED)
-        .first()
-    )
+    held = _HELD_LEASE_LOCK.first(campaign_id=campaign.pk, labeller_id=labeller.pk)
     if held is not None:
         if held.lease_expires_at > now:
             held.campaign = campaign
             return held
         _release(held, status=Assignment.Status.EXPIRED, now=now)
 
-    mine = Assignment.objects.filter(task=OuterRef("pk"), labeller=labeller)
-    finished = [Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED]
-    open_to_me = (
-        Task.objects.filter(campaign=campaign)
-        .filter(~Exists(mine.filter(status__in=finished)))
-        .annotate(expired_assignment_id=Subquery(mine.values("pk")[:1]))
-        .select_related("prompt")
-    )
-    gold = open_to_me.filter(is_gold=True).order_by("id")
-    real = open_to_me.filter(is_gold=False, active_count__lt=F("target_overlap")).order_by(
-        "-active_count", "-priority", "id"
-    )
-    if _onboarding_pending(campaign=campaign, membership=membership, gold=gold, now=now):
-        task = _lock_first_free(gold)
+    mine = {"campaign_id": campaign.pk, "labeller_id": labeller.pk}
+    if _onboarding_pending(campaign=campaign, membership=membership, now=now):
+        task = _lock_first_free(_GOLD_FIRST_FREE, _gold_open_tasks, **mine)
     else:
         task = None
-        if campaign.gold_rate > 0 and _gold_draw() < campaign.gold_rate and real.exists():
-            task = _lock_first_free(gold, wait=False)
+        if (
+            campaign.gold_rate > 0
+            and _gold_draw() < campaign.gold_rate
+            and _real_open_tasks(**mine).exists()
+        ):
+            task = _lock_first_free(_GOLD_FIRST_FREE, _gold_open_tasks, wait=False, **mine)
         if task is None:
-            task = _lock_first_free(real)
+            task = _lock_first_free(_REAL_FIRST_FREE, _real_open_tasks, **mine)
     if task is None:
         return None
 
@@ -680,7 +740,7 @@ _gold_draw: Callable[[], float] = random.SystemRandom().random
 """Uniform draw in [0, 1) deciding whether the next task is a gold one (tests replace it)."""
 
 
-def _onboarding_pending(*, campaign: Campaign, membership: Membership, gold, now: datetime) -> bool:
+def _onboarding_pending(*, campaign: Campaign, membership: Membership, now: datetime) -> bool:
     """True while the labeller must get gold tasks only (onboarding on, not passed yet).
 
     After M gold rankings (or fewer, when no gold task is left for them) the first M are
@@ -695,6 +755,7 @@ def _onboarding_pending(*, campaign: Campaign, membership: Membership, gold, now
     result = quality.onboarding_result(
         campaign=campaign, labeller_id=membership.user_id, gold_tasks=needed
     )
+    gold = _gold_open_tasks(campaign_id=campaign.pk, labeller_id=membership.user_id)
     if result.gold_tasks < needed and gold.exists():
         return True
     if result.gold_tasks == 0:
@@ -724,7 +785,13 @@ def _onboarding_pending(*, campaign: Campaign, membership: Membership, gold, now
 
 
 def _lock_first_free(
-    candidates, *, patience_seconds: float = 10.0, wait: bool = True
+    lock: CompiledQuery,
+    candidates: Callable[..., QuerySet[Task]],
+    *,
+    campaign_id: int,
+    labeller_id: int,
+    patience_seconds: float = 10.0,
+    wait: bool = True,
 ) -> Task | None:
     """Lock the first candidate task nobody else holds, or return None if none is left.
 
@@ -738,9 +805,11 @@ def _lock_first_free(
     deadline = time.monotonic() + patience_seconds
     pause = 0.002
     while True:
-        task = candidates.select_for_update(skip_locked=True, of=("self",)).first()
-        if task is not None or not wait or not candidates.exists():
+        task = lock.first(campaign_id=campaign_id, labeller_id=labeller_id)
+        if task is not None or not wait:
             return task
+        if not candidates(campaign_id=campaign_id, labeller_id=labeller_id).exists():
+            return None
         if time.monotonic() > deadline:
             raise Busy("every open task is being assigned right now; try again")
         time.sleep(pause * (1 + random.random()))
@@ -880,12 +949,7 @@ def ranking_submit(
     """
     now = now or timezone.now()
     assignment_id = assignment if isinstance(assignment, int) else assignment.pk
-    assignment = (
-        Assignment.objects.select_for_update(of=("self", "task"))
-        .select_related("campaign", "guideline", "task")
-        .filter(pk=assignment_id, labeller=labeller)
-        .first()
-    )
+    assignment = _SUBMIT_LOCK.first(assignment_id=assignment_id, labeller_id=labeller.pk)
     if assignment is None:
         raise NotFound("assignment not found")
     campaign = assignment.campaign

@@ -227,6 +227,37 @@ def test_token_auth_for_scripts(world):
     assert client.get(f"/api/assignments/{world['assignment'].pk}/").status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("header", "detail"),
+    [
+        ("Token not-a-token", "Invalid token."),
+        ("Token", "Invalid token header. No credentials provided."),
+        ("Token a b", "Invalid token header. Token string should not contain spaces."),
+        ("inactive", "User inactive or deleted."),
+    ],
+)
+def test_a_bad_or_revoked_token_is_refused_at_once(world, header, detail):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    alice = world["users"]["labeller"]
+    token = Token.objects.create(user=alice)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert client.get("/api/campaigns/").status_code == 200  # looked up: now compiled
+    if header == "inactive":
+        alice.is_active = False
+        alice.save(update_fields=["is_active"])
+        header = f"Token {token.key}"
+    client.credentials(HTTP_AUTHORIZATION=header)
+    response = client.get("/api/campaigns/")
+    # 403, not 401: session authentication comes first, and DRF answers with its scheme.
+    assert (response.status_code, response.json()["detail"]) == (403, detail)
+    token.delete()  # revoked: the next request is refused, nothing is cached
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert client.get("/api/campaigns/").json()["detail"] == "Invalid token."
+
+
 def test_openapi_schema_is_served(api_client, db):
     response = api_client.get("/api/schema/")
     assert response.status_code == 200

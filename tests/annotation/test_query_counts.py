@@ -36,6 +36,17 @@ def test_next_task_and_submit_query_counts(campaign, labeller_client, django_ass
     assert submitted.status_code == 201
 
 
+def test_a_token_request_adds_one_lookup(campaign, labeller, django_assert_num_queries):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=labeller).key}")
+    with django_assert_num_queries(9):  # the token and its user in one statement
+        response = client.post(f"/api/campaigns/{campaign.pk}/next-task/")
+    assert response.status_code == 200
+
+
 def test_submit_with_the_next_task_is_one_request(
     campaign, labeller_client, django_assert_num_queries
 ):
