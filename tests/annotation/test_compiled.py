@@ -1,8 +1,9 @@
-"""CompiledQuery: the ORM's own SQL, compiled once per connection, gives what the ORM gives."""
+"""annotation.compiled: statements written once give what the ORM gives, on either database."""
 
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import OperationalError, connection, connections, transaction
@@ -10,8 +11,8 @@ from django.db.models import Count
 from rest_framework.authtoken.models import Token
 
 from annotation import services
-from annotation.compiled import CompiledQuery
-from annotation.models import Assignment, Membership, Task
+from annotation.compiled import CompiledQuery, insert_rows, update_row
+from annotation.models import Assignment, Membership, Ranking, RankingItem, Task
 from tests.factories import CampaignFactory, UserFactory, make_tasks
 
 pytestmark = pytest.mark.django_db
@@ -162,3 +163,63 @@ def test_every_thread_compiles_for_its_own_connection():
     for thread in threads:
         thread.join(10)
     assert found == {u.pk: u.username for u in users}
+
+
+def test_update_row_prepares_values_as_the_orm_does():
+    campaign, user = CampaignFactory(), UserFactory()
+    services.campaign_add_members(campaign=campaign, users=[user])
+    make_tasks(campaign, 1)
+    assignment = services.task_assign_next(labeller=user, campaign=campaign)
+    later = assignment.assigned_at + timedelta(minutes=3)
+    update_row(Assignment, assignment.pk, status="submitted", finished_at=later)
+    update_row(Assignment, assignment.pk, display_order=[3, 1, 2])  # JSON
+    stored = Assignment.objects.get(pk=assignment.pk)
+    assert (stored.status, stored.finished_at, stored.display_order) == (
+        "submitted",
+        later,
+        [3, 1, 2],
+    )
+    assert stored.task_id == assignment.task_id  # other columns untouched
+    update_row(Assignment, assignment.pk, finished_at=None)
+    assert Assignment.objects.get(pk=assignment.pk).finished_at is None
+
+
+def test_insert_rows_writes_every_row_with_foreign_keys_and_nulls():
+    campaign, user = CampaignFactory(), UserFactory()
+    services.campaign_add_members(campaign=campaign, users=[user])
+    make_tasks(campaign, 1)
+    assignment = services.task_assign_next(labeller=user, campaign=campaign)
+    ranking = Ranking.objects.create(
+        assignment=assignment,
+        task_id=assignment.task_id,
+        campaign=campaign,
+        labeller=user,
+        time_spent_ms=1,
+    )
+    first, *others = assignment.display_order
+    rows = [(ranking.pk, first, None, True)] + [
+        (ranking.pk, c, i + 1, False) for i, c in enumerate(others)
+    ]
+    insert_rows(RankingItem, ("ranking", "completion", "rank", "failed"), rows)
+    insert_rows(RankingItem, ("ranking", "completion", "rank", "failed"), [])  # nothing
+    stored = set(ranking.items.values_list("ranking_id", "completion_id", "rank", "failed"))
+    assert stored == set(rows)
+
+
+def test_all_returns_every_row_in_order_and_first_only_one(django_assert_num_queries):
+    campaign = CampaignFactory()
+    users = [UserFactory() for _ in range(3)]
+    services.campaign_add_members(campaign=campaign, users=users)
+    query = CompiledQuery(
+        lambda campaign_id: (
+            Membership.objects.filter(campaign_id=campaign_id)
+            .select_related("user")
+            .order_by("-user_id")
+        ),
+        campaign_id=int,
+    )
+    with django_assert_num_queries(1):
+        names = [m.user.username for m in query.all(campaign_id=campaign.pk)]
+    assert names == [u.username for u in sorted(users, key=lambda u: -u.pk)]
+    assert query.first(campaign_id=campaign.pk).user_id == max(u.pk for u in users)
+    assert query.all(campaign_id=10**6) == []
