@@ -1,17 +1,23 @@
-"""Querysets compiled to SQL once per connection, for the few statements on the labelling hot
-path.
+"""Statements on the labelling hot path, written to SQL once instead of on every request.
 
 Django builds and compiles a queryset to SQL on every evaluation; for the row locks behind
 next-task and submit that costs more CPU than PostgreSQL spends running them (0.4 to 2.4 ms
 of Python per statement against well under a millisecond in the database: bench/README.md,
 "Labelling under load"). A :class:`CompiledQuery` builds its queryset once per database
 connection, with stand-in values for its parameters, keeps the SQL the ORM wrote, and from
-then on binds fresh values and turns the row into model instances the way the ORM does
-(``select_related`` objects and annotations included). The queryset stays the one definition
-of the statement, so the SQL is the ORM's own for each database vendor.
-
+then on binds fresh values and turns the rows into model instances the way the ORM does
+(``select_related`` objects, annotations and field converters included). The queryset stays
+the one definition of the statement, so the SQL is the ORM's own for each database vendor.
 Only for querysets whose shape does not depend on the values: the same filters, the same
 joins, whatever the parameters are.
+
+:func:`update_row` and :func:`insert_rows` do the same for the hot path's writes: the SQL of
+a single-row ``UPDATE`` or a multi-row ``INSERT`` written once per vendor, the values
+prepared by their fields as ``save()`` and ``bulk_create()`` prepare them.
+
+Hydration uses the compiler's own description of its columns (``select``, ``klass_info``,
+``annotation_col_map``) and Django's related populators, as ``ModelIterable`` does: internals
+of the pinned Django, checked against the ORM's answers by tests/annotation/test_compiled.py.
 """
 
 from __future__ import annotations
@@ -67,6 +73,10 @@ class CompiledQuery:
             user_id=int,
         )
         membership = member_lock.first(campaign_id=3, user_id=7)
+
+    A parameter must reach the SQL unchanged (an exact comparison, ``in`` a subquery): one the
+    ORM transforms (``contains``, a date part) is not found among the SQL's parameters, and
+    compiling refuses it rather than run with the stand-in.
     """
 
     using = DEFAULT_DB_ALIAS
