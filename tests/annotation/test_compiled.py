@@ -13,6 +13,7 @@ from rest_framework.authtoken.models import Token
 from annotation import services
 from annotation.compiled import CompiledQuery, insert_rows, update_row
 from annotation.models import Assignment, Membership, Ranking, RankingItem, Task
+from tests.annotation.test_concurrency import _run_all
 from tests.factories import CampaignFactory, UserFactory, make_tasks
 
 pytestmark = pytest.mark.django_db
@@ -151,17 +152,10 @@ def test_every_thread_compiles_for_its_own_connection():
     )
     found: dict[int, str] = {}
 
-    def look(user):
-        try:
-            found[user.pk] = query.first(user_id=user.pk).user.username
-        finally:
-            connections.close_all()
+    def look(user):  # all at once, each thread on its own connection
+        found[user.pk] = query.first(user_id=user.pk).user.username
 
-    threads = [threading.Thread(target=look, args=(u,)) for u in users]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    _run_all(look, users)
     assert found == {u.pk: u.username for u in users}
 
 
