@@ -1,7 +1,7 @@
 """A real Celery worker against Redis: a trivial task runs on each queue.
 
 Needs ``REDIS_URL`` (CI sets it to the local Redis); skipped on the embedded default, whose
-filesystem transport is exercised by ``make demo``.
+filesystem transport is exercised by test_embedded_broker.py.
 """
 
 from __future__ import annotations
