@@ -597,6 +597,7 @@ def _gold_open_tasks(*, campaign_id: int, labeller_id: int) -> QuerySet[Task]:
 
 
 def _first_free(candidates: Callable[..., QuerySet[Task]]) -> CompiledQuery:
+    """The first of ``candidates`` nobody else holds, locked (``SKIP LOCKED``)."""
     return CompiledQuery(
         lambda campaign_id, labeller_id: candidates(
             campaign_id=campaign_id, labeller_id=labeller_id
@@ -614,8 +615,9 @@ _TASK_COMPLETIONS = CompiledQuery(
     ),
     task_id=int,
 )
-_REAL_FIRST_FREE = _first_free(_real_open_tasks)
-_GOLD_FIRST_FREE = _first_free(_gold_open_tasks)
+_FIRST_FREE = {
+    candidates: _first_free(candidates) for candidates in (_real_open_tasks, _gold_open_tasks)
+}
 
 
 def _require_member(*, campaign_id: int, labeller: User) -> Membership:
@@ -695,7 +697,7 @@ def task_assign_next(
 
     mine = {"campaign_id": campaign.pk, "labeller_id": labeller.pk}
     if _onboarding_pending(campaign=campaign, membership=membership, now=now):
-        task = _lock_first_free(_GOLD_FIRST_FREE, _gold_open_tasks, **mine)
+        task = _lock_first_free(_gold_open_tasks, **mine)
     else:
         task = None
         if (
@@ -703,9 +705,9 @@ def task_assign_next(
             and _gold_draw() < campaign.gold_rate
             and _real_open_tasks(**mine).exists()
         ):
-            task = _lock_first_free(_GOLD_FIRST_FREE, _gold_open_tasks, wait=False, **mine)
+            task = _lock_first_free(_gold_open_tasks, wait=False, **mine)
         if task is None:
-            task = _lock_first_free(_REAL_FIRST_FREE, _real_open_tasks, **mine)
+            task = _lock_first_free(_real_open_tasks, **mine)
     if task is None:
         return None
 
@@ -730,13 +732,10 @@ def task_assign_next(
         )
         assignment.save(update_fields=[name.removesuffix("_id") for name in fields])
     assignment.shown_completions = [(pk, texts[pk]) for pk in completion_ids]
-    taken = F("active_count") + 1
+    counts = {"active_count": task.active_count + 1}  # locked and read above: current
     if task.is_gold:  # no cap: the target follows what is handed out
-        Task.objects.filter(pk=task.pk).update(
-            active_count=taken, target_overlap=Greatest(F("target_overlap"), taken)
-        )
-    else:  # locked and read above: the count is current
-        update_row(Task, task.pk, active_count=task.active_count + 1)
+        counts["target_overlap"] = max(task.target_overlap, counts["active_count"])
+    update_row(Task, task.pk, **counts)
     return assignment
 
 
@@ -789,7 +788,6 @@ def _onboarding_pending(*, campaign: Campaign, membership: Membership, now: date
 
 
 def _lock_first_free(
-    lock: CompiledQuery,
     candidates: Callable[..., QuerySet[Task]],
     *,
     campaign_id: int,
@@ -798,6 +796,7 @@ def _lock_first_free(
     wait: bool = True,
 ) -> Task | None:
     """Lock the first candidate task nobody else holds, or return None if none is left.
+    ``candidates`` is one of the open-task querysets whose lock is compiled in ``_FIRST_FREE``.
 
     ``SKIP LOCKED`` passes over tasks other requests are assigning right now. When it finds
     nothing, those locked tasks may still have room once their holders commit: check again
@@ -809,7 +808,7 @@ def _lock_first_free(
     deadline = time.monotonic() + patience_seconds
     pause = 0.002
     while True:
-        task = lock.first(campaign_id=campaign_id, labeller_id=labeller_id)
+        task = _FIRST_FREE[candidates].first(campaign_id=campaign_id, labeller_id=labeller_id)
         if task is not None or not wait:
             return task
         if not candidates(campaign_id=campaign_id, labeller_id=labeller_id).exists():
