@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -34,6 +35,16 @@ def other_labeller(db):
 def outsider(db):
     """A labeller who is a member of no campaign in the test."""
     return _user("mallory")
+
+
+def celery_worker_command(*, queues: str, name: str, pool: str = "solo") -> list[str]:
+    """The command line of a real Celery worker for tests: one task at a time, no gossip or
+    mingle (nothing to wait for at start), named ``name@host``."""
+    return [
+        *(sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues),
+        *("--concurrency", "1", "--prefetch-multiplier", "1", "--pool", pool),
+        *("--without-gossip", "--without-mingle", "-n", f"{name}@%h", "--loglevel", "WARNING"),
+    ]
 
 
 def client_for(user):

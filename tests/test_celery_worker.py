@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from config.celery import app
+from tests.conftest import celery_worker_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,28 +28,7 @@ pytestmark = [
 def worker():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "--concurrency",
-            "1",
-            "--prefetch-multiplier",
-            "1",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            "test-worker@%h",
-            "--loglevel",
-            "WARNING",
-        ],
+        celery_worker_command(queues="default,gpu", name="test-worker"),
         cwd=REPO,
         env=env,
     )

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import celery_worker_command
+
 REPO = Path(__file__).resolve().parent.parent
 
 SEND = (
@@ -30,24 +32,7 @@ def test_a_task_round_trips_through_the_filesystem_broker(tmp_path):
         OMP_NUM_THREADS="1",
     )
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            "embedded@%h",
-            "--loglevel",
-            "WARNING",
-        ],
+        celery_worker_command(queues="default", name="embedded"),
         cwd=tmp_path,
         env=env,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from django.db import connection
 
 from annotation import services as annotation_services
 from annotation.models import Completion
-from tests.conftest import client_for
+from tests.conftest import celery_worker_command, client_for
 from tests.factories import CampaignFactory, PromptFactory, UserFactory
 from training import services
 from training.models import JobMetric, ModelVersion, TrainingJob
@@ -120,10 +119,7 @@ def start_gpu_worker(
         "OMP_NUM_THREADS": str(threads),
         **extra_env,
     }
-    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "gpu"]
-    command += ["--concurrency", "1", "--prefetch-multiplier", "1", "--pool", pool]
-    command += ["--without-gossip", "--without-mingle", "-n", f"{name}@%h"]
-    command += ["--loglevel", "WARNING"]
+    command = celery_worker_command(queues="gpu", name=name, pool=pool)
     return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
 
 
