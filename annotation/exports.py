@@ -59,13 +59,20 @@ class RankingRow(NamedTuple):
     items: dict[int, Label]
 
 
-def ranking_rows(*, campaign_ids: Sequence[int], gold: bool = False) -> list[RankingRow]:
-    """Every ranking of the campaigns' real tasks (``gold=True``: of their gold tasks only),
-    oldest first, in two queries."""
+def ranking_rows(
+    *, campaign_ids: Sequence[int], gold: bool = False, task_ids: Sequence[int] | None = None
+) -> list[RankingRow]:
+    """Every ranking of the campaigns' real tasks (``gold=True``: of their gold tasks only;
+    ``task_ids``: of these tasks only), oldest first, in two queries."""
+    rankings = Ranking.objects.filter(campaign_id__in=campaign_ids, task__is_gold=gold)
+    labels = RankingItem.objects.filter(
+        ranking__campaign_id__in=campaign_ids, ranking__task__is_gold=gold
+    )
+    if task_ids is not None:
+        rankings = rankings.filter(task_id__in=task_ids)
+        labels = labels.filter(ranking__task_id__in=task_ids)
     meta = list(
-        Ranking.objects.filter(campaign_id__in=campaign_ids, task__is_gold=gold)
-        .order_by("id")
-        .values_list(
+        rankings.order_by("id").values_list(
             "id",
             "campaign_id",
             "task_id",
@@ -78,10 +85,7 @@ def ranking_rows(*, campaign_ids: Sequence[int], gold: bool = False) -> list[Ran
     )
     items: dict[int, dict[int, Label]] = defaultdict(dict)
     for ranking_id, completion_id, rank, failed in (
-        RankingItem.objects.filter(
-            ranking__campaign_id__in=campaign_ids, ranking__task__is_gold=gold
-        )
-        .order_by()
+        labels.order_by()
         .values_list("ranking_id", "completion_id", "rank", "failed")
         .iterator(chunk_size=20_000)
     ):

@@ -395,19 +395,6 @@ def _trend_cutoffs(created: list[datetime]) -> list[datetime]:
     ]
 
 
-def _inputs_from_rows(campaign: Campaign, rows: list, fail_policy: str) -> quality.AgreementInputs:
-    """Agreement inputs for a subset of a campaign's rankings (same steps as
-    quality.agreement_inputs, which reads them all)."""
-    table = agreement.ranking_table(exports.ranking_records(rows))
-    return quality.AgreementInputs(
-        campaign_id=campaign.pk,
-        fail_policy=fail_policy,
-        table=table,
-        votes=agreement.pair_votes(table, fail_policy=fail_policy),
-        prompt_of_task={row.task_id: row.prompt_id for row in rows},
-    )
-
-
 def _figure_json(figure: quality.Figure) -> dict[str, Any]:
     return {
         "value": figure.value,
@@ -428,7 +415,8 @@ def agreement_trend(campaign: Campaign, *, fail_policy: str = "rank_last") -> li
         if not subset:
             continue
         figures = quality.campaign_figures(
-            _inputs_from_rows(campaign, subset, fail_policy), bootstrap=bootstrap
+            quality.inputs_from_rows(subset, campaign_id=campaign.pk, fail_policy=fail_policy),
+            bootstrap=bootstrap,
         )
         by_key = {f.key: f for f in figures.figures}
         points.append(
@@ -702,8 +690,9 @@ def _task_page(
     )
     labels = [{item.completion_id: item.label for item in r.items.all()} for r in rankings]
     agreed = consensus.ranked_pairs(labels) if labels else {}
-    inputs = quality.agreement_inputs(campaign=campaign)
-    _, figures = quality.task_figures(inputs)
+    # A task's figures depend on its own rankings only: read those, not the campaign's.
+    rows = exports.ranking_rows(campaign_ids=[campaign.pk], task_ids=[task.pk])
+    _, figures = quality.task_figures(quality.inputs_from_rows(rows, campaign_id=campaign.pk))
     figure = next((f for f in figures if f.task_id == task.pk), None)
     reference = task.gold_ranking if task.is_gold else {}
     completions = [

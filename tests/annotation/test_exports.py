@@ -131,6 +131,16 @@ def test_jsonl_rows_have_the_same_keys_and_types(world, aggregate, params):
     assert all(isinstance(r["prompt"], str) and isinstance(r["chosen"], str) for r in records)
 
 
+def test_ranking_rows_of_some_tasks_are_those_tasks_rows(world):
+    campaign_ids = [world["campaign"].pk]
+    every = exports.ranking_rows(campaign_ids=campaign_ids)
+    some = sorted({row.task_id for row in every})[:2]
+    assert exports.ranking_rows(campaign_ids=campaign_ids, task_ids=some) == [
+        row for row in every if row.task_id in some
+    ]
+    assert exports.ranking_rows(campaign_ids=campaign_ids, task_ids=[]) == []
+
+
 def test_fast_jsonl_is_exactly_json_dumps_of_the_records(world):
     rows = exports.ranking_rows(campaign_ids=[world["campaign"].pk])
     texts = exports.texts_for(rows)

@@ -12,7 +12,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.test import Client
 from rest_framework.test import APIClient
 
-from annotation import services
+from annotation import quality, services
 from annotation.models import Campaign, Guideline, Membership, Prompt, Ranking, Task
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
 from training.models import ModelVersion, TrainingJob
@@ -580,6 +580,14 @@ def test_task_page_shows_every_ranking_side_by_side_and_the_consensus(ranked, ad
     assert labels[3][:2] == ["4", "F"]
     tasks = body(client_for(admin_user).get(f"/dashboard/campaigns/{ranked.pk}/tasks/"))
     assert len(re.findall(rf'href="/dashboard/campaigns/{ranked.pk}/tasks/\d+/"', tasks)) == 5
+
+
+def test_task_page_figure_reads_only_the_task_and_matches_the_campaign_wide_one(ranked, admin_user):
+    task = ranked.tasks.order_by("id").first()
+    _, figures = quality.task_figures(quality.agreement_inputs(campaign=ranked))
+    expected = next(f for f in figures if f.task_id == task.pk)
+    response = client_for(admin_user).get(f"/dashboard/campaigns/{ranked.pk}/tasks/{task.pk}/")
+    assert response.context["figure"] == expected
 
 
 # --- training -----------------------------------------------------------------------------------
