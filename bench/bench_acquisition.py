@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from annotation.pairs import expand_ranking  # noqa: E402
 from training.ml import acquisition  # noqa: E402
 from training.ml.config import RewardModelConfig  # noqa: E402
-from training.ml.data import PreferencePair  # noqa: E402
+from training.ml.records import PreferencePair  # noqa: E402
 from training.ml.reward_model import load_reward_model, train_reward_model  # noqa: E402
 from training.ml.synthetic import GOLD_WORDS, SyntheticLabeller, gold_score  # noqa: E402
 from training.ml.tiny import build_tiny_model  # noqa: E402

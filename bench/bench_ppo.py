@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from training.ml.config import PPOConfig
 from training.ml.device import device_name, pick_device
-from training.ml.ppo import PPOConfig, run_ppo
+from training.ml.ppo import run_ppo
 from training.ml.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

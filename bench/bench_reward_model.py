@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.ml.config import RewardModelConfig  # noqa: E402
-from training.ml.data import PreferencePair  # noqa: E402
+from training.ml.records import PreferencePair  # noqa: E402
 from training.ml.reward_model import train_reward_model  # noqa: E402
 from training.ml.tiny import build_tiny_model  # noqa: E402
 

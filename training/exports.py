@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from annotation import exports
 from annotation.models import Completion, Prompt
 from annotation.pairs import FailPolicy
-from training.ml.data import PreferencePair
+from training.ml.records import PreferencePair
 
 
 def preference_pairs(

@@ -175,7 +175,8 @@ def _policy_outcome(
 
 @runner(TrainingJob.Kind.PPO)
 def run_ppo_job(job: TrainingJob, reporter: JobReporter) -> JobOutcome:
-    from training.ml.ppo import PPOConfig, run_ppo
+    from training.ml.config import PPOConfig
+    from training.ml.ppo import run_ppo
 
     params = job.params
     policy = _base_path(job)
@@ -226,7 +227,8 @@ def run_ppo_job(job: TrainingJob, reporter: JobReporter) -> JobOutcome:
 
 @runner(TrainingJob.Kind.DPO)
 def run_dpo_job(job: TrainingJob, reporter: JobReporter) -> JobOutcome:
-    from training.ml.dpo import DPOConfig, run_dpo
+    from training.ml.config import DPOConfig
+    from training.ml.dpo import run_dpo
 
     params = job.params
     policy = _base_path(job)
@@ -359,7 +361,7 @@ def _sample(
 @runner(TrainingJob.Kind.GENERATE)
 def run_generate_job(job: TrainingJob, reporter: JobReporter) -> JobOutcome:
     from annotation.models import Campaign
-    from training.ml.generation import SamplingConfig
+    from training.ml.config import SamplingConfig
     from training.ml.reward_model import TrainingCancelled
 
     params = job.params

@@ -128,9 +128,9 @@ def training_job_create(
 
 CONFIG_CLASSES: dict[str, str] = {
     TrainingJob.Kind.REWARD_MODEL: "training.ml.config.RewardModelConfig",
-    TrainingJob.Kind.PPO: "training.ml.ppo.PPOConfig",
-    TrainingJob.Kind.DPO: "training.ml.dpo.DPOConfig",
-    TrainingJob.Kind.GENERATE: "training.ml.generation.SamplingConfig",
+    TrainingJob.Kind.PPO: "training.ml.config.PPOConfig",
+    TrainingJob.Kind.DPO: "training.ml.config.DPOConfig",
+    TrainingJob.Kind.GENERATE: "training.ml.config.SamplingConfig",
 }
 ROUND_CONFIG_SECTIONS: dict[str, str] = {
     "reward_model": TrainingJob.Kind.REWARD_MODEL,

@@ -21,7 +21,7 @@ from training import acquisition as job_module
 from training import services
 from training.ml import acquisition
 from training.ml.config import RewardModelConfig
-from training.ml.data import PreferencePair
+from training.ml.records import PreferencePair
 from training.ml.reward_model import load_reward_model, train_reward_model
 from training.models import ModelVersion, TrainingJob
 

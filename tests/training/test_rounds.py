@@ -21,8 +21,8 @@ from annotation.errors import Conflict, InvalidInput
 from annotation.models import Campaign, Completion, Prompt
 from tests.conftest import client_for
 from training import exports, selectors, services
+from training.ml.config import PPOConfig
 from training.ml.generation import Completion as Sampled
-from training.ml.ppo import PPOConfig
 from training.ml.synthetic import SyntheticLabeller
 from training.models import ModelVersion, Round, TrainingJob
 from training.services import GeneratedCompletion
@@ -317,7 +317,7 @@ def test_generate_job_fills_the_prompts_without_tasks_and_records_sources(
 def test_empty_samples_are_drawn_again_then_marked(monkeypatch):
     from training import runners
     from training.ml import generation
-    from training.ml.generation import SamplingConfig
+    from training.ml.config import SamplingConfig
 
     calls = []
 

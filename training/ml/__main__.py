@@ -86,7 +86,7 @@ def _add_build_tiny(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_pairs(path: Path):
-    from training.ml.data import PreferencePair
+    from training.ml.records import PreferencePair
 
     pairs = []
     with path.open(encoding="utf-8") as handle:

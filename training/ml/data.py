@@ -23,28 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-Prompt = str | list[dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class PreferencePair:
-    """One comparison: ``chosen`` was preferred over ``rejected`` for ``prompt``.
-
-    For a tie (``tie=True``) the order of chosen and rejected carries no meaning.
-    """
-
-    prompt: Prompt
-    """plain text, or chat messages ``[{"role": ..., "content": ...}]`` (chat template applied)"""
-    chosen: str
-    rejected: str
-    prompt_id: str | int
-    """identifies the prompt: the train/eval split never puts one prompt on both sides"""
-    weight: float = 1.0
-    """multiplies this pair's loss (e.g. labeller agreement or vote margin)"""
-    tie: bool = False
-    """labellers judged both completions equally good"""
-    round: int = 0
-    """campaign round the comparison came from (accuracy is reported per round)"""
+from training.ml.records import PreferencePair, Prompt
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from training.ml import device as device_lib
+from training.ml.config import DPOConfig
 from training.ml.policy import (
     Prompt,
     build_query_response_batch,
@@ -50,38 +51,6 @@ class PairLike(Protocol):
     prompt: Prompt
     chosen: str
     rejected: str
-
-
-@dataclass
-class DPOConfig:
-    """Hyper-parameters of :func:`run_dpo`."""
-
-    beta: float = 0.1
-    """β: strength of the implicit KL penalty towards the reference (0.1 in the paper)"""
-    learning_rate: float = 1e-6
-    """Adam learning rate (1e-6 in the paper)"""
-    warmup_steps: int = 0
-    """optimiser steps over which the learning rate rises linearly from 0"""
-    num_epochs: int = 1
-    """passes over the pairs"""
-    batch_size: int = 8
-    """pairs per optimiser step"""
-    adam_eps: float = 1e-5
-    """Adam epsilon (1e-5 as in the rest of this package)"""
-    max_grad_norm: float = 1.0
-    """gradient-norm clip"""
-    max_prompt_tokens: int = 256
-    """prompts keep their last this-many tokens"""
-    max_completion_tokens: int = 256
-    """completions (EOS included) keep their first this-many tokens"""
-    use_weights: bool = True
-    """multiply each pair's loss by its ``.weight`` when it has one"""
-    reference_batch_size: int = 16
-    """pairs per forward pass when caching the reference log-probs"""
-    seed: int = 0
-    """seed of the pair order"""
-    device: str | None = None
-    """``None``/"auto", "cpu", "cuda", ...; CUDA runs forwards under bf16 autocast"""
 
 
 @dataclass

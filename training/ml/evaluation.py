@@ -69,7 +69,8 @@ def evaluate_policies(
     import torch
 
     from training.ml import device as device_lib
-    from training.ml.generation import SamplingConfig, generate_with_model
+    from training.ml.config import SamplingConfig
+    from training.ml.generation import generate_with_model
     from training.ml.policy import (
         build_query_response_batch,
         encode_prompt,

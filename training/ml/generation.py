@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from training.ml import device as device_lib
+from training.ml.config import SamplingConfig
 from training.ml.policy import (
     Prompt,
     encode_prompt,
@@ -25,28 +26,6 @@ from training.ml.policy import (
     load_tokenizer,
 )
 from training.ml.reward_model import TrainingCancelled
-
-
-@dataclass
-class SamplingConfig:
-    """How to sample completions."""
-
-    num_completions: int = 4
-    """K: completions per prompt"""
-    temperature: float = 0.7
-    """sampling temperature; 0 means greedy (then K identical completions are pointless)"""
-    top_p: float = 1.0
-    """nucleus sampling mass; 1.0 disables it"""
-    max_new_tokens: int = 64
-    """maximum response length in tokens (EOS included)"""
-    max_prompt_tokens: int | None = None
-    """keep only the last this-many prompt tokens; ``None`` keeps them all"""
-    batch_size: int = 16
-    """sequences (prompt, completion) per ``generate`` call"""
-    seed: int = 0
-    """seed of torch's RNG for the sampling (restored afterwards)"""
-    device: str | None = None
-    """``None``/"auto", "cpu", "cuda", ...; see ``training.ml.device.pick_device``"""
 
 
 @dataclass(frozen=True)

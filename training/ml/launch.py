@@ -76,8 +76,9 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.config import RewardModelConfig
-from training.ml.data import PreferencePair, Prompt, publish_dir
+from training.ml.data import publish_dir
 from training.ml.device import default_num_processes, pick_device
+from training.ml.records import PreferencePair, Prompt
 from training.ml.reward_model import (
     ProgressFn,
     RewardModelResult,

@@ -35,12 +35,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from training.ml import device as device_lib
+from training.ml.config import PPOConfig
 from training.ml.generation import decode_response, eos_token_ids, sample_responses
 from training.ml.policy import (
     Prompt,
@@ -65,7 +66,6 @@ RewardFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
-    "PPOConfig",
     "PPOResult",
     "TrainingCancelled",
     "compute_rewards",
@@ -78,117 +78,6 @@ __all__ = [
     "run_ppo",
     "whiten",
 ]
-
-
-@dataclass
-class PPOConfig:
-    """Hyper-parameters of :func:`run_ppo`. Defaults follow Huang et al. unless noted."""
-
-    # --- run
-    seed: int = 0
-    """seed for prompt order, sampling and minibatch shuffling"""
-    total_steps: int = 100
-    """number of PPO steps; each is one rollout followed by ``ppo_epochs`` of updates"""
-    rollout_batch_size: int = 16
-    """prompts per rollout"""
-    samples_per_prompt: int = 1
-    """completions sampled per prompt in a rollout (episodes per step = prompts * this)"""
-
-    # --- sampling
-    temperature: float = 0.7
-    """sampling temperature; log-probs are computed from ``logits / temperature`` (must be > 0)"""
-    top_p: float = 1.0
-    """nucleus-sampling mass; 1.0 disables it"""
-    max_new_tokens: int = 48
-    """maximum response length in tokens, EOS included"""
-    max_prompt_tokens: int | None = 256
-    """keep only the last this-many prompt tokens; ``None`` keeps all"""
-    missing_eos_penalty: float | None = -1.0
-    """score given to a completion that never emits EOS, replacing the reward model's;
-    ``None`` keeps the reward model's score"""
-
-    # --- reward and KL penalty
-    kl_coef: float = 0.05
-    """β: initial (adaptive) or constant (fixed) coefficient of the per-token KL penalty"""
-    adaptive_kl: bool = True
-    """adapt β towards ``kl_target`` (Ziegler et al. 2019); ``False`` keeps β fixed"""
-    kl_target: float = 6.0
-    """target KL(π‖π_ref) per episode, in nats, summed over response tokens"""
-    kl_horizon: int = 10000
-    """horizon of the adaptive controller, in episodes"""
-
-    # --- advantages
-    gamma: float = 1.0
-    """discount factor gamma of GAE"""
-    lam: float = 0.95
-    """λ of GAE"""
-    whiten_advantages: bool = True
-    """normalise advantages to mean 0, std 1 over the valid tokens of a rollout"""
-
-    # --- update
-    ppo_epochs: int = 4
-    """passes over each rollout"""
-    mini_batch_size: int = 8
-    """episodes per gradient step"""
-    learning_rate: float = 1e-5
-    """Adam learning rate, for policy and value model alike"""
-    anneal_lr: bool = True
-    """decay the learning rate linearly from ``learning_rate`` at step 1 towards 0 at the end"""
-    adam_eps: float = 1e-5
-    """Adam epsilon (1e-5 as in the OpenAI baselines, not PyTorch's 1e-8)"""
-    max_grad_norm: float = 1.0
-    """gradient-norm clip, applied to the policy and to the value model separately"""
-    clip_range: float = 0.2
-    """ε: the surrogate clipping coefficient"""
-    clip_range_value: float = 0.2
-    """ε_v: how far a value prediction may move from the rollout's before the loss clips it"""
-    vf_coef: float = 0.1
-    """c1: weight of the value loss"""
-    ent_coef: float = 0.0
-    """c2: weight of the entropy term L_ENT = -mean entropy (so > 0 rewards entropy); 0 as in
-    OpenAI's lm-human-preferences"""
-
-    # --- models
-    value_init: Literal["reward_model", "zero"] = "reward_model"
-    """value model from the reward model (its score head gives per-token values), or the
-    policy's backbone with a zero-initialised head"""
-    use_lora: bool = False
-    """train LoRA adapters instead of all weights; when the reference is the policy's own base,
-    the reference is the policy with the adapter switched off (no second copy in memory)"""
-    lora_r: int = 16
-    """LoRA rank"""
-    lora_alpha: int = 32
-    """LoRA alpha (scale = alpha / r)"""
-    lora_target_modules: str | list[str] = "all-linear"
-    """modules that get adapters (peft's ``target_modules``)"""
-
-    # --- plumbing
-    forward_batch_size: int = 16
-    """sequences per no-grad forward pass or generate call in the rollout"""
-    reward_batch_size: int = 16
-    """sequences per reward-model forward pass"""
-    device: str | None = None
-    """``None``/"auto", "cpu", "cuda", ...; CUDA runs forwards under bf16 autocast"""
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("PPO needs temperature > 0 (log-probs use logits / temperature)")
-        for name in (
-            "total_steps",
-            "rollout_batch_size",
-            "samples_per_prompt",
-            "ppo_epochs",
-            "mini_batch_size",
-            "forward_batch_size",
-            "reward_batch_size",
-            "max_new_tokens",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.value_init not in ("reward_model", "zero"):
-            raise ValueError(f"unknown value_init {self.value_init!r}")
 
 
 @dataclass

@@ -51,8 +51,6 @@ from training.ml.config import RewardModelConfig, TieLoss
 from training.ml.data import (
     EncodedPair,
     EncodedSequence,
-    PreferencePair,
-    Prompt,
     batches,
     collate,
     encode_pairs,
@@ -74,6 +72,7 @@ from training.ml.device import (
     quiet_transformers,
     seeded,
 )
+from training.ml.records import PreferencePair, Prompt
 
 NORMALIZATION_FILE = "reward_normalization.json"
 INFO_FILE = "reward_model.json"

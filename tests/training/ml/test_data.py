@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from training.ml.data import (
-    PreferencePair,
     collate,
     encode_pairs,
     encode_sequences,
@@ -20,6 +19,7 @@ from training.ml.data import (
     split_by_prompt,
     staging_dir_for,
 )
+from training.ml.records import PreferencePair
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from training.ml.config import DPOConfig
 from training.ml.dpo import (
-    DPOConfig,
     dpo_loss,
     encode_pairs,
     pair_logprobs,

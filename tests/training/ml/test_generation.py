@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from training.ml.config import SamplingConfig
 from training.ml.generation import (
     Completion,
-    SamplingConfig,
     generate_completions,
     sample_responses,
     truncate_at_eos,

@@ -12,11 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from training.ml.config import PPOConfig
 from training.ml.policy import TrainingCancelled
 from training.ml.ppo import (
     AdaptiveKLController,
     FixedKLController,
-    PPOConfig,
     apply_missing_eos_penalty,
     compute_rewards,
     entropy_from_logits,

@@ -14,7 +14,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
 from training.ml.config import RewardModelConfig
-from training.ml.data import PreferencePair, collate
+from training.ml.data import collate
+from training.ml.records import PreferencePair
 from training.ml.reward_model import (
     INFO_FILE,
     NORMALIZATION_FILE,
