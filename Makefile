@@ -4,36 +4,67 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The web image's environment: the runtime lock (no torch) plus the wheel built from this tree.
+WEB_VENV := .venv-web
+WEB_STAMP := $(WEB_VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser docs test lint demo clean
+.PHONY: install web-env wheel lock browser docs test lint demo clean
 
-$(STAMP): requirements.txt
+# Everything for tests and training, from the lock file with hashes. torch comes first and pinned
+# (the CPU wheel; an unpinned torch pulls gigabytes of CUDA), so the lock leaves it out.
+$(STAMP): requirements/dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/dev.txt
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+# The wheel users `pip install`; the web environment is rebuilt from it on every test run, so the
+# deployment test runs the code of this tree, installed as a package, without torch.
+wheel: install
+	rm -rf dist
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
+$(WEB_STAMP): requirements/web.txt
+	test -x $(WEB_VENV)/bin/python || $(PYTHON) -m venv $(WEB_VENV)
+	$(WEB_VENV)/bin/pip install --quiet --no-deps --require-hashes -r requirements/web.txt
+	touch $(WEB_STAMP)
+
+web-env: $(WEB_STAMP) wheel
+	$(WEB_VENV)/bin/pip install --quiet --no-deps --force-reinstall dist/*.whl
+	$(WEB_VENV)/bin/pip check
+
+# Re-resolve the locks after changing pyproject.toml (keeps current pins unless they must move).
+LOCK := $(VENV)/bin/uv pip compile --quiet pyproject.toml --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --generate-hashes --no-emit-package torch \
+	--find-links /opt/wheels --index-strategy unsafe-best-match
+lock: install
+	$(LOCK) -o requirements/web.txt
+	$(LOCK) --extra train -o requirements/train.txt
+	$(LOCK) --extra dev -o requirements/dev.txt
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download) and Caddy,
+# the TLS proxy of docker-compose.yml, for the deployment test.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="chromium"; \
+	command -v caddy >/dev/null 2>&1 || missing="$$missing caddy"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium"; fi; }
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "the browser and deployment tests need Debian's packages: sudo apt-get install$$missing"; fi; fi
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
 
-test: install browser lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
+test: install web-env browser lint
+	OMP_NUM_THREADS=1 RLHF_WEB_VENV=$(CURDIR)/$(WEB_VENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 DOCS := /usr/share/doc/python3/html
 PRETRAIN_STEPS ?= 1500
@@ -45,18 +76,23 @@ docs:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-doc >/dev/null; \
 	  else echo "the demo model pretrains on Debian's python3-doc: sudo apt-get install python3-doc"; fi; }
 
+# Ctrl+C stops the server and the worker: the trap removes itself before it signals them, so it
+# never runs twice, and waits for both to exit.
 demo: install docs
 	$(PY) manage.py migrate --noinput
-	@echo "Building the tiny demo model (a few CPU minutes the first time, then cached)."
 	if [ -d $(DOCS) ]; then \
 	  OMP_NUM_THREADS=2 $(PY) manage.py build_tiny_model --pretrain-dir $(DOCS) --pretrain-steps $(PRETRAIN_STEPS); \
 	else $(PY) manage.py build_tiny_model; fi
-	$(PY) manage.py load_demo --url http://$(HOST):$(PORT)/
-	@echo "Starting web, Celery worker (queues default and gpu) and beat; Ctrl+C stops all."
-	trap 'kill 0' EXIT INT TERM; \
-	$(VENV)/bin/celery -A config worker -B -Q default,gpu --concurrency 1 --loglevel INFO \
-		--schedule var/celerybeat-schedule & \
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	$(PY) manage.py load_demo
+	@echo "Starting web, Celery worker (queues default and gpu) and beat."
+	@pids=""; \
+	stop() { trap - INT TERM EXIT; kill $$pids 2>/dev/null; wait $$pids 2>/dev/null; echo "demo stopped"; }; \
+	trap stop INT TERM EXIT; \
+	$(VENV)/bin/celery --quiet -A config worker -B -Q default,gpu --concurrency 1 --loglevel INFO \
+		& pids="$$pids $$!"; \
+	$(PY) manage.py runserver --noreload $(HOST):$(PORT) & pids="$$pids $$!"; \
+	$(PY) manage.py load_demo --url http://$(HOST):$(PORT)/ --wait 120 || exit 1; \
+	wait
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(WEB_VENV) var dist staticfiles

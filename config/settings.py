@@ -14,7 +14,11 @@ from pathlib import Path
 from config.env import ImproperlyConfiguredEnv, database_from_url, env_bool, env_int, env_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("RLHF_VAR_DIR", BASE_DIR / "var"))
+# A checkout keeps templates/ and static/ beside the packages (and var/ for data); an installed
+# wheel carries templates and static in config/assets/ and keeps its data in ./var.
+CHECKOUT = (BASE_DIR / "manage.py").is_file()
+ASSETS_DIR = BASE_DIR if CHECKOUT else Path(__file__).resolve().parent / "assets"
+VAR_DIR = Path(os.environ.get("RLHF_VAR_DIR") or (BASE_DIR if CHECKOUT else Path.cwd()) / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DJANGO_ENV = os.environ.get("DJANGO_ENV", "development")
@@ -32,6 +36,14 @@ DEBUG = env_bool("DJANGO_DEBUG", default=not PRODUCTION)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
+# Reverse proxies whose X-Forwarded-For/-Proto are believed (config/proxy.py); nobody else's.
+TRUSTED_PROXIES = env_list("DJANGO_TRUSTED_PROXIES", [])
+# "auto": cookies are Secure on TLS requests (direct or through a trusted proxy), plain HTTP still
+# works; "required": plain HTTP is redirected to HTTPS and cookies are always Secure.
+HTTPS = os.environ.get("DJANGO_HTTPS", "auto")
+if HTTPS not in {"auto", "required"}:
+    raise ImproperlyConfiguredEnv(f"DJANGO_HTTPS={HTTPS!r}: use auto or required")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -42,12 +54,16 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "annotation",
     "training",
 ]
 
 MIDDLEWARE = [
+    "config.proxy.ProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files from gunicorn itself, compressed and with far-future caching of hashed names.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.unavailable.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -63,13 +79,14 @@ WSGI_APPLICATION = "config.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [ASSETS_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "config.proxy.transport",
             ],
         },
     },
@@ -100,8 +117,22 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [ASSETS_DIR / "static"]
+# Collected at image build time, beside the code (never in the data volume, where an upgrade
+# would keep serving the old files).
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Production serves collected files under content-hashed names (cached for a year) with
+    # gzip/brotli twins; development serves the sources as they are.
+    "staticfiles": {
+        "BACKEND": "config.static.Storage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+# Development and tests serve the sources through the same middleware, looked up per request.
+WHITENOISE_USE_FINDERS = WHITENOISE_AUTOREFRESH = not PRODUCTION
 
 # Uploads: imports stream through a temporary file; the import service enforces its own limits.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
@@ -125,6 +156,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from our own static files (drf-spectacular-sidecar), not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "CampaignStatusEnum": "annotation.models.Campaign.Status",
         "AssignmentStatusEnum": "annotation.models.Assignment.Status",
@@ -214,14 +249,21 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-if PRODUCTION:
+# HTTPS: see config/proxy.py. Forwarded headers reach Django only from TRUSTED_PROXIES.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS == "required":
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
-    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 60 * 60 * 24 * 30)
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes talk plain HTTP to the container
+else:
+    # Cookies are Secure exactly on TLS requests (config.proxy.ProxyMiddleware), so these
+    # deploy checks, which look only at the global settings, do not apply.
+    SILENCED_SYSTEM_CHECKS = ["security.W008", "security.W012", "security.W016"]
+if PRODUCTION:
+    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 60 * 60 * 24 * 30)  # on TLS responses
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
     X_FRAME_OPTIONS = "DENY"

@@ -46,13 +46,37 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
-def test_production_turns_debug_off_and_cookies_secure():
+def test_production_turns_debug_off_and_cookies_follow_the_scheme():
     code = (
         "from django.conf import settings as s; "
         "print(s.DEBUG, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.X_FRAME_OPTIONS)"
     )
     result = manage("shell", "-c", code, env=PRODUCTION_ENV)
-    assert result.stdout.split()[-4:] == ["False", "True", "True", "DENY"], result.stderr
+    # Secure per request (config/proxy.py), not globally: plain HTTP logins still work.
+    assert result.stdout.split()[-4:] == ["False", "False", "False", "DENY"], result.stderr
+
+
+def test_https_required_redirects_and_makes_cookies_always_secure():
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE)"
+    )
+    result = manage("shell", "-c", code, env={**PRODUCTION_ENV, "DJANGO_HTTPS": "required"})
+    assert result.stdout.split()[-3:] == ["True", "True", "True"], result.stderr
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        env={**PRODUCTION_ENV, "DJANGO_HTTPS": "required"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_https_setting_refuses_an_unknown_value():
+    result = manage("check", env={**PRODUCTION_ENV, "DJANGO_HTTPS": "yes"})
+    assert result.returncode != 0
+    assert "DJANGO_HTTPS='yes': use auto or required" in result.stderr
 
 
 @pytest.mark.django_db

@@ -1,11 +1,19 @@
-"""Load the demo: an admin, two labellers and a realistic ranking campaign, printed logins."""
+"""Load the demo: an admin, two labellers and a realistic ranking campaign; print the logins.
+
+``make demo`` loads first, starts the server and the worker, then runs this again with
+``--wait`` so the logins are the last thing on the screen, once the server answers.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from annotation import services
@@ -21,13 +29,47 @@ ACCOUNTS = [
 
 
 class Command(BaseCommand):
-    help = "Create the demo accounts and campaign (idempotent) and print the logins."
+    help = "Create the demo accounts and campaigns (idempotent); --wait prints the logins."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--url", default="http://127.0.0.1:8000/", help="URL to print")
+        parser.add_argument(
+            "--wait",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="wait up to this long for URL/healthz to answer, then print the logins",
+        )
+
+    def handle(self, *args, url: str, wait: float, **options) -> None:
+        if wait:  # after the server was started: nothing to load, only the logins to print
+            self._wait_for(url, wait)
+            self.stdout.write("")
+            self.stdout.write(self.style.SUCCESS(f"Demo ready at {url}"))
+            for username, password, staff in ACCOUNTS:
+                role = "admin   " if staff else "labeller"
+                self.stdout.write(f"  {role}  {username} / {password}")
+            self.stdout.write("Ctrl+C stops the server and the worker.")
+        else:
+            self._load_all()
+            self.stdout.write("demo campaigns and accounts loaded")
+
+    def _wait_for(self, url: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        health = url.rstrip("/") + "/healthz"
+        while True:
+            try:
+                with urllib.request.urlopen(health, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise CommandError(f"{health} did not answer within {seconds:.0f} s")
+            time.sleep(0.25)
 
     @transaction.atomic
-    def handle(self, *args, url: str, **options) -> None:
+    def _load_all(self) -> None:
         users = {}
         User = get_user_model()
         for username, password, staff in ACCOUNTS:
@@ -61,14 +103,8 @@ class Command(BaseCommand):
                 overlap=2,
             )
             self._load(small, lines, 3, users)
-        self.stdout.write(self.style.SUCCESS(f"Demo ready at {url}"))
-        for username, password, staff in ACCOUNTS:
-            role = "admin   " if staff else "labeller"
-            self.stdout.write(f"  {role}  {username} / {password}")
 
     def _load(self, campaign: Campaign, lines: list[bytes], n: int, users: dict) -> None:
-        import json
-
         chosen = [
             line for line in lines if line.strip() and len(json.loads(line)["completions"]) == n
         ]
