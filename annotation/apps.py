@@ -7,4 +7,5 @@ class AnnotationConfig(AppConfig):
     verbose_name = "Annotation"
 
     def ready(self) -> None:
+        from annotation.api import schema  # noqa: F401 - registers the OpenAPI token scheme
         from config import login_limits  # noqa: F401 - connects the login-failure signals

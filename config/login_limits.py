@@ -17,7 +17,9 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.dispatch import receiver
-from rest_framework import status
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.response import Response
 
@@ -101,6 +103,10 @@ class RateLimitedAuthenticationForm(AuthenticationForm):
 class RateLimitedObtainAuthToken(ObtainAuthToken):
     """POST username/password → token; 429 with Retry-After while locked out."""
 
+    @extend_schema(
+        request=AuthTokenSerializer,
+        responses={200: inline_serializer("Token", {"token": serializers.CharField()})},
+    )
     def post(self, request, *args, **kwargs):
         data = request.data if hasattr(request.data, "get") else {}
         seconds = locked_for(str(data.get("username", "")), request)

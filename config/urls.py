@@ -24,3 +24,8 @@ urlpatterns = [
     path("dashboard/training/", include("training.dashboard.urls")),
     path("", include("annotation.urls")),
 ]
+
+handler400 = "config.errors.bad_request"
+handler403 = "config.errors.permission_denied"
+handler404 = "config.errors.not_found"
+handler500 = "config.errors.server_error"

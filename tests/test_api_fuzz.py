@@ -1,4 +1,5 @@
-"""Fuzz every API operation from its OpenAPI schema with schemathesis: no 500s, ever.
+"""Fuzz every API operation from its OpenAPI schema with schemathesis: no 500s, ever, and every
+answer is one the schema declares (its status code, content type and body schema).
 
 Each generated request is sent as an admin and as a labeller, once with the generated path ids
 and once with the ids of real objects, so the fuzzer reaches past the 404s into validation.
@@ -14,12 +15,24 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from annotation import services
 from config.wsgi import application
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture
@@ -74,13 +87,15 @@ def real_ids(path: str, params: dict, ids: dict) -> dict:
         HealthCheck.filter_too_much,
     ],
 )
-def test_api_never_answers_500(case, world):
+def test_api_answers_only_what_its_schema_declares_and_never_500(case, world):
     ids, tokens = world
     for token in tokens:
         for params in (case.path_parameters, real_ids(case.path, case.path_parameters or {}, ids)):
             case.path_parameters = params
-            response = case.call(headers={"Authorization": f"Token {token}"})
+            headers = {"Authorization": f"Token {token}"}
+            response = case.call(headers=headers)
             assert response.status_code < 500, (
                 f"{case.method} {case.formatted_path} -> {response.status_code}: "
                 f"{response.text[:500]}"
             )
+            case.validate_response(response, checks=CHECKS, headers=headers)

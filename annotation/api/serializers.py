@@ -317,7 +317,14 @@ class RankingItemInputSerializer(serializers.Serializer):
 class RankingInputSerializer(serializers.Serializer):
     items = RankingItemInputSerializer(many=True, allow_empty=False)
     time_spent_ms = serializers.IntegerField(min_value=0, max_value=7 * 24 * 3600 * 1000)
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=5000, default="")
+    comment = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,  # generated clients send null for an optional field they leave out
+        max_length=5000,
+        default="",
+        help_text="optional; null is taken as no comment",
+    )
 
 
 class RankingItemSerializer(serializers.Serializer):
@@ -444,6 +451,12 @@ class PairsQuerySerializer(serializers.Serializer):
         default="none",
         help_text="none: every labeller's pairs as they are; ranked_pairs / bradley_terry: "
         "pairs of the per-task consensus ranking; majority: per pair the majority direction.",
+    )
+
+
+class CampaignFilterSerializer(serializers.Serializer):
+    campaign = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_ID, help_text="Only this campaign's."
     )
 
 

@@ -402,13 +402,17 @@ class AssignmentViewSet(viewsets.ViewSet):
     """Your own assignments. Anyone else's id answers 404."""
 
     lookup_value_regex = "[0-9]+"
+    pagination_class = PageNumberPagination
 
-    @extend_schema(responses=s.AssignmentSummarySerializer(many=True))
+    @extend_schema(
+        parameters=[s.CampaignFilterSerializer],
+        responses=s.AssignmentSummarySerializer(many=True),
+    )
     def list(self, request: Request) -> Response:
         assignments = selectors.assignment_list_for(labeller=request.user)
-        campaign = request.query_params.get("campaign")
+        campaign = _query(s.CampaignFilterSerializer, request).get("campaign")
         if campaign is not None:
-            assignments = assignments.filter(campaign_id=_int(campaign, "campaign"))
+            assignments = assignments.filter(campaign_id=campaign)
         return _paginated(
             request,
             self,
@@ -466,7 +470,7 @@ class AssignmentViewSet(viewsets.ViewSet):
             assignment=assignment_id,
             items=[dict(item) for item in data["items"]],
             time_spent_ms=data["time_spent_ms"],
-            comment=data["comment"],
+            comment=data["comment"] or "",
         )
         body = s.ranking_body(result)
         if request.query_params.get("next") in ("1", "true"):
@@ -492,14 +496,16 @@ class RankingViewSet(viewsets.ViewSet):
     """Rankings: admins read all (filter with ?campaign=), labellers their own only."""
 
     lookup_value_regex = "[0-9]+"
+    pagination_class = PageNumberPagination
 
-    @extend_schema(responses=s.RankingSerializer(many=True))
+    @extend_schema(
+        parameters=[s.CampaignFilterSerializer], responses=s.RankingSerializer(many=True)
+    )
     def list(self, request: Request) -> Response:
-        campaign = request.query_params.get("campaign")
-        rankings = selectors.ranking_list_for(
-            user=request.user,
-            campaign_id=_int(campaign, "campaign") if campaign is not None else None,
-        ).order_by("id")
+        campaign = _query(s.CampaignFilterSerializer, request).get("campaign")
+        rankings = selectors.ranking_list_for(user=request.user, campaign_id=campaign).order_by(
+            "id"
+        )
         return _paginated(request, self, rankings, s.RankingSerializer)
 
     @extend_schema(responses=s.RankingSerializer)
@@ -520,7 +526,9 @@ def _next_for(request: Request, campaign) -> dict:
 
 
 def _paginated(request: Request, view, queryset, serializer_class) -> Response:
-    paginator = PageNumberPagination()
+    """A page of ``queryset`` as ``{count, next, previous, results}`` (``?page=``): the view's
+    ``pagination_class``, which is also what the schema describes."""
+    paginator = view.pagination_class()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
 

@@ -225,6 +225,11 @@ def test_token_auth_for_scripts(world):
     ).json()["token"]
     client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert client.get(f"/api/assignments/{world['assignment'].pk}/").status_code == 200
+    # What clients generated from the schema send (its scheme is HTTP bearer).
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert client.get(f"/api/assignments/{world['assignment'].pk}/").status_code == 200
+    client.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6eA==")
+    assert client.get(f"/api/assignments/{world['assignment'].pk}/").status_code == 403
 
 
 @pytest.mark.parametrize(
@@ -233,6 +238,7 @@ def test_token_auth_for_scripts(world):
         ("Token not-a-token", "Invalid token."),
         ("Token", "Invalid token header. No credentials provided."),
         ("Token a b", "Invalid token header. Token string should not contain spaces."),
+        ("Bearer not-a-token", "Invalid token."),
         ("inactive", "User inactive or deleted."),
     ],
 )

@@ -87,6 +87,20 @@ class JobMetricSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ModelVersionQuerySerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=ModelVersion.Kind.choices, required=False, help_text="Only versions of this kind."
+    )
+
+
+class MetricsQuerySerializer(serializers.Serializer):
+    after = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        help_text="Only steps after this one (for polling).",
+    )
+
+
 class TrainingJobCreateSerializer(serializers.Serializer):
     """What a job is asked for; which fields a kind uses, and their defaults, are described in
     ``training.services.training_job_create_from_form``."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotation.api.views import _int, _paginated, _valid
+from annotation.api.serializers import CampaignFilterSerializer
+from annotation.api.views import _int, _paginated, _query, _valid
 from annotation.errors import InvalidInput, NotFound
 from training import selectors, services
 from training.api import serializers as s
@@ -19,6 +21,7 @@ from training.api import serializers as s
 class TrainingJobViewSet(viewsets.ViewSet):
     lookup_value_regex = "[0-9]+"
     permission_classes = [IsAdminUser]
+    pagination_class = PageNumberPagination
 
     @extend_schema(responses=s.TrainingJobSerializer(many=True))
     def list(self, request: Request) -> Response:
@@ -35,13 +38,17 @@ class TrainingJobViewSet(viewsets.ViewSet):
         job = services.training_job_create_from_form(created_by=request.user, **data)
         return Response(s.TrainingJobSerializer(job).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses=s.JobMetricSerializer(many=True))
+    @extend_schema(
+        parameters=[s.MetricsQuerySerializer], responses=s.JobMetricSerializer(many=True)
+    )
     @action(detail=True, methods=["get"])
     def metrics(self, request: Request, pk=None) -> Response:
         """The job's metrics per step; ``?after=<step>`` returns only newer ones (polling)."""
         job = selectors.training_job_get(job_id=_int(pk, "id"))
-        after = request.query_params.get("after")
-        rows = selectors.job_metrics(job=job, after_step=_step(after) if after else None)
+        after = _query(s.MetricsQuerySerializer, request).get("after")
+        # Clamped to what the step column holds: a step past the last one has no metrics.
+        after = None if after is None else min(after, 2**31 - 1)
+        rows = selectors.job_metrics(job=job, after_step=after)
         return Response(s.JobMetricSerializer(rows, many=True).data)
 
     @extend_schema(request=None, responses=s.TrainingJobSerializer)
@@ -61,10 +68,14 @@ class TrainingJobViewSet(viewsets.ViewSet):
 class ModelVersionViewSet(viewsets.ViewSet):
     lookup_value_regex = "[0-9]+"
     permission_classes = [IsAdminUser]
+    pagination_class = PageNumberPagination
 
-    @extend_schema(responses=s.ModelVersionSerializer(many=True))
+    @extend_schema(
+        parameters=[s.ModelVersionQuerySerializer], responses=s.ModelVersionSerializer(many=True)
+    )
     def list(self, request: Request) -> Response:
-        versions = selectors.model_version_list(kind=request.query_params.get("kind"))
+        kind = _query(s.ModelVersionQuerySerializer, request).get("kind")
+        versions = selectors.model_version_list(kind=kind)
         return _paginated(request, self, versions, s.ModelVersionSerializer)
 
     @extend_schema(responses=s.ModelVersionSerializer)
@@ -92,13 +103,14 @@ class RoundViewSet(viewsets.ViewSet):
 
     lookup_value_regex = "[0-9]+"
     permission_classes = [IsAdminUser]
+    pagination_class = PageNumberPagination
 
-    @extend_schema(responses=s.RoundSerializer(many=True))
+    @extend_schema(parameters=[CampaignFilterSerializer], responses=s.RoundSerializer(many=True))
     def list(self, request: Request) -> Response:
         rounds = selectors.round_list()
-        campaign = request.query_params.get("campaign")
+        campaign = _query(CampaignFilterSerializer, request).get("campaign")
         if campaign is not None:
-            rounds = rounds.filter(campaign_id=_int(campaign, "campaign"))
+            rounds = rounds.filter(campaign_id=campaign)
         return _paginated(request, self, rounds, s.RoundSerializer)
 
     @extend_schema(responses=s.RoundSerializer)
@@ -136,11 +148,3 @@ class RoundViewSet(viewsets.ViewSet):
             created_by=request.user, kind="round", round=rnd, **data
         )
         return Response(s.TrainingJobSerializer(job).data, status=status.HTTP_201_CREATED)
-
-
-def _step(value: str) -> int:
-    """``?after=``: a step number, clamped to what the column holds."""
-    try:
-        return min(max(0, int(value)), 2**31 - 1)
-    except ValueError:
-        raise InvalidInput("must be an integer", field="after") from None
