@@ -7,6 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from config.terminal import Progress
 from training.models import ModelVersion
 from training.services import model_version_register
 
@@ -39,13 +40,19 @@ class Command(BaseCommand):
             files = collect_pretrain_files(pretrain_dir)
             if not files:
                 raise CommandError(f"no .txt or .html files under {pretrain_dir}")
-            self.stdout.write(f"pretraining on {len(files)} files for {pretrain_steps} steps")
+        bar: Progress | None = None
 
         def progress(step: int, total: int, metrics: dict) -> None:
-            if step == total or step % max(1, total // 10) == 0:
-                loss = metrics.get("pretrain/loss")
-                shown = f" loss {loss:.3f}" if loss is not None else ""
-                self.stdout.write(f"  step {step}/{total}{shown}")
+            # Called only while pretraining: a model already built with these settings is
+            # reused and prints nothing of it.
+            nonlocal bar
+            if bar is None:
+                self.stdout.write(
+                    f"Pretraining the tiny model on {len(files)} files (once; later runs reuse it)."
+                )
+                bar = Progress(self.stdout, total=total, label="pretraining")
+            loss = metrics.get("pretrain/loss")
+            bar.update(step, f"loss {loss:.3f}" if loss is not None else "")
 
         path = build_tiny_model(
             out,
@@ -54,6 +61,8 @@ class Command(BaseCommand):
             pretrain_steps=pretrain_steps,
             on_progress=progress,
         )
+        if bar is not None:
+            bar.close()
         version = ModelVersion.objects.filter(kind="base", path=str(path)).first()
         if version is None:
             version = model_version_register(kind="base", name=name, path=str(path))
