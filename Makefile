@@ -88,7 +88,7 @@ demo: install docs
 	@pids=""; \
 	stop() { trap - INT TERM EXIT; kill $$pids 2>/dev/null; wait $$pids 2>/dev/null; echo "demo stopped"; }; \
 	trap stop INT TERM EXIT; \
-	$(VENV)/bin/celery --quiet -A config worker -B -Q default,gpu --concurrency 1 --loglevel INFO \
+	$(VENV)/bin/celery --quiet -A config worker -B -Q default,gpu --concurrency 1 --loglevel WARNING \
 		& pids="$$pids $$!"; \
 	$(PY) manage.py runserver --noreload $(HOST):$(PORT) & pids="$$pids $$!"; \
 	$(PY) manage.py load_demo --url http://$(HOST):$(PORT)/ --wait 120 || exit 1; \

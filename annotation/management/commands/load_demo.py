@@ -43,7 +43,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, url: str, wait: float, **options) -> None:
         if wait:  # after the server was started: nothing to load, only the logins to print
-            self._wait_for(url, wait)
+            deadline = time.monotonic() + wait
+            self._wait_for(url, deadline)
+            self._wait_for_worker(deadline)
             self.stdout.write("")
             self.stdout.write(self.style.SUCCESS(f"Demo ready at {url}"))
             for username, password, staff in ACCOUNTS:
@@ -54,8 +56,7 @@ class Command(BaseCommand):
             self._load_all()
             self.stdout.write("demo campaigns and accounts loaded")
 
-    def _wait_for(self, url: str, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
+    def _wait_for(self, url: str, deadline: float) -> None:
         health = url.rstrip("/") + "/healthz"
         while True:
             try:
@@ -65,8 +66,16 @@ class Command(BaseCommand):
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise CommandError(f"{health} did not answer within {seconds:.0f} s")
+                raise CommandError(f"{health} did not answer in time")
             time.sleep(0.25)
+
+    def _wait_for_worker(self, deadline: float) -> None:
+        """Until a Celery worker answers a ping, so its start-up lines come before the logins."""
+        from config.celery import app
+
+        while not app.control.ping(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise CommandError("no Celery worker answered in time")
 
     @transaction.atomic
     def _load_all(self) -> None:
