@@ -17,11 +17,13 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from training.ml.common import ProgressFn
 
-def _printer(every: int) -> Callable[[int, int, dict[str, float]], None]:
+
+def _printer(every: int) -> ProgressFn:
     def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
         if step % every == 0 or step == total:
             shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))

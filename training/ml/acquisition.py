@@ -27,12 +27,11 @@ query applies the same keys after "tasks others have started first".
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
-StopFn = Callable[[], bool]
+from training.ml.common import ProgressFn, StopFn, TrainingCancelled, check_stop
 
 Prompt = str | list[dict[str, Any]]
 
@@ -93,8 +92,9 @@ def select_next(priorities: Mapping[int, float], *, k: int) -> list[int]:
     return acquisition_order(priorities)[:k]
 
 
-class AcquisitionCancelled(Exception):
-    """``should_stop()`` returned True while scoring."""
+AcquisitionCancelled = TrainingCancelled
+"""The old name of what :func:`score_tasks` raises when stopped: ``training/acquisition.py``
+still catches it by this name."""
 
 
 def score_tasks(
@@ -112,14 +112,14 @@ def score_tasks(
     ``reward_model`` is a :class:`training.ml.reward_model.RewardModel` (anything with
     ``raw_scores(list of (prompt, completion), batch_size)``). Sequences are scored ``chunk``
     at a time; between chunks ``should_stop()`` is polled (True raises
-    :class:`AcquisitionCancelled`) and ``on_progress(done, total, metrics)`` is called.
+    :class:`~training.ml.common.TrainingCancelled`) and ``on_progress(done, total, metrics)`` is
+    called.
     """
     flat = [(task.prompt, text) for task in tasks for text in task.completions]
     total = len(flat)
     raw: list[float] = []
     for start in range(0, total, chunk):
-        if should_stop is not None and should_stop():
-            raise AcquisitionCancelled("cancelled while scoring")
+        check_stop(should_stop, "cancelled while scoring")
         raw.extend(reward_model.raw_scores(flat[start : start + chunk], batch_size))
         if on_progress is not None:
             on_progress(min(start + chunk, total), total, {"acquisition/scored": float(len(raw))})

@@ -7,18 +7,17 @@ only when the tokenizer adds one by default, EOS when ``append_eos``. Nothing is
 prompt and completion: plain-text prompts carry their own separator (e.g. ``"...\\n\\nAssistant:"``
 + ``" reply"``); chat prompts are rendered with the tokenizer's chat template and its generation
 prompt.
+
+The tokenizer is the first argument of every function that takes one, as in ``training.ml.policy``
+and ``training.ml.dpo``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -79,7 +78,7 @@ class TruncationCounts:
 # --------------------------------------------------------------------------------------------
 
 
-def render_prompt(prompt: Prompt, tokenizer: Any) -> str:
+def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     """The prompt as text: a string as is; chat messages through the chat template.
 
     A tokenizer without a chat template gets ``"Role: content"`` turns joined by blank lines and
@@ -140,9 +139,9 @@ def fit_sequence(
 
 
 def encode_sequences(
+    tokenizer: Any,
     prompts: Sequence[Prompt],
     completions: Sequence[str],
-    tokenizer: Any,
     *,
     max_length: int,
     append_eos: bool = True,
@@ -155,7 +154,7 @@ def encode_sequences(
     bos = _default_bos(tokenizer)
     eos = tokenizer.eos_token_id
     suffix = [eos] if append_eos and eos is not None else []
-    texts = [render_prompt(p, tokenizer) for p in prompts]
+    texts = [render_prompt(tokenizer, p) for p in prompts]
     unique = list(dict.fromkeys(texts))
     # verbose=False: long texts are expected here, fit_sequence truncates them (and counts it)
     encode = {"add_special_tokens": False, "verbose": False}
@@ -174,8 +173,8 @@ def encode_sequences(
 
 
 def encode_pairs(
-    pairs: Sequence[PreferencePair],
     tokenizer: Any,
+    pairs: Sequence[PreferencePair],
     *,
     max_length: int,
     append_eos: bool = True,
@@ -183,9 +182,9 @@ def encode_pairs(
     """Tokenise pairs; returns them (same order, none dropped) and the truncation counts."""
     prompts = [p.prompt for p in pairs]
     sequences = encode_sequences(
+        tokenizer,
         prompts + prompts,
         [p.chosen for p in pairs] + [p.rejected for p in pairs],
-        tokenizer,
         max_length=max_length,
         append_eos=append_eos,
     )
@@ -298,31 +297,3 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     width = attention_mask.shape[1]
     flipped = attention_mask.flip(dims=[1]).to(torch.long)
     return (width - 1 - flipped.argmax(dim=1)).to(torch.long)
-
-
-# --------------------------------------------------------------------------------------------
-# Output directories
-# --------------------------------------------------------------------------------------------
-
-
-def staging_dir_for(output_dir: Path) -> Path:
-    """A fresh hidden temp directory beside ``output_dir`` (same filesystem: rename is atomic)."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-
-
-def publish_dir(staging: Path, output_dir: Path) -> None:
-    """Rename the finished ``staging`` directory to ``output_dir``, replacing an old one.
-
-    Readers see either the old complete directory or the new complete one, never a partial one
-    (the old one is moved aside first, then removed).
-    """
-    if output_dir.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-        os.replace(output_dir, trash / output_dir.name)
-        try:
-            os.replace(staging, output_dir)
-        finally:
-            shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, output_dir)

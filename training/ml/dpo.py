@@ -12,12 +12,10 @@ as in PPO (``training.ml.policy``). Pairs marked as ties carry no preference and
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +25,14 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from training.ml import device as device_lib
+from training.ml.common import (
+    ProgressFn,
+    StopFn,
+    check_stop,
+    load_tokenizer,
+    publish_dir,
+    staging_dir_for,
+)
 from training.ml.config import DPOConfig
 from training.ml.policy import (
     Prompt,
@@ -34,14 +40,9 @@ from training.ml.policy import (
     encode_prompt,
     encode_response,
     load_causal_lm,
-    load_tokenizer,
     provenance,
     sequence_logprobs,
 )
-from training.ml.reward_model import TrainingCancelled
-
-ProgressFn = Callable[[int, int, dict[str, float]], None]
-StopFn = Callable[[], bool]
 
 
 class PairLike(Protocol):
@@ -166,7 +167,7 @@ def reference_logprobs(
     """The cached reference log-probs of every pair, (N,) each, on CPU."""
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
-        _check_stop(should_stop)
+        check_stop(should_stop, "DPO stopped")
         c, r = pair_logprobs(
             model, pairs[start : start + batch_size], pad_token_id=pad_token_id, device=device
         )
@@ -175,21 +176,15 @@ def reference_logprobs(
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def _check_stop(should_stop: StopFn | None) -> None:
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled("DPO stopped")
-
-
 def _save_atomically(
     model: torch.nn.Module, *, policy_dir: str | Path, output_dir: Path, run_info: dict
 ) -> None:
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    tmp = staging_dir_for(output_dir)
     try:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(policy_dir).save_pretrained(tmp)
         (tmp / "dpo_run.json").write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, output_dir)
+        publish_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -222,7 +217,7 @@ def run_dpo(
     if output_dir.exists():
         raise FileExistsError(f"{output_dir} already exists")
     device = device_lib.pick_device(config.device)
-    tokenizer = load_tokenizer(policy_dir)
+    tokenizer = load_tokenizer(policy_dir, padding_side="left")
     pad = tokenizer.pad_token_id
     encoded, counts = encode_pairs(tokenizer, pairs, config)
     if not encoded:
@@ -252,7 +247,7 @@ def run_dpo(
             order = list(range(len(encoded)))
             rng.shuffle(order)
             for start in range(0, len(order), config.batch_size):
-                _check_stop(should_stop)
+                check_stop(should_stop, "DPO stopped")
                 step += 1
                 step_start = time.perf_counter()
                 lr = config.learning_rate * min(1.0, step / max(config.warmup_steps, 1))
@@ -292,7 +287,7 @@ def run_dpo(
                 if on_progress is not None:
                     on_progress(step, total, metrics)
 
-    _check_stop(should_stop)
+    check_stop(should_stop, "DPO stopped")
     run_info = {
         "algorithm": "dpo",
         "config": asdict(config),

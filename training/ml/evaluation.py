@@ -7,10 +7,12 @@ and prompts, and stores what it returns on the Round.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from training.ml.common import StopFn, check_stop, load_tokenizer
 
 
 @dataclass
@@ -52,7 +54,7 @@ def evaluate_policies(
     prompts: Sequence[Any],
     settings: EvalSettings,
     device: str | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopFn | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Sample ``settings.samples_per_prompt`` completions per prompt from each policy (same
     seed for all) and measure, per policy:
@@ -75,7 +77,6 @@ def evaluate_policies(
         build_query_response_batch,
         encode_prompt,
         load_causal_lm,
-        load_tokenizer,
         sequence_logprobs,
     )
     from training.ml.reward_model import load_reward_model
@@ -83,7 +84,7 @@ def evaluate_policies(
 
     torch_device = device_lib.pick_device(device)
     names = list(policies)
-    tokenizer = load_tokenizer(policies[names[0]])
+    tokenizer = load_tokenizer(policies[names[0]], padding_side="left")
     sampling = SamplingConfig(
         num_completions=settings.samples_per_prompt,
         temperature=settings.temperature,
@@ -99,10 +100,7 @@ def evaluate_policies(
             c for row in generate_with_model(model, tokenizer, prompts, sampling) for c in row
         ]
         del model
-        if should_stop is not None and should_stop():
-            from training.ml.reward_model import TrainingCancelled
-
-            raise TrainingCancelled("stopped during the evaluation")
+        check_stop(should_stop, "stopped during the evaluation")
 
     @torch.no_grad()
     def logprobs(model_dir: str | Path) -> dict[str, torch.Tensor]:

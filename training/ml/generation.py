@@ -10,7 +10,7 @@ log-probs PPO recomputes with ``logits / temperature`` describe the distribution
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,14 +18,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from training.ml import device as device_lib
+from training.ml.common import StopFn, check_stop, load_tokenizer
 from training.ml.config import SamplingConfig
-from training.ml.policy import (
-    Prompt,
-    encode_prompt,
-    load_causal_lm,
-    load_tokenizer,
-)
-from training.ml.reward_model import TrainingCancelled
+from training.ml.policy import Prompt, encode_prompt, load_causal_lm
 
 
 @dataclass(frozen=True)
@@ -102,7 +97,7 @@ def sample_responses(
     top_p: float = 1.0,
     max_new_tokens: int = 64,
     batch_size: int | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopFn | None = None,
 ) -> SampledResponses:
     """Sample one response per query (repeat a query K times for K samples).
 
@@ -120,8 +115,7 @@ def sample_responses(
     )
     out = SampledResponses()
     for start in range(0, len(queries), chunk):
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled("stopped during generation")
+        check_stop(should_stop, "stopped during generation")
         input_ids, attention_mask = _left_pad(queries[start : start + chunk], pad_token_id)
         with device_lib.autocast(device):
             generated = model.generate(
@@ -160,7 +154,7 @@ def generate_with_model(
     prompts: Sequence[Prompt],
     config: SamplingConfig,
     *,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopFn | None = None,
 ) -> list[list[Completion]]:
     """K completions for each prompt from an already loaded model; ``result[i]`` belongs to
     ``prompts[i]``."""
@@ -194,7 +188,7 @@ def generate_completions(
     prompts: Sequence[Prompt],
     config: SamplingConfig | None = None,
     *,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopFn | None = None,
 ) -> list[list[Completion]]:
     """Load the policy in ``model_dir`` and sample ``config.num_completions`` per prompt.
 
@@ -203,6 +197,6 @@ def generate_completions(
     """
     config = config or SamplingConfig()
     device = device_lib.pick_device(config.device)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, padding_side="left")
     model = load_causal_lm(model_dir, device=device)
     return generate_with_model(model, tokenizer, prompts, config, should_stop=should_stop)

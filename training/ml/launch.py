@@ -14,7 +14,7 @@ relays rank 0's progress lines (one JSON object per line on stdout, ``{"step", "
 when the processes are done renames the finished model into ``output_dir`` and returns the
 :class:`~training.ml.reward_model.RewardModelResult` rank 0 wrote. Cancelling terminates torchrun
 and its ranks (SIGTERM, then SIGKILL after a grace period), removes the temporary directory and
-raises :class:`~training.ml.reward_model.TrainingCancelled`: ``output_dir`` is never touched.
+raises :class:`~training.ml.common.TrainingCancelled`: ``output_dir`` is never touched.
 A failed run raises :class:`DistributedTrainingError` carrying the tail of the processes' stderr.
 
 Several GPUs and scaling out
@@ -68,25 +68,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.ml.common import ProgressFn, StopFn, TrainingCancelled, publish_dir, staging_dir_for
 from training.ml.config import RewardModelConfig
-from training.ml.data import publish_dir
 from training.ml.device import default_num_processes, pick_device
 from training.ml.records import PreferencePair, Prompt
-from training.ml.reward_model import (
-    ProgressFn,
-    RewardModelResult,
-    RewardNormalization,
-    StopFn,
-    TrainingCancelled,
-    train_reward_model,
-)
+from training.ml.reward_model import RewardModelResult, RewardNormalization, train_reward_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STDERR_TAIL_LINES = 60
@@ -316,8 +308,7 @@ def train_reward_model_distributed(
         raise ValueError("no preference pairs to train on")
     _check_devices(config, nproc)
     output_dir = Path(output_dir).resolve()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.run-", dir=output_dir.parent))
+    run_dir = staging_dir_for(output_dir, tag="run")
     proc: subprocess.Popen | None = None
     try:
         command = [

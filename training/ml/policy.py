@@ -11,11 +11,12 @@ Conventions used by ``generation``, ``ppo`` and ``dpo``:
   log-probs as the row alone.
 * Log-probs use ``logits / temperature``: the distribution the tokens were sampled from
   ("The N Implementation Details of RLHF with PPO", Huang et al.).
+* A policy's tokenizer is loaded with left padding, the side ``generate`` needs:
+  ``training.ml.common.load_tokenizer(model_dir, padding_side="left")``.
 """
 
 from __future__ import annotations
 
-import logging
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,14 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from training.ml.device import quiet_transformers
-
-# The one cancellation exception of training.ml, re-exported for callers of the policy code.
-from training.ml.reward_model import TrainingCancelled as TrainingCancelled
-
-logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[dict]
 """A prompt: raw text, or chat messages (``[{"role": "user", "content": ...}, ...]``)."""
@@ -50,20 +46,6 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
             module.p = 0.0
     model.eval()
     return model
-
-
-def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
-    """Load the tokenizer with left padding; fall back to PAD = EOS (with a warning) if none.
-
-    Nothing here infers masks from token values, so PAD = EOS is safe for this code, but a reward
-    model that finds its last token by ``pad_token_id`` needs PAD distinct from EOS.
-    """
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        logger.warning("%s has no PAD token; using EOS as PAD", model_dir)
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_causal_lm(

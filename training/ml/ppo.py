@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +39,14 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from training.ml import device as device_lib
+from training.ml.common import (
+    ProgressFn,
+    StopFn,
+    check_stop,
+    load_tokenizer,
+    publish_dir,
+    staging_dir_for,
+)
 from training.ml.config import PPOConfig
 from training.ml.generation import decode_response, eos_token_ids, sample_responses
 from training.ml.policy import (
@@ -51,15 +57,12 @@ from training.ml.policy import (
     encode_prompt,
     entropy_from_logits,
     load_causal_lm,
-    load_tokenizer,
     position_ids_from_attention_mask,
     provenance,
     response_logprobs,
 )
-from training.ml.reward_model import RewardModel, TrainingCancelled, load_reward_model
+from training.ml.reward_model import RewardModel, load_reward_model
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
-StopFn = Callable[[], bool]
 RewardFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
 """A custom reward in place of a reward model: ``(prompts, completions) -> scores``."""
 
@@ -67,7 +70,6 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "PPOResult",
-    "TrainingCancelled",
     "compute_rewards",
     "entropy_from_logits",
     "gae",
@@ -347,7 +349,7 @@ def load_models(
 ) -> PPOModels:
     """Load policy, reference, value model and reward model (dropout off everywhere)."""
     reference_dir = reference_dir or policy_dir
-    tokenizer = load_tokenizer(policy_dir)
+    tokenizer = load_tokenizer(policy_dir, padding_side="left")
     policy = load_causal_lm(policy_dir, trainable=True)
     value = load_value_model(
         config, policy_dir=policy_dir, reward_model_dir=reward_model_dir, tokenizer=tokenizer
@@ -413,11 +415,6 @@ def prompt_batches(num_prompts: int, batch_size: int, seed: int) -> Iterator[lis
         pending = pending[batch_size:]
 
 
-def _check_stop(should_stop: StopFn | None, where: str) -> None:
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled(f"PPO stopped {where}")
-
-
 # ================================================================================================
 # Algorithm: rollout and update
 # ================================================================================================
@@ -481,7 +478,7 @@ def rollout(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     generation_seconds = time.perf_counter() - start
-    _check_stop(should_stop, "after generation")
+    check_stop(should_stop, "PPO stopped after generation")
 
     batch = build_query_response_batch(
         queries, sampled.responses, pad_token_id=tokenizer.pad_token_id
@@ -555,7 +552,7 @@ def ppo_update(
     for _epoch in range(config.ppo_epochs):
         order = torch.randperm(episodes).to(models.device)
         for start in range(0, episodes, config.mini_batch_size):
-            _check_stop(should_stop, "during the update")
+            check_stop(should_stop, "PPO stopped during the update")
             idx = order[start : start + config.mini_batch_size]
             sub = roll.batch.select(idx)
             mask = sub.response_mask
@@ -628,8 +625,7 @@ def save_policy_atomically(
 ) -> None:
     """Write the policy (LoRA merged in), its tokenizer and ``ppo_run.json`` to a hidden temp
     sibling of ``output_dir``, then rename it into place: ``output_dir`` appears only complete."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    tmp = staging_dir_for(output_dir)
     try:
         policy = models.policy
         if hasattr(policy, "merge_and_unload"):
@@ -638,7 +634,7 @@ def save_policy_atomically(
         # the tokenizer as shipped (its own padding side), not our left-padded copy
         AutoTokenizer.from_pretrained(policy_dir).save_pretrained(tmp)
         (tmp / "ppo_run.json").write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, output_dir)
+        publish_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -702,7 +698,7 @@ def run_ppo(
         )
         batches = prompt_batches(len(prompts), config.rollout_batch_size, config.seed)
         for step in range(1, config.total_steps + 1):
-            _check_stop(should_stop, f"before step {step}")
+            check_stop(should_stop, f"PPO stopped before step {step}")
             if config.anneal_lr:
                 for group in optimizer.param_groups:
                     group["lr"] = config.learning_rate * (1 - (step - 1) / config.total_steps)
@@ -746,7 +742,7 @@ def run_ppo(
                 if not math.isfinite(metrics[key]):
                     raise FloatingPointError(f"{key} is {metrics[key]} at step {step}")
 
-        _check_stop(should_stop, "before saving")
+        check_stop(should_stop, "PPO stopped before saving")
         run_info = {
             "algorithm": "ppo",
             "config": asdict(config),

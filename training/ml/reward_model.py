@@ -38,7 +38,7 @@ import random
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.ml.common import (
+    ProgressFn,
+    StopFn,
+    check_stop,
+    load_tokenizer,
+    publish_dir,
+    staging_dir_for,
+)
+
+# Re-exported for the callers outside training.ml that still import it from here; new code
+# imports it from training.ml.common.
+from training.ml.common import TrainingCancelled as TrainingCancelled
 from training.ml.config import RewardModelConfig, TieLoss
 from training.ml.data import (
     EncodedPair,
@@ -57,9 +69,7 @@ from training.ml.data import (
     encode_sequences,
     last_token_index,
     num_batches,
-    publish_dir,
     split_by_prompt,
-    staging_dir_for,
 )
 from training.ml.device import (
     SINGLE_PROCESS,
@@ -77,12 +87,7 @@ from training.ml.records import PreferencePair, Prompt
 NORMALIZATION_FILE = "reward_normalization.json"
 INFO_FILE = "reward_model.json"
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
-StopFn = Callable[[], bool]
-
-
-class TrainingCancelled(Exception):
-    """``should_stop()`` returned True; nothing was written."""
+_CANCELLED = "reward model training cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,18 +243,6 @@ def init_reward_head(model: nn.Module, *, seed: int) -> None:
             head.bias.zero_()
 
 
-def load_tokenizer(name_or_path: str | Path) -> Any:
-    """The tokenizer, with a pad token guaranteed (EOS reused when it has none: PAD == EOS)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer of {name_or_path} has neither a pad nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def load_reward_backbone(name_or_path: str | Path, *, seed: int) -> tuple[nn.Module, Any, list]:
     """Load ``AutoModelForSequenceClassification`` (1 label, fp32, dropout 0) and init its head.
 
@@ -257,7 +250,7 @@ def load_reward_backbone(name_or_path: str | Path, *, seed: int) -> tuple[nn.Mod
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    tokenizer = load_tokenizer(name_or_path)
+    tokenizer = load_tokenizer(name_or_path, padding_side=None)  # as saved: collate pads
     config = AutoConfig.from_pretrained(str(name_or_path), num_labels=1)
     zeroed = disable_dropout_in_config(config)
     config.pad_token_id = tokenizer.pad_token_id
@@ -339,7 +332,7 @@ def _score_sequences(
     scores = [0.0] * len(sequences)
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            _check_stop(should_stop)
+            check_stop(should_stop, _CANCELLED)
             chunk = order[start : start + batch_size]
             batch = collate([sequences[i] for i in chunk], pad_token_id=pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -353,11 +346,6 @@ def _score_sequences(
 # --------------------------------------------------------------------------------------------
 # 3-4. Training, evaluation, normalisation
 # --------------------------------------------------------------------------------------------
-
-
-def _check_stop(should_stop: StopFn | None) -> None:
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled("reward model training cancelled")
 
 
 def lr_multiplier(step: int, *, total: int, warmup: int, schedule: str) -> float:
@@ -479,7 +467,7 @@ def evaluate(
     rcs, rrs = [], []
     with torch.no_grad():
         for start in range(0, len(local), config.eval_batch_size):
-            _check_stop(should_stop)
+            check_stop(should_stop, _CANCELLED)
             chunk = local[start : start + config.eval_batch_size]
             rc, rr = _forward_pairs(scorer, chunk, pad_token_id=pad_token_id, device=device)
             rcs.append(rc.cpu())
@@ -526,9 +514,9 @@ def fit_normalization(
     if len(samples) > config.reference_max_samples:
         samples = random.Random(config.seed).sample(samples, config.reference_max_samples)
     encoded = encode_sequences(
+        tokenizer,
         [p for p, _ in samples],
         [c for _, c in samples],
-        tokenizer,
         max_length=config.max_length,
         append_eos=config.append_eos,
     )
@@ -643,8 +631,8 @@ def train_reward_model(
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         notes.append("tokenizer has PAD == EOS; scores are read via the attention mask")
     encode = {"max_length": config.max_length, "append_eos": config.append_eos}
-    train_enc, train_trunc = encode_pairs(train_pairs, tokenizer, **encode)
-    eval_enc, eval_trunc = encode_pairs(eval_pairs, tokenizer, **encode)
+    train_enc, train_trunc = encode_pairs(tokenizer, train_pairs, **encode)
+    eval_enc, eval_trunc = encode_pairs(tokenizer, eval_pairs, **encode)
     tie_dropped = 0
     if config.tie_loss == "drop":
         tie_dropped = sum(p.tie for p in train_enc)
@@ -702,7 +690,7 @@ def train_reward_model(
         last_epoch = []
         shuffle_seed = config.seed * 1_000_003 + epoch
         for index in batches(len(train_enc), config.batch_size, shuffle_seed=shuffle_seed):
-            _check_stop(should_stop)
+            check_stop(should_stop, _CANCELLED)
             lr = scheduler.get_last_lr()[0]
             metrics = train_step(
                 trained,
@@ -735,7 +723,7 @@ def train_reward_model(
         if values:
             final[key] = statistics.fmean(values)
     if eval_enc:
-        _check_stop(should_stop)
+        check_stop(should_stop, _CANCELLED)
         final.update(
             evaluate(
                 scorer,
@@ -769,7 +757,7 @@ def train_reward_model(
     )
     final["reward/norm_offset"] = normalization.offset
     final["reward/norm_scale"] = normalization.scale
-    _check_stop(should_stop)
+    check_stop(should_stop, _CANCELLED)
     if on_progress is not None:
         on_progress(total, total, dict(final))
 
@@ -853,9 +841,9 @@ class RewardModel:
     ) -> list[float]:
         """Unnormalised scores, tokenised exactly as in training (same truncation, EOS)."""
         encoded: list[EncodedSequence] = encode_sequences(
+            self.tokenizer,
             [p for p, _ in prompts_and_completions],
             [c for _, c in prompts_and_completions],
-            self.tokenizer,
             max_length=self.max_length,
             append_eos=self.append_eos,
         )
@@ -886,7 +874,7 @@ def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> Re
 
     model_dir = Path(model_dir)
     torch_device = pick_device(device)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, padding_side=None)
     with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(
             str(model_dir), dtype=torch.float32

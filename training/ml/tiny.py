@@ -15,7 +15,8 @@ Tokenizer conventions (what callers may rely on):
     * ``encode`` adds no BOS/EOS by itself (like GPT-2); the chat template ends every message with
       ``<|eos|>``, so a policy trained on templated data learns to stop with EOS;
     * ``padding_side == "right"`` (training and scoring). Generation needs left padding: callers
-      set ``tokenizer.padding_side = "left"`` (and pass position ids / attention mask) themselves.
+      load the tokenizer with ``training.ml.common.load_tokenizer(dir, padding_side="left")``
+      (and pass position ids / attention mask) themselves.
 
 Chat format produced by ``apply_chat_template(messages, add_generation_prompt=True)``::
 
@@ -37,12 +38,12 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from training.ml.data import publish_dir, staging_dir_for
+from training.ml.common import ProgressFn, publish_dir, staging_dir_for
 from training.ml.device import autocast, pick_device, quiet_transformers, seeded
 
 PAD_TOKEN = "<|pad|>"
@@ -71,8 +72,6 @@ PRETRAIN_LR = 3e-3
 PRETRAIN_WARMUP_FRACTION = 0.05
 PRETRAIN_MAX_CHARS = 12_000_000
 PRETRAIN_BUNDLED_FRACTION = 0.05
-
-ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
 # --------------------------------------------------------------------------------------------

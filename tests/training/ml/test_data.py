@@ -14,10 +14,8 @@ from training.ml.data import (
     encode_sequences,
     fit_sequence,
     last_token_index,
-    publish_dir,
     render_prompt,
     split_by_prompt,
-    staging_dir_for,
 )
 from training.ml.records import PreferencePair
 
@@ -97,7 +95,7 @@ def test_encode_pairs_counts_truncations_and_drops_nothing(tokenizer):
         PreferencePair(long_prompt, " Bake it.", " Buy it.", prompt_id=2),
         PreferencePair("Q?", " word" * 100, " fine", prompt_id=3),
     ]
-    encoded, counts = encode_pairs(pairs, tokenizer, max_length=32)
+    encoded, counts = encode_pairs(tokenizer, pairs, max_length=32)
     assert len(encoded) == 3
     assert counts.to_dict() == {"items": 3, "prompt_truncated": 1, "completion_truncated": 1}
     assert encoded[1].prompt_truncated and not encoded[1].completion_truncated
@@ -109,23 +107,23 @@ def test_encode_pairs_counts_truncations_and_drops_nothing(tokenizer):
 
 
 def test_encoded_sequence_is_prompt_then_completion_then_eos_without_bos(tokenizer):
-    (seq,) = encode_sequences(["Hello there."], [" General."], tokenizer, max_length=64)
+    (seq,) = encode_sequences(tokenizer, ["Hello there."], [" General."], max_length=64)
     prompt_ids = tokenizer("Hello there.", add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(" General.", add_special_tokens=False)["input_ids"]
     assert seq.input_ids == [*prompt_ids, *completion_ids, tokenizer.eos_token_id]
-    (no_eos,) = encode_sequences(["Hi"], [" yo"], tokenizer, max_length=64, append_eos=False)
+    (no_eos,) = encode_sequences(tokenizer, ["Hi"], [" yo"], max_length=64, append_eos=False)
     assert tokenizer.eos_token_id not in no_eos.input_ids
 
 
 def test_chat_prompt_is_rendered_with_the_template(tokenizer):
     messages = [{"role": "user", "content": "Hi"}]
-    assert render_prompt(messages, tokenizer) == "<|user|>\nHi<|eos|><|assistant|>\n"
-    assert render_prompt("plain", tokenizer) == "plain"
+    assert render_prompt(tokenizer, messages) == "<|user|>\nHi<|eos|><|assistant|>\n"
+    assert render_prompt(tokenizer, "plain") == "plain"
 
     class NoTemplate:
         chat_template = None
 
-    assert render_prompt(messages, NoTemplate()) == "\n\nUser: Hi\n\nAssistant:"
+    assert render_prompt(NoTemplate(), messages) == "\n\nUser: Hi\n\nAssistant:"
 
 
 # ---- split -----------------------------------------------------------------------------------
@@ -212,20 +210,6 @@ def test_collate_rejects_empty_rows_and_bad_side():
     assert last_token_index(torch.tensor([[1, 1, 0, 0]])).tolist() == [1]
 
 
-# ---- output directories ----------------------------------------------------------------------
-
-
-def test_publish_dir_replaces_an_existing_directory_atomically(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    staging = staging_dir_for(out)
-    (staging / "new.txt").write_text("new")
-    publish_dir(staging, out)
-    assert [p.name for p in out.iterdir()] == ["new.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
-
-
 def test_bos_is_added_once_for_tokenizers_that_add_it_by_default(tokenizer):
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
@@ -238,11 +222,11 @@ def test_bos_is_added_once_for_tokenizers_that_add_it_by_default(tokenizer):
     )
     assert llama_like("a")["input_ids"][0] == bos_id
     plain, templated = encode_sequences(
-        ["Hello", f"{bos}Hello"], [" there", " there"], llama_like, max_length=64
+        llama_like, ["Hello", f"{bos}Hello"], [" there", " there"], max_length=64
     )
     assert plain.input_ids == templated.input_ids
     assert plain.input_ids.count(bos_id) == 1
     assert plain.input_ids[0] == bos_id
-    long_prompt = encode_sequences(["word " * 100], [" end"], llama_like, max_length=16)[0]
+    long_prompt = encode_sequences(llama_like, ["word " * 100], [" end"], max_length=16)[0]
     assert long_prompt.input_ids[0] == bos_id  # BOS survives left truncation
     assert len(long_prompt.input_ids) == 16

@@ -14,6 +14,7 @@ import pytest
 
 from tests.training.ml.test_reward_model import marker_pairs
 from training.ml import __main__ as cli
+from training.ml.common import TrainingCancelled
 from training.ml.config import RewardModelConfig
 from training.ml.launch import (
     DistributedTrainingError,
@@ -25,7 +26,6 @@ from training.ml.launch import (
 from training.ml.reward_model import (
     INFO_FILE,
     NORMALIZATION_FILE,
-    TrainingCancelled,
     load_reward_model,
     train_reward_model,
 )

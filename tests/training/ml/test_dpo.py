@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from training.ml.common import TrainingCancelled, load_tokenizer
 from training.ml.config import DPOConfig
 from training.ml.dpo import (
     dpo_loss,
@@ -16,7 +17,7 @@ from training.ml.dpo import (
     pair_logprobs,
     run_dpo,
 )
-from training.ml.policy import TrainingCancelled, load_causal_lm, load_tokenizer
+from training.ml.policy import load_causal_lm
 
 
 def test_dpo_loss_matches_hand_computation():
@@ -60,7 +61,7 @@ PAIRS = [
 
 
 def _loss_on(model_dir, reference_dir, pairs, beta):
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, padding_side="left")
     encoded, _ = encode_pairs(tokenizer, pairs, DPOConfig())
     device = torch.device("cpu")
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from training.ml.common import load_tokenizer
 from training.ml.config import SamplingConfig
 from training.ml.generation import (
     Completion,
@@ -11,7 +12,6 @@ from training.ml.generation import (
     sample_responses,
     truncate_at_eos,
 )
-from training.ml.policy import load_tokenizer
 
 EOS, PAD = 2, 0
 
@@ -75,7 +75,7 @@ def test_generate_completions_gives_k_per_prompt_and_is_seeded(tiny_model_dir):
     first = generate_completions(tiny_model_dir, prompts, config)
     again = generate_completions(tiny_model_dir, prompts, config)
 
-    eos_id = load_tokenizer(tiny_model_dir).eos_token_id
+    eos_id = load_tokenizer(tiny_model_dir, padding_side="left").eos_token_id
     assert [len(c) for c in first] == [3, 3]
     for index, completions in enumerate(first):
         for completion in completions:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from training.ml.common import load_tokenizer
 from training.ml.policy import (
     build_query_response_batch,
     disable_dropout,
@@ -15,7 +16,6 @@ from training.ml.policy import (
     encode_response,
     entropy_from_logits,
     load_causal_lm,
-    load_tokenizer,
     position_ids_from_attention_mask,
     response_logits,
     response_logprobs,
@@ -111,7 +111,7 @@ def test_loaded_model_is_frozen_in_eval_mode_with_dropout_off(tiny_model_dir):
 
 @torch.no_grad()
 def test_tiny_model_padded_logprobs_match_and_chat_prompts_are_templated(tiny_model_dir):
-    tokenizer = load_tokenizer(tiny_model_dir)
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
     model = load_causal_lm(tiny_model_dir)
     chat = encode_prompt(tokenizer, [{"role": "user", "content": "Why do we yawn?"}])
     plain = encode_prompt(tokenizer, "Why do we yawn?")

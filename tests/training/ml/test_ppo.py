@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from training.ml.common import TrainingCancelled
 from training.ml.config import PPOConfig
-from training.ml.policy import TrainingCancelled
 from training.ml.ppo import (
     AdaptiveKLController,
     FixedKLController,

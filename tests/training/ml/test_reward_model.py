@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
+from training.ml.common import TrainingCancelled
 from training.ml.config import RewardModelConfig
 from training.ml.data import collate
 from training.ml.records import PreferencePair
 from training.ml.reward_model import (
     INFO_FILE,
     NORMALIZATION_FILE,
-    TrainingCancelled,
     disable_dropout_in_config,
     init_reward_head,
     load_reward_backbone,
