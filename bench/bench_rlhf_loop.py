@@ -5,7 +5,7 @@ score and KL to the reference per round, plus PPO step timings.
         [--prompts 64] [--device cpu|cuda|auto] [--update ppo|dpo] [--out bench/rlhf_loop.png]
 
 Everything runs through the project's own path, in one process: a throwaway SQLite database
-(migrated on start), the services and job runners (``training_job_run``, no Celery), and the
+(migrated on start), the services and job kinds (``lifecycle.job_run``, no Celery), and the
 synthetic labeller client over the real HTTP API (Django's WSGI application behind
 ``httpx.WSGITransport``). Round 0's completions come from the base model (a ``generate`` job);
 each round then is one chained ``round`` job: reward model on every round's pairs → PPO (or DPO)
@@ -151,10 +151,10 @@ def base_model(args: argparse.Namespace) -> Path:
 
 
 def run_job(job):
-    from training import services
+    from training.jobs import lifecycle
 
     started = time.perf_counter()
-    job = services.training_job_run(job_id=job.pk, worker="bench")
+    job = lifecycle.job_run(job_id=job.pk, worker="bench")
     if job.status != "succeeded":
         raise SystemExit(f"job #{job.pk} ({job.kind}) {job.status}:\n{job.error}")
     return job, time.perf_counter() - started
@@ -321,7 +321,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             "eos_rate_after": after["eos_rate"],
             "round_job_seconds": round(seconds, 1),
             **({"ppo": ppo_timings(steps["ppo"])} if "ppo" in steps else {}),
-            "example_after": after["examples"][0],
+            "example_after": after["examples"][0]["completion"],
         }
         rows.append(row)
         print(
@@ -338,7 +338,15 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             ),
             flush=True,
         )
+        if rnd.status == Round.Status.NEEDS_REVIEW:
+            raise SystemExit(f"round {number} held for review: {evaluation['warnings']}")
         rnd = rnd.next_round
+        # The next campaign opens as a draft; the bench, as the admin, activates it.
+        response = admin_api.post(
+            f"/api/campaigns/{rnd.campaign_id}/status/", json={"status": "active"}
+        )
+        if response.status_code != 200:
+            raise SystemExit(f"activating round {rnd.number}: {response.text[:500]}")
 
     device = device_name(pick_device(None if args.device == "auto" else args.device))
     title = (

@@ -59,6 +59,12 @@ INSTALLED_APPS = [
     "training",
 ]
 
+DASHBOARD_PANELS: dict[str, list[str]] = {
+    # What the training app adds to the annotation dashboard's pages (config/dashboard.py).
+    "campaign": ["training.dashboard.panels.campaign"],
+    "campaign_import": ["training.dashboard.panels.campaign_import"],
+}
+
 MIDDLEWARE = [
     "config.proxy.ProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -200,12 +206,23 @@ else:
 # --- Celery -----------------------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
 CELERY_QUEUE_DIR = VAR_DIR / "celery"
+# A training job's time limit (soft; the hard one is 5 minutes later).
+TRAINING_JOB_TIME_LIMIT_SECONDS = env_int("TRAINING_JOB_TIME_LIMIT_SECONDS", 12 * 60 * 60)
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
         # A task a dead worker held comes back after this long (acks_late + visibility timeout).
-        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 60 * 60),
+        # Above the job time limit, so a job that runs long is not handed to a second worker
+        # while the first still runs (the claim would drop that delivery anyway: its heartbeat
+        # is fresh).
+        "visibility_timeout": env_int(
+            "CELERY_VISIBILITY_TIMEOUT", TRAINING_JOB_TIME_LIMIT_SECONDS + 60 * 60
+        ),
+        # A broker that does not answer fails a publish in seconds (the job waits in the
+        # outbox), not after the client's retries.
+        "socket_connect_timeout": 3,
+        "socket_timeout": 10,
     }
 else:
     for sub in ("out", "processed", "results", "control"):
@@ -245,7 +262,6 @@ TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 30)
 TRAINING_HEARTBEAT_TIMEOUT_SECONDS = env_int("TRAINING_HEARTBEAT_TIMEOUT_SECONDS", 300)
 # A job whose worker died is re-run from scratch when Celery redelivers it, this many times.
 TRAINING_MAX_ATTEMPTS = env_int("TRAINING_MAX_ATTEMPTS", 2)
-TRAINING_JOB_TIME_LIMIT_SECONDS = env_int("TRAINING_JOB_TIME_LIMIT_SECONDS", 12 * 60 * 60)
 
 LOGGING = {
     "version": 1,

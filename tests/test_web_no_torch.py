@@ -2,8 +2,8 @@
 
 The web image has no torch at all (tests/test_deployment.py runs it); this cheaper check runs
 everywhere: in a fresh interpreter it loads every view, form and serializer the web side has,
-builds every training job form and config class, and loads the Celery tasks the default worker
-registers, then looks for torch and transformers in ``sys.modules``.
+builds every training job kind's form and API serializer, and loads the Celery tasks the default
+worker registers, then looks for torch and transformers in ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ def walk(patterns):
         else:
             pattern.callback
 walk(get_resolver().url_patterns)
-from training import services
+from training.api import serializers
 from training.dashboard import forms
-for kind in services.CONFIG_CLASSES:
-    services.config_class(kind)
+from training.jobs import KINDS, lifecycle
+for name in KINDS:
+    serializers.job_create_serializer(name)().fields
+serializers.job_create_schema()
 for kind in forms.KINDS:
     forms.TrainingJobForm(kind=kind)
 from config.celery import app

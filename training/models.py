@@ -109,7 +109,19 @@ class TrainingJob(models.Model):
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
-    celery_task_id = models.CharField(max_length=255, blank=True)
+    attempt_token = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="The running attempt's fence: only the attempt holding it writes to the job.",
+    )
+    celery_task_id = models.CharField(
+        max_length=255, blank=True, help_text="Empty while the broker has not taken the job."
+    )
+    enqueue_error = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="Why the broker did not take the job (the sweep tries again).",
+    )
     worker = models.CharField(max_length=255, blank=True)
     device = models.CharField(max_length=255, blank=True)
     round = models.ForeignKey(
@@ -165,6 +177,16 @@ class TrainingJob(models.Model):
     def finished(self) -> bool:
         return self.status in self.FINISHED
 
+    @property
+    def waiting_for_queue(self) -> bool:
+        """Queued, but the broker has not taken it yet (it was unreachable)."""
+        return (
+            self.status == self.Status.QUEUED
+            and not self.celery_task_id
+            and self.parent_id is None
+            and bool(self.enqueue_error)
+        )
+
 
 class JobMetric(models.Model):
     """One step's metrics of a job: the time series charts are drawn from."""
@@ -196,11 +218,13 @@ class Round(models.Model):
     class Status(models.TextChoices):
         COLLECTING = "collecting", "Collecting labels"
         TRAINED = "trained", "Policy updated"
+        NEEDS_REVIEW = "needs_review", "Needs review"
         COMPLETED = "completed", "Next round opened"
 
     TRANSITIONS: dict[str, frozenset[str]] = {
-        Status.COLLECTING: frozenset({Status.TRAINED}),
-        Status.TRAINED: frozenset({Status.TRAINED, Status.COMPLETED}),
+        Status.COLLECTING: frozenset({Status.TRAINED, Status.NEEDS_REVIEW}),
+        Status.TRAINED: frozenset({Status.TRAINED, Status.NEEDS_REVIEW, Status.COMPLETED}),
+        Status.NEEDS_REVIEW: frozenset({Status.TRAINED, Status.NEEDS_REVIEW, Status.COMPLETED}),
         Status.COMPLETED: frozenset(),
     }
 
@@ -268,7 +292,7 @@ class Round(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(status__in=["collecting", "trained", "completed"]),
+                condition=Q(status__in=["collecting", "trained", "needs_review", "completed"]),
                 name="round_status_valid",
             ),
             models.CheckConstraint(

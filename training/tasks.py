@@ -1,4 +1,4 @@
-"""Celery tasks of the training app: thin callers of ``training.services``.
+"""Celery tasks of the training app: thin callers of the job lifecycle.
 
 ``training.tasks.*`` is routed to the ``gpu`` queue (config/celery.py); the maintenance sweep
 is named outside that pattern so it runs on ``default``.
@@ -11,11 +11,7 @@ import socket
 from celery import shared_task
 from django.conf import settings
 
-from training import (
-    acquisition,  # noqa: F401 - registers the acquisition job runner
-    runners,  # noqa: F401 - registers the job runners
-    services,
-)
+from training.jobs import lifecycle
 
 
 @shared_task(
@@ -27,13 +23,15 @@ from training import (
     soft_time_limit=settings.TRAINING_JOB_TIME_LIMIT_SECONDS,
 )
 def run_training_job(self, job_id: int) -> str:
-    job = services.training_job_run(job_id=job_id, worker=self.request.hostname)
+    job = lifecycle.job_run(job_id=job_id, worker=self.request.hostname)
     return job.status
 
 
 @shared_task(name="training.maintenance.fail_stale_jobs", ignore_result=True)
 def fail_stale_jobs() -> int:
-    return services.training_jobs_fail_stale()
+    """The sweep: fail jobs whose worker died, enqueue jobs the broker did not take."""
+    lifecycle.jobs_enqueue_waiting()
+    return lifecycle.jobs_fail_stale()
 
 
 @shared_task(name="training.tasks.worker_info")

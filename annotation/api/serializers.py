@@ -634,12 +634,3 @@ class GoldTableSerializer(serializers.Serializer):
     rule = GoldRuleSerializer()
     drift_by = serializers.CharField()
     labellers = GoldRowSerializer(source="rows", many=True)
-
-
-class AcquisitionInputSerializer(serializers.Serializer):
-    reward_model_version = serializers.IntegerField(
-        min_value=1,
-        max_value=MAX_ID,
-        required=False,
-        help_text="The reward model that scores the tasks (default: the newest one).",
-    )

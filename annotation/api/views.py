@@ -318,30 +318,6 @@ class CampaignViewSet(viewsets.ViewSet):
             task = services.task_mark_gold(task=task, items=[dict(i) for i in data["items"]])
         return Response(s.GoldTaskSerializer(task).data)
 
-    @extend_schema(request=s.AcquisitionInputSerializer, responses={202: OpenApiResponse()})
-    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
-    def acquisition(self, request: Request, pk=None) -> Response:
-        """Admins: queue a job in which a reward model scores the campaign's open tasks and
-        the most uncertain are served first (campaigns with ``task_order`` uncertainty)."""
-        from training.acquisition import acquisition_job_create
-        from training.models import ModelVersion
-
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
-        data = _valid(s.AcquisitionInputSerializer, request)
-        reward_model = None
-        if "reward_model_version" in data:
-            reward_model = ModelVersion.objects.filter(pk=data["reward_model_version"]).first()
-            if reward_model is None:
-                raise InvalidInput("no such model version", field="reward_model_version")
-        job = acquisition_job_create(
-            campaign=campaign, created_by=request.user, reward_model=reward_model
-        )
-        return Response(
-            {"job": job.pk, "kind": job.kind, "status": job.status},
-            status=status.HTTP_202_ACCEPTED,
-        )
-
     @extend_schema(
         parameters=[s.PairsQuerySerializer],
         responses={(200, "application/jsonl"): OpenApiTypes.STR},

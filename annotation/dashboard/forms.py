@@ -1,6 +1,6 @@
 """Dashboard forms. They check the shape of the input only; the rules (N in 2..9, overlap >= 1,
 legal status moves, unique usernames, ...) are the services', whose errors the views put back
-on the form next to the field they name (:func:`add_service_error`)."""
+on the form next to the field they name (:func:`config.dashboard.add_service_error`)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ import re
 from django import forms
 from django.contrib.auth import get_user_model
 
-from annotation.errors import ServiceError
 from annotation.exports import AGGREGATES, FAIL_POLICIES
 from annotation.models import Campaign
-
-
-def add_service_error(form: forms.Form, exc: ServiceError) -> None:
-    """Show a service's error on the form: next to the field it names, else above the form."""
-    errors = exc.errors or {None: [exc.message]}
-    for field, messages in errors.items():
-        for message in messages:
-            form.add_error(field if field in form.fields else None, message)
 
 
 class CampaignForm(forms.Form):

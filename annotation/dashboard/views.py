@@ -11,13 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import wraps
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -33,9 +30,8 @@ from annotation.errors import NotFound, ServiceError
 from annotation.models import Campaign, Ranking, TaskCompletion
 from annotation.pairs import FAIL
 from annotation.rendering import render_markdown
-from training import selectors as training_selectors
+from config.dashboard import MAX_ID, add_service_error, panels, staff_required
 
-MAX_ID = 2**62
 ACTIVE_WINDOW = timedelta(hours=24)
 TREND_POINTS = 20
 TREND_RESAMPLES = 200
@@ -43,20 +39,6 @@ PAGE_SIZE = 50
 
 
 # --- Access -------------------------------------------------------------------------------------
-
-
-def staff_required(view):
-    """Anonymous users go to the login page; signed-in users who are not staff get 403."""
-
-    @wraps(view)
-    def wrapped(request: HttpRequest, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not selectors.is_admin(request.user):
-            raise DjangoPermissionDenied("the dashboard is for campaign admins")
-        return view(request, *args, **kwargs)
-
-    return wrapped
 
 
 def _campaign(request: HttpRequest, campaign_id: int) -> Campaign:
@@ -118,7 +100,7 @@ def campaign_create(request: HttpRequest) -> HttpResponse:
         try:
             campaign = services.campaign_create(created_by=request.user, **form.cleaned_data)
         except ServiceError as exc:
-            forms.add_service_error(form, exc)
+            add_service_error(form, exc)
         else:
             messages.success(request, f"Campaign “{campaign.name}” created (draft).")
             return redirect("dashboard:campaign", campaign_id=campaign.pk)
@@ -158,8 +140,6 @@ def _detail(request: HttpRequest, campaign: Campaign, *, status: int = 200, **fo
             for status_value in Campaign.Status.values
             if status_value in Campaign.TRANSITIONS[campaign.status]
         ],
-        "jobs": training_selectors.training_job_list().filter(campaign=campaign)[:10],
-        "round": training_selectors.round_list().filter(campaign=campaign).first(),
         "members_form": forms_given.get("members_form") or forms.MembersForm(),
         "invite_form": forms_given.get("invite_form") or forms.InviteForm(),
         "pairs_form": forms.PairsExportForm(),
@@ -167,6 +147,7 @@ def _detail(request: HttpRequest, campaign: Campaign, *, status: int = 200, **fo
             "pairs": reverse("campaign-pairs", args=[campaign.pk]),
             "rankings": reverse("campaign-rankings-export", args=[campaign.pk]),
         },
+        **panels("campaign", request, campaign=campaign),
     }
     return render(request, "dashboard/campaign_detail.html", context, status=status)
 
@@ -188,7 +169,7 @@ def campaign_edit(request: HttpRequest, campaign_id: int) -> HttpResponse:
         try:
             services.campaign_update(campaign=campaign, **form.cleaned_data)
         except ServiceError as exc:
-            forms.add_service_error(form, exc)
+            add_service_error(form, exc)
         else:
             messages.success(request, "Settings saved.")
             return redirect("dashboard:campaign", campaign_id=campaign.pk)
@@ -258,7 +239,7 @@ def labeller_invite(request: HttpRequest, campaign_id: int) -> HttpResponse:
         try:
             user, password = services.labeller_invite(campaign=campaign, **form.cleaned_data)
         except ServiceError as exc:
-            forms.add_service_error(form, exc)
+            add_service_error(form, exc)
         else:
             response = render(
                 request,
@@ -291,7 +272,7 @@ def guidelines(request: HttpRequest, campaign_id: int) -> HttpResponse:
                 campaign=campaign, text=form.cleaned_data["text"], created_by=request.user
             )
         except ServiceError as exc:
-            forms.add_service_error(form, exc)
+            add_service_error(form, exc)
         else:
             messages.success(
                 request,
@@ -354,7 +335,7 @@ def campaign_import(request: HttpRequest, campaign_id: int) -> HttpResponse:
             line_errors = exc.errors
             form.add_error("file", f"{upload.name}: {len(exc.errors)} error(s); nothing stored.")
         except ServiceError as exc:
-            forms.add_service_error(form, exc)
+            add_service_error(form, exc)
         else:
             messages.success(
                 request,
@@ -362,8 +343,6 @@ def campaign_import(request: HttpRequest, campaign_id: int) -> HttpResponse:
                 f"{result.tasks} tasks from {upload.name}.",
             )
             return redirect("dashboard:campaign", campaign_id=campaign.pk)
-    from training.dashboard.views import generate_context
-
     return render(
         request,
         "dashboard/import.html",
@@ -373,7 +352,7 @@ def campaign_import(request: HttpRequest, campaign_id: int) -> HttpResponse:
             "line_errors": line_errors[:500],
             "more_errors": max(0, len(line_errors) - 500),
             "progress": selectors.campaign_progress(campaign=campaign),
-            **generate_context(request, campaign=campaign),
+            **panels("campaign_import", request, campaign=campaign),
         },
         status=400 if form.errors else 200,
     )

@@ -37,6 +37,7 @@ const el = {
   cancel: document.getElementById("cancel"),
   retryForm: document.getElementById("retry-form"),
   pollError: document.getElementById("poll-error"),
+  steps: document.getElementById("job-steps"),
 };
 
 const state = {
@@ -91,7 +92,25 @@ function renderJob(job) {
   el.cancel.textContent = job.cancel_requested ? "Cancelling…" : "Cancel job";
   el.retryForm.hidden = !(job.status === "failed" || job.status === "cancelled");
   renderSummary(job.summary);
+  renderSteps(job.steps || []);
   document.body.dataset.jobStatus = job.status;
+}
+
+// A whole-round job's steps, each with its own status and progress, as the job runs them.
+function renderSteps(steps) {
+  if (!el.steps || !steps.length) return;
+  el.steps.replaceChildren(
+    ...steps.map((step) => {
+      const item = make("li");
+      item.dataset.step = String(step.id);
+      const link = make("a", "", `${step.kind.replace("_", " ")} #${step.id}`);
+      link.href = config.urls.step.replace(/\/0\/$/, `/${step.id}/`);
+      const total = step.progress_total || 0;
+      const progress = total ? ` ${step.progress_step}/${total} (${Math.round((100 * step.progress_step) / total)}%)` : "";
+      item.append(link, " ", make("span", `badge badge-${step.status}`, STATUS_TEXT[step.status] || step.status), make("span", "muted small", progress));
+      return item;
+    }),
+  );
 }
 
 function renderSummary(summary) {

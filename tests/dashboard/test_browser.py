@@ -4,7 +4,7 @@ charts, cancel a running job, the quality page, and labellers kept out.
 
 Jobs run for real on the tiny model. With PostgreSQL and REDIS_URL a Celery worker on the
 ``gpu`` queue runs them (as in tests/training/test_reward_model_job.py); otherwise the enqueue
-step starts ``services.training_job_run`` in a background thread, so the page still follows a
+step starts ``lifecycle.job_run`` in a background thread, so the page still follows a
 live job through the API.
 """
 
@@ -29,7 +29,8 @@ from tests.dashboard.test_pages import jsonl as jsonl_bytes
 from tests.dashboard.test_pages import rank_every_task
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
 from tests.training.test_reward_model_job import REPO, labelled_marker_campaign
-from training import services as training_services
+from training.jobs import lifecycle
+from training.jobs import reward_model as reward_model_kind
 from training.models import ModelVersion, Round, TrainingJob
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -88,19 +89,20 @@ def jobs_run(monkeypatch, settings, tmp_path, live_server):
         if in_memory:
             connections["default"] = shared
         try:
-            training_services.training_job_run(job_id=job_id, worker="dashboard-thread")
+            lifecycle.job_run(job_id=job_id, worker="dashboard-thread")
         except BaseException:
             pass  # the service stored the failure (status, traceback) on the job
         finally:
             if not in_memory:
                 connections.close_all()
 
-    def enqueue(job_id: int, task) -> None:
+    def enqueue(job_id: int) -> bool:
         thread = threading.Thread(target=work, args=(job_id,), name=f"job-{job_id}", daemon=True)
         threads.append(thread)
         thread.start()
+        return True
 
-    monkeypatch.setattr(training_services, "_enqueue", enqueue)
+    monkeypatch.setattr(lifecycle, "enqueue", enqueue)
     yield "thread"
     httpd.connections_override = before
     for thread in threads:
@@ -361,12 +363,14 @@ def test_start_a_round_and_run_it_whole_from_the_dashboard(
 def test_cancel_a_running_job(page, log_in, admin, jobs_run, tiny_model_dir):
     campaign = labelled_marker_campaign(tasks=40)
     config = {"num_epochs": 500, "batch_size": 4, "max_length": 32, "eval_fraction": 0.2}
-    job = training_services.training_job_create_from_form(
-        created_by=admin,
-        kind="reward_model",
-        campaign_ids=[campaign.pk],
-        base_model_path=str(tiny_model_dir),
-        config=config,
+    job = lifecycle.job_create(
+        "reward_model",
+        reward_model_kind.Request(
+            created_by=admin,
+            campaign_ids=[campaign.pk],
+            base_model_path=str(tiny_model_dir),
+            config=config,
+        ),
     )
     log_in(page, admin)
     page.goto(f"/dashboard/training/jobs/{job.pk}/")
@@ -392,11 +396,13 @@ def test_cancel_a_running_job(page, log_in, admin, jobs_run, tiny_model_dir):
 
 def test_a_failed_job_shows_its_error_and_can_be_retried(page, log_in, admin, jobs_run, tmp_path):
     campaign = labelled_marker_campaign(tasks=10)
-    job = training_services.training_job_create_from_form(
-        created_by=admin,
-        kind="reward_model",
-        campaign_ids=[campaign.pk],
-        base_model_path=str(tmp_path / "no-such-model"),
+    job = lifecycle.job_create(
+        "reward_model",
+        reward_model_kind.Request(
+            created_by=admin,
+            campaign_ids=[campaign.pk],
+            base_model_path=str(tmp_path / "no-such-model"),
+        ),
     )
     log_in(page, admin)
     page.goto(f"/dashboard/training/jobs/{job.pk}/")

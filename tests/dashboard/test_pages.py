@@ -637,7 +637,7 @@ def test_round_form_sends_config_by_section_and_places_errors_by_section(campaig
     )
     form = TrainingJobForm(data, kind="round")
     assert form.is_valid(), form.errors
-    arguments = form.service_arguments()
+    arguments = form.request_fields()
     assert arguments["campaign_ids"] == [campaign.pk] and arguments["update"] == "dpo"
     assert arguments["mix"] == {"policy": 3, "reference": 1}
     assert set(arguments["config"]) == {"reward_model", "ppo", "dpo", "sampling"}
@@ -707,6 +707,7 @@ def test_job_page_embeds_the_api_urls_and_charts(admin_user, job):
         "job": f"/api/training-jobs/{job.pk}/",
         "metrics": f"/api/training-jobs/{job.pk}/metrics/",
         "cancel": f"/api/training-jobs/{job.pk}/cancel/",
+        "step": "/dashboard/training/jobs/0/",  # job.js puts each step's id in
     }
     assert config["charts"][0]["keys"] == ["reward/loss"]
     assert config["job"]["status"] == "queued"
@@ -737,11 +738,11 @@ def test_models_page_shows_the_lineage(admin_user):
 
 
 def test_models_page_shows_each_round_with_its_chain_and_evaluation(admin_user, campaign):
-    from training import services as training_services
+    from training import rounds
     from training.models import Round
 
     base = ModelVersion.objects.create(kind="base", name="sft-0", path="/m/sft")
-    rnd = training_services.round_start(campaign=campaign, policy=base, created_by=admin_user)
+    rnd = rounds.round_start(campaign=campaign, policy=base, created_by=admin_user)
     rm = ModelVersion.objects.create(kind="reward", name="rm-0", path="/m/rm", parent=base)
     after = ModelVersion.objects.create(kind="policy", name="ppo-0", path="/m/ppo", parent=base)
     evaluation = {

@@ -17,8 +17,10 @@ from annotation.errors import Conflict, InvalidInput
 from annotation.models import Campaign, Completion, Task
 from tests.conftest import client_for
 from tests.factories import CampaignFactory, PromptFactory, UserFactory, make_tasks
-from training import acquisition as job_module
 from training import services
+from training.jobs import KINDS, lifecycle
+from training.jobs import acquisition as job_module
+from training.jobs.base import RunContext
 from training.ml import acquisition
 from training.ml.config import RewardModelConfig
 from training.ml.records import PreferencePair
@@ -182,6 +184,10 @@ def uncertainty_campaign(tasks: int = 6) -> Campaign:
     return campaign
 
 
+def acquisition_job_create(**fields) -> TrainingJob:
+    return lifecycle.job_create("acquisition", job_module.Request(created_by=None, **fields))
+
+
 def reward_version(path: Path) -> ModelVersion:
     return services.model_version_register(kind="reward", name="rm", path=str(path))
 
@@ -196,9 +202,9 @@ def test_acquisition_job_stores_the_priorities_and_the_most_uncertain_task_is_se
     gold_priority = Task.objects.get(pk=gold.pk).priority
     version = reward_version(reward_model_dir)
     with django_capture_on_commit_callbacks(execute=False):
-        job = job_module.acquisition_job_create(campaign=campaign, created_by=None)
+        job = acquisition_job_create(campaign=campaign)
     assert job.kind == "acquisition" and job.base_model == version
-    services.training_job_run(job_id=job.pk, worker="in-process")
+    lifecycle.job_run(job_id=job.pk, worker="in-process")
     job.refresh_from_db()
     assert job.status == "succeeded", job.error
     assert job.summary["applied"] and job.summary["tasks_updated"] == 6
@@ -232,23 +238,29 @@ def test_acquisition_jobs_are_queued_after_a_reward_model_for_uncertainty_campai
         kind="reward_model", params={"campaign_ids": [wanted.pk, plain.pk, closed.pk]}
     )
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        jobs = job_module.acquisition_jobs_after_reward_model(job=rm_job, version=version)
+        ctx = RunContext(
+            job=rm_job, reporter=None, queue=lifecycle.job_create, run_step=lifecycle._run_step
+        )
+        jobs = job_module.after_reward_model(
+            ctx, campaign_ids=rm_job.params["campaign_ids"], version=version
+        )
     assert [j.campaign_id for j in jobs] == [wanted.pk]
-    assert jobs[0].params["reward_model_version"] == version.pk and len(callbacks) == 1
+    spec = KINDS["acquisition"].spec(jobs[0])
+    assert spec.reward_model_version == version.pk and len(callbacks) == 1
 
 
 @pytest.mark.django_db
 def test_acquisition_job_is_refused_where_it_cannot_work(reward_model_dir):
     with pytest.raises(Conflict) as info:
-        job_module.acquisition_job_create(campaign=CampaignFactory(), created_by=None)
+        acquisition_job_create(campaign=CampaignFactory())
     assert info.value.field == "task_order"
     campaign = CampaignFactory(task_order="uncertainty")
     with pytest.raises(InvalidInput) as info:
-        job_module.acquisition_job_create(campaign=campaign, created_by=None)
+        acquisition_job_create(campaign=campaign)
     assert info.value.field == "reward_model_version"  # no reward model yet
     policy = services.model_version_register(kind="policy", name="p", path="x")
     with pytest.raises(InvalidInput):
-        job_module.acquisition_job_create(campaign=campaign, created_by=None, reward_model=policy)
+        acquisition_job_create(campaign=campaign, reward_model_version=policy)
 
 
 @pytest.mark.django_db

@@ -28,6 +28,7 @@ from annotation.models import Prompt
 from tests.conftest import client_for
 from tests.factories import AdminFactory, UserFactory
 from training import services
+from training.jobs import lifecycle
 from training.ml.synthetic import SyntheticLabeller, synthetic_prompts
 from training.ml.tiny import build_tiny_model, bundled_corpus_files
 from training.models import Round, TrainingJob
@@ -119,7 +120,7 @@ def _create_job(admin, url: str, body: dict) -> TrainingJob:
 
 
 def _run(job: TrainingJob) -> TrainingJob:
-    job = services.training_job_run(job_id=job.pk, worker="in-process")
+    job = lifecycle.job_run(job_id=job.pk, worker="in-process")
     assert job.status == TrainingJob.Status.SUCCEEDED, job.error
     return job
 
@@ -210,6 +211,14 @@ def test_online_rlhf_loop_raises_the_gold_score_with_bounded_kl(
             )
             assert sources == {rnd.policy_after.pk}
             evaluations.append(rnd.evaluation)
+            # the next campaign opens as a draft: the admin reads the report, then activates it
+            assert following.campaign.status == "draft"
+            response = client_for(admin).post(
+                f"/api/campaigns/{following.campaign_id}/status/",
+                {"status": "active"},
+                format="json",
+            )
+            assert response.status_code == 200, response.content
             rnd = following
 
     gold = [evaluations[0]["policy_before"]["gold_score"]] + [

@@ -20,7 +20,7 @@ from annotation import services as annotation_services
 from annotation.models import Completion
 from tests.conftest import celery_worker_command, client_for
 from tests.factories import CampaignFactory, PromptFactory, UserFactory
-from training import services
+from training.jobs import lifecycle
 from training.models import JobMetric, ModelVersion, TrainingJob
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_reward_model_job_runs_and_registers_a_version(
     campaign = labelled_marker_campaign()
     with django_capture_on_commit_callbacks(execute=False):  # no broker in this test
         job = create_job(admin_user, campaign, tiny_model_dir)
-    services.training_job_run(job_id=job.pk, worker="in-process")
+    lifecycle.job_run(job_id=job.pk, worker="in-process")
     check_finished_job(job)
 
 

@@ -4,6 +4,7 @@ test_loop_e2e.py), the chained job's steps, cancellation and failures."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -20,12 +21,15 @@ from annotation import services as annotation_services
 from annotation.errors import Conflict, InvalidInput
 from annotation.models import Campaign, Completion, Prompt
 from tests.conftest import client_for
-from training import exports, selectors, services
-from training.ml.config import PPOConfig
+from training import exports, rounds, selectors, services
+from training.jobs import KINDS, generate, lifecycle
+from training.jobs.base import config_from_dict
+from training.jobs.round import RoundConfig
+from training.ml.config import PPOConfig, SamplingConfig
 from training.ml.generation import Completion as Sampled
 from training.ml.synthetic import SyntheticLabeller
 from training.models import ModelVersion, Round, TrainingJob
-from training.services import GeneratedCompletion
+from training.rounds import GeneratedCompletion
 
 pytestmark = pytest.mark.django_db
 
@@ -45,6 +49,9 @@ EVAL = {
     "temperature": 1.0,
     "max_new_tokens": 6,
     "gold_score": True,
+    # structure tests on a handful of prompts: no round is held for review (test_round_trust)
+    "min_held_out_pairs": 0,
+    "reward_must_not_fall": False,
 }
 TINY_PPO = {
     "total_steps": 2,
@@ -89,7 +96,7 @@ def loop(admin_user, labeller, tiny_model_dir, settings, tmp_path):
     )
     rng = random.Random(0)
     words = ["the", "and", "good", "water", "thank", "you", "stone", "cloud", "quick", "lamp"]
-    services.generated_tasks_store(
+    rounds.generated_tasks_store(
         campaign=campaign,
         prompt_ids=[p.pk for p in prompts],
         completions=[
@@ -105,7 +112,7 @@ def loop(admin_user, labeller, tiny_model_dir, settings, tmp_path):
         ],
     )
     label(campaign, labeller)
-    rnd = services.round_start(
+    rnd = rounds.round_start(
         campaign=campaign, policy=base, eval_settings=EVAL, created_by=admin_user
     )
     return SimpleNamespace(base=base, campaign=campaign, round=rnd, admin=admin_user)
@@ -140,13 +147,14 @@ def reward_version(loop, tmp_path) -> ModelVersion:
     return services.model_version_register(kind="reward", name="rm", path=str(out))
 
 
-def create(loop, capture, **form) -> TrainingJob:
+def create(loop, capture, *, kind: str, **form) -> TrainingJob:
     with capture(execute=False):
-        return services.training_job_create_from_form(created_by=loop.admin, **form)
+        request = KINDS[kind].Request(created_by=loop.admin, **form)
+        return lifecycle.job_create(kind, request, from_form=True)
 
 
 def run(job: TrainingJob) -> TrainingJob:
-    job = services.training_job_run(job_id=job.pk, worker="in-process")
+    job = lifecycle.job_run(job_id=job.pk, worker="in-process")
     assert job.status == TrainingJob.Status.SUCCEEDED, job.error
     return job
 
@@ -160,10 +168,10 @@ def test_round_start_numbers_the_round_after_its_campaign_and_refuses_a_second(l
     assert rnd.policy_before == rnd.reference == loop.base
     assert rnd.eval_settings["samples_per_prompt"] == 2 and rnd.eval_settings["seed"] == 1234
     with pytest.raises(Conflict) as exc:
-        services.round_start(campaign=loop.campaign, policy=loop.base, created_by=None)
+        rounds.round_start(campaign=loop.campaign, policy=loop.base, created_by=None)
     assert exc.value.field == "campaign"
     with pytest.raises(InvalidInput) as exc:
-        services.round_start(
+        rounds.round_start(
             campaign=Campaign.objects.create(name="x"),
             policy=loop.base,
             eval_settings={"temperature": 0},
@@ -174,18 +182,16 @@ def test_round_start_numbers_the_round_after_its_campaign_and_refuses_a_second(l
 
 def test_round_status_only_moves_forward(loop):
     with pytest.raises(Conflict):  # collecting → completed skips the update
-        services.round_open_next(
+        rounds.round_open_next(
             round_id=loop.round.pk, policy=None, prompt_ids=[], completions=[], created_by=None
         )
-    services.round_record_policy_update(round_id=loop.round.pk, version=loop.base, evaluation={})
-    services.round_record_policy_update(round_id=loop.round.pk, version=loop.base, evaluation={})
+    rounds.round_record_policy_update(round_id=loop.round.pk, version=loop.base, evaluation={})
+    rounds.round_record_policy_update(round_id=loop.round.pk, version=loop.base, evaluation={})
     Round.objects.filter(pk=loop.round.pk).update(status=Round.Status.COMPLETED)
     with pytest.raises(Conflict):
-        services.round_record_policy_update(
-            round_id=loop.round.pk, version=loop.base, evaluation={}
-        )
+        rounds.round_record_policy_update(round_id=loop.round.pk, version=loop.base, evaluation={})
     with pytest.raises(Conflict):
-        services.round_record_reward_model(round_id=loop.round.pk, version=loop.base)
+        rounds.round_record_reward_model(round_id=loop.round.pk, version=loop.base)
 
 
 def test_job_parameters_default_to_the_rounds(
@@ -194,23 +200,28 @@ def test_job_parameters_default_to_the_rounds(
     with pytest.raises(InvalidInput) as exc:  # no reward model on the round yet
         create(loop, django_capture_on_commit_callbacks, kind="ppo", round=loop.round)
     assert exc.value.field == "reward_model_version"
-    services.round_record_reward_model(round_id=loop.round.pk, version=reward_version)
+    rounds.round_record_reward_model(round_id=loop.round.pk, version=reward_version)
     loop.round.refresh_from_db()
 
     job = create(loop, django_capture_on_commit_callbacks, kind="ppo", round=loop.round)
     assert job.round == loop.round and job.base_model == loop.base
-    assert job.params["campaign_ids"] == [loop.campaign.pk]
-    assert job.params["reward_model_version"] == reward_version.pk
-    assert job.params["reference_model_version"] == loop.base.pk
-    assert job.params["evaluation"] == loop.round.eval_settings
+    spec = KINDS["ppo"].spec(job)
+    assert spec.campaign_ids == [loop.campaign.pk]
+    assert spec.reward_model_version == reward_version.pk
+    assert spec.reference_model_version == loop.base.pk
+    assert dataclasses.asdict(spec.evaluation) == loop.round.eval_settings
 
     rm = create(loop, django_capture_on_commit_callbacks, kind="reward_model", round=loop.round)
-    assert rm.base_model == loop.base and rm.params["campaign_ids"] == [loop.campaign.pk]
-    assert rm.params["reference_model_version"] == loop.base.pk and rm.params["round"]
+    rm_spec = KINDS["reward_model"].spec(rm)
+    assert rm.base_model == loop.base and rm_spec.campaign_ids == [loop.campaign.pk]
+    assert rm_spec.reference_model_version == loop.base.pk and rm_spec.round == loop.round.pk
 
     chained = create(loop, django_capture_on_commit_callbacks, kind="round", round=loop.round)
-    assert chained.params["num_completions"] == 3 and chained.params["mix"] == {"policy": 3}
+    chained_spec = KINDS["round"].spec(chained)
+    assert chained_spec.num_completions == 3 and chained_spec.mix == {"policy": 3}
     assert set(chained.params["config"]) == {"reward_model", "ppo", "dpo", "sampling"}
+    assert chained_spec.config == RoundConfig(sampling=SamplingConfig(num_completions=3))
+    lifecycle.job_cancel(job=chained)  # one whole round at a time
     flat = create(
         loop,
         django_capture_on_commit_callbacks,
@@ -218,12 +229,16 @@ def test_job_parameters_default_to_the_rounds(
         campaign_ids=[loop.campaign.pk],
         config={"total_steps": 3},
     )
-    assert flat.round == loop.round and flat.params["config"]["ppo"] == {"total_steps": 3}
+    flat_config = KINDS["round"].spec(flat).config
+    assert flat.round == loop.round and flat_config.ppo == PPOConfig(total_steps=3)
+    assert flat_config == RoundConfig(
+        ppo=PPOConfig(total_steps=3), sampling=SamplingConfig(num_completions=3)
+    )
 
 
 def test_config_from_dict_refuses_unknown_fields_and_wrong_types():
-    assert services.config_from_dict(PPOConfig, {"kl_coef": 1, "device": None}).kl_coef == 1
-    assert services.config_from_dict(PPOConfig, {"lora_target_modules": ["q_proj"]})
+    assert config_from_dict(PPOConfig, {"kl_coef": 1, "device": None}).kl_coef == 1
+    assert config_from_dict(PPOConfig, {"lora_target_modules": ["q_proj"]})
     for bad in (
         {"kl_coeff": 0.1},
         {"kl_coef": "0.1"},
@@ -234,7 +249,7 @@ def test_config_from_dict_refuses_unknown_fields_and_wrong_types():
         {"lora_target_modules": [1]},
     ):
         with pytest.raises(ValueError):
-            services.config_from_dict(PPOConfig, bad)
+            config_from_dict(PPOConfig, bad)
 
 
 def test_preference_pairs_are_keyed_by_prompt_content(loop):
@@ -263,7 +278,7 @@ def test_generated_tasks_copy_foreign_prompts_and_keep_their_root(loop, admin_us
         [GeneratedCompletion(f"reply {i}{j}", "policy:tiny", loop.base.pk) for j in range(3)]
         for i in range(2)
     ]
-    tasks = services.generated_tasks_store(
+    tasks = rounds.generated_tasks_store(
         campaign=target, prompt_ids=[p.pk for p in source], completions=completions
     )
     assert len(tasks) == 2 and target.prompts.count() == 2
@@ -271,7 +286,7 @@ def test_generated_tasks_copy_foreign_prompts_and_keep_their_root(loop, admin_us
     assert copy.text == source[0].text and copy.metadata["root_prompt"] == source[0].pk
     assert exports.prompt_key(copy.text) == exports.prompt_key(source[0].text)
     with pytest.raises(InvalidInput):  # N = 3 completions per task
-        services.generated_tasks_store(
+        rounds.generated_tasks_store(
             campaign=target, prompt_ids=[source[0].pk], completions=[completions[0][:2]]
         )
 
@@ -315,9 +330,7 @@ def test_generate_job_fills_the_prompts_without_tasks_and_records_sources(
 
 
 def test_empty_samples_are_drawn_again_then_marked(monkeypatch):
-    from training import runners
     from training.ml import generation
-    from training.ml.config import SamplingConfig
 
     calls = []
 
@@ -327,7 +340,7 @@ def test_empty_samples_are_drawn_again_then_marked(monkeypatch):
         return [[Sampled(i, text if i == 0 else "ok", (1,), True)] for i in range(len(prompts))]
 
     monkeypatch.setattr(generation, "generate_completions", fake)
-    rows, empty = runners._sample(
+    rows, empty = generate.sample(
         "model", ["a", "b"], SamplingConfig(num_completions=1), should_stop=lambda: False
     )
     assert [c.text for row in rows for c in row] == ["late", "ok"] and empty == 0
@@ -339,7 +352,7 @@ def test_empty_samples_are_drawn_again_then_marked(monkeypatch):
         "generate_completions",
         lambda path, prompts, config, should_stop=None: [[Sampled(0, "", (), False)]],
     )
-    rows, empty = runners._sample(
+    rows, empty = generate.sample(
         "model", ["a"], SamplingConfig(num_completions=1), should_stop=lambda: False
     )
     assert empty == 1
@@ -391,7 +404,10 @@ def test_ppo_job_registers_an_evaluated_policy_on_the_round(
     assert after["kl_ref"] != 0 and "kl_previous" in after
     for result in (before, after):
         assert result["samples"] == 2 * len(held_out) and isinstance(result["reward"], float)
-        assert isinstance(result["gold_score"], float) and len(result["examples"]) == 3
+        assert isinstance(result["gold_score"], float)
+        # one sample per held-out prompt, the same prompts for both policies
+        assert len(result["examples"]) == min(4, len(held_out))
+        assert [e["prompt"] for e in result["examples"]] == [r.prompt for r in held_out][:4]
     assert set(evaluation["delta"]) == {"reward", "gold_score", "kl_ref"}
     assert "eval/gold_score" in version.metrics
 
@@ -399,7 +415,7 @@ def test_ppo_job_registers_an_evaluated_policy_on_the_round(
 def test_dpo_job_updates_the_round_from_its_pairs(
     loop, reward_version, django_capture_on_commit_callbacks
 ):
-    services.round_record_reward_model(round_id=loop.round.pk, version=reward_version)
+    rounds.round_record_reward_model(round_id=loop.round.pk, version=reward_version)
     loop.round.refresh_from_db()
     job = run(
         create(
@@ -420,7 +436,7 @@ def test_next_round_opens_a_campaign_like_the_last_one(
     policy = services.model_version_register(
         kind="policy", name="tiny-ppo", path=loop.base.path, parent=loop.base
     )
-    services.round_record_policy_update(round_id=loop.round.pk, version=policy, evaluation={})
+    rounds.round_record_policy_update(round_id=loop.round.pk, version=policy, evaluation={})
     loop.round.refresh_from_db()
     job = create(
         loop,
@@ -444,7 +460,9 @@ def test_next_round_opens_a_campaign_like_the_last_one(
     old = loop.campaign
     for name in ("completions_per_task", "overlap", "allow_ties", "allow_fail", "description"):
         assert getattr(new, name) == getattr(old, name), name
-    assert new.status == Campaign.Status.ACTIVE
+    assert new.status == Campaign.Status.DRAFT  # the admin activates it after the report
+    assert job.summary["tasks_dropped"] == 0 and job.summary["empty_completions"] == 0
+    assert len(job.summary["samples"]) == min(generate.SAMPLE_PROMPTS, len(PROMPTS))
     assert list(new.guidelines.values_list("version", "text")) == [
         (1, "# Prefer kind, clear answers")
     ]
@@ -464,15 +482,23 @@ def test_next_round_opens_a_campaign_like_the_last_one(
     with pytest.raises(Conflict):
         create(loop, django_capture_on_commit_callbacks, kind="generate", round=loop.round)
     with pytest.raises(Conflict):
-        services.training_job_run(job_id=stale.pk, worker="in-process")
+        lifecycle.job_run(job_id=stale.pk, worker="in-process")
     stale.refresh_from_db()
     assert stale.status == TrainingJob.Status.FAILED and "completed" in stale.error
     assert Campaign.objects.filter(round_number=1).count() == 1
 
 
 def test_round_job_runs_reward_model_update_and_generation_as_steps(
-    loop, django_capture_on_commit_callbacks
+    loop, django_capture_on_commit_callbacks, monkeypatch
 ):
+    followed: list[tuple[int, int, int]] = []
+    progress = lifecycle.JobReporter.progress
+
+    def record(reporter, step: int, total: int) -> None:
+        followed.append((reporter.job_id, step, total))
+        progress(reporter, step, total)
+
+    monkeypatch.setattr(lifecycle.JobReporter, "progress", record)
     chained = create(
         loop,
         django_capture_on_commit_callbacks,
@@ -489,7 +515,14 @@ def test_round_job_runs_reward_model_update_and_generation_as_steps(
     assert [s.kind for s in steps] == ["reward_model", "ppo", "generate"]
     assert all(s.status == "succeeded" and s.round_id == loop.round.pk for s in steps)
     assert not any(s.celery_task_id for s in steps)  # run by the round job, never queued
-    assert chained.progress_step == chained.progress_total == 3
+    # each step is 100 units of the round job's progress, which follows the running step
+    assert chained.progress_step == chained.progress_total == 300
+    steps_done = chained.metric_rows.order_by("step").values_list("step", "values")
+    assert [(s, v["round/steps_done"]) for s, v in steps_done] == [(100, 1), (200, 2), (300, 3)]
+    # while a step ran, the round job's bar moved inside that step's 100 units
+    mine = [(step, total) for job_id, step, total in followed if job_id == chained.pk]
+    assert all(total == 300 for _, total in mine)
+    assert 0 in {step // 100 for step, _ in mine if step % 100}  # inside the reward model's
     assert chained.summary["steps"] == {s.kind: s.pk for s in steps}
     loop.round.refresh_from_db()
     assert loop.round.reward_model == steps[0].result_version
@@ -502,10 +535,10 @@ def test_round_job_runs_reward_model_update_and_generation_as_steps(
 
 
 def test_a_failing_step_fails_the_round_job(loop, monkeypatch, django_capture_on_commit_callbacks):
-    def broken(job, reporter):
+    def broken(spec, ctx):
         raise RuntimeError("the GPU caught fire")
 
-    monkeypatch.setitem(services.RUNNERS, TrainingJob.Kind.PPO, broken)
+    monkeypatch.setattr(KINDS[TrainingJob.Kind.PPO], "run", broken)
     chained = create(
         loop,
         django_capture_on_commit_callbacks,
@@ -514,7 +547,7 @@ def test_a_failing_step_fails_the_round_job(loop, monkeypatch, django_capture_on
         config={"reward_model": TINY_RM},
     )
     with pytest.raises(RuntimeError, match="caught fire"):
-        services.training_job_run(job_id=chained.pk, worker="in-process")
+        lifecycle.job_run(job_id=chained.pk, worker="in-process")
     chained.refresh_from_db()
     rm, ppo = chained.steps.order_by("id")
     assert chained.status == ppo.status == "failed" and rm.status == "succeeded"
@@ -532,10 +565,10 @@ def test_cancelling_a_round_job_reaches_its_running_step(loop, django_capture_on
         round=loop.round,
         parent=chained,
     )
-    reporter = services.JobReporter(step)
+    reporter = lifecycle.JobReporter(step, token=step.attempt_token)
     assert not reporter.should_stop()
     TrainingJob.objects.filter(pk=chained.pk).update(status="running")
-    services.training_job_cancel(job=chained)
+    lifecycle.job_cancel(job=chained)
     reporter._checked_at = 0.0
     assert reporter.should_stop()
 

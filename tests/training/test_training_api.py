@@ -8,7 +8,8 @@ import pytest
 
 from annotation import services as annotation_services
 from tests.conftest import client_for
-from training import services
+from training import rounds, services
+from training.jobs import lifecycle, reward_model
 from training.models import ModelVersion, Round, TrainingJob
 
 pytestmark = pytest.mark.django_db
@@ -26,13 +27,15 @@ def world(campaign, labeller, admin_user, django_capture_on_commit_callbacks):
     policy = services.model_version_register(
         kind="policy", name="policy", path="/models/policy", parent=base
     )
-    rnd = services.round_start(campaign=campaign, policy=base, created_by=admin_user)
+    rnd = rounds.round_start(campaign=campaign, policy=base, created_by=admin_user)
     with django_capture_on_commit_callbacks(execute=False):
-        job = services.training_job_create_from_form(
-            created_by=admin_user, kind="reward_model", campaign_ids=[campaign.pk]
-        )
-        failed = services.training_job_create_from_form(
-            created_by=admin_user, kind="reward_model", campaign_ids=[campaign.pk]
+        job, failed = (
+            lifecycle.job_create(
+                "reward_model",
+                reward_model.Request(created_by=admin_user, campaign_ids=[campaign.pk]),
+                from_form=True,
+            )
+            for _ in range(2)
         )
     TrainingJob.objects.filter(pk=failed.pk).update(status="failed")
     return {
@@ -55,7 +58,7 @@ def call(user, method, url, body=None):
 
 
 def _trained(world) -> Round:
-    return services.round_record_policy_update(
+    return rounds.round_record_policy_update(
         round_id=world["round"].pk, version=world["policy"], evaluation={}
     )
 
@@ -157,17 +160,21 @@ BAD_JOBS = [
     ({"kind": "reward_model", "campaign_ids": []}, (400, ["campaign_ids"])),
     ({"kind": "reward_model", "campaign_ids": [999999]}, (400, ["campaign_ids"])),
     ({"kind": "reward_model", "campaign_ids": ["x"]}, (400, ["campaign_ids[0]"])),
+    (  # a field of another kind is refused, not ignored
+        {"kind": "reward_model", "campaign_ids": ["{c}"], "mix": {"policy": 4}},
+        (400, ["mix"]),
+    ),
     (
         {"kind": "reward_model", "campaign_ids": ["{c}"], "config": {"learning_rat": 1}},
-        (400, ["config"]),
+        (400, ["config.learning_rat"]),
     ),
     (
         {"kind": "reward_model", "campaign_ids": ["{c}"], "config": {"batch_size": "big"}},
-        (400, ["config"]),
+        (400, ["config.batch_size"]),
     ),
     ({"kind": "ppo", "round": "{r}", "config": {"total_steps": 0}}, (400, ["config"])),
-    ({"kind": "ppo", "round": "{r}", "config": {"kl_coef": "high"}}, (400, ["config"])),
-    ({"kind": "ppo", "round": "{r}", "config": {"clip": 0.1}}, (400, ["config"])),
+    ({"kind": "ppo", "round": "{r}", "config": {"kl_coef": "high"}}, (400, ["config.kl_coef"])),
+    ({"kind": "ppo", "round": "{r}", "config": {"clip": 0.1}}, (400, ["config.clip"])),
     ({"kind": "ppo", "round": 999999}, (400, ["round"])),
     ({"kind": "ppo", "round": "{r}"}, (400, ["reward_model_version"])),
     (
@@ -179,7 +186,7 @@ BAD_JOBS = [
         (400, ["evaluation"]),
     ),
     ({"kind": "ppo", "round": "{r}", "evaluation": {"seed": 1}}, (400, ["evaluation"])),
-    ({"kind": "dpo", "round": "{r}", "config": {"beta": "x"}}, (400, ["config"])),
+    ({"kind": "dpo", "round": "{r}", "config": {"beta": "x"}}, (400, ["config.beta"])),
     ({"kind": "dpo", "campaign_ids": ["{c}"], "evaluation": {"bogus": 1}}, (400, ["evaluation"])),
     ({"kind": "generate", "round": "{r}"}, (409, ["round"])),
     ({"kind": "generate", "campaign_ids": ["{c}"]}, (400, ["campaign_ids"])),
@@ -188,10 +195,17 @@ BAD_JOBS = [
         (400, ["num_completions"]),
     ),
     ({"kind": "generate", "campaign_ids": ["{c}"], "mix": {"policy": -1}}, (400, ["mix.policy"])),
-    ({"kind": "generate", "campaign_ids": ["{c}"], "config": {"top_k": 5}}, (400, ["config"])),
+    (
+        {"kind": "generate", "campaign_ids": ["{c}"], "config": {"top_k": 5}},
+        (400, ["config.top_k"]),
+    ),
     ({"kind": "round", "campaign_ids": ["{c}"], "update": "sft"}, (400, ["update"])),
-    ({"kind": "round", "round": "{r}", "config": {"rlhf": {}}}, (400, ["config"])),
-    ({"kind": "round", "round": "{r}", "config": {"ppo": {"bogus": 1}}}, (400, ["config"])),
+    # a flat config is the update's section: "rlhf" is an unknown PPO field
+    ({"kind": "round", "round": "{r}", "config": {"rlhf": {}}}, (400, ["config.ppo.rlhf"])),
+    (
+        {"kind": "round", "round": "{r}", "config": {"ppo": {"bogus": 1}}},
+        (400, ["config.ppo.bogus"]),
+    ),
     ({"kind": "round", "round": "{r}", "num_completions": 3}, (400, ["num_completions"])),
     ({"kind": "round", "round": "{r}", "mix": {"policy": 4, "other": 0}}, (400, ["mix"])),
     (
@@ -215,7 +229,7 @@ def test_bad_generation_requests_name_the_field(world, admin_user):
         ({"mix": {"policy": 2}}, "mix"),
         ({"mix": {"policy": 2, "teacher": 2}}, "mix"),
         ({"config": {"num_completions": 3}}, "num_completions"),
-        ({"config": {"temperature": "hot"}}, "config"),
+        ({"config": {"temperature": "hot"}}, "config.temperature"),
         ({"campaign_ids": [999999]}, "campaign_ids"),
     ]
     for body, field in cases:
@@ -264,7 +278,7 @@ def test_bad_round_requests(world, admin_user, django_capture_on_commit_callback
         assert _error(response) == (status, fields), (body, response.content)
     run = f"/api/rounds/{world['round'].pk}/run/"
     assert _error(call(admin_user, "post", run, {"update": "sft"})) == (400, ["update"])
-    assert _error(call(admin_user, "post", run, {"config": {"x": {}}})) == (400, ["config"])
+    assert _error(call(admin_user, "post", run, {"config": {"x": {}}})) == (400, ["config.ppo.x"])
     assert call(admin_user, "get", "/api/rounds/abc/").status_code == 404
     assert call(admin_user, "get", "/api/rounds/999999/").status_code == 404
     assert call(admin_user, "get", f"/api/rounds/{2**63}/").status_code == 404

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from tests.conftest import client_for
 from tests.training.test_reward_model_job import labelled_marker_campaign, start_gpu_worker
-from training import services
+from training.jobs import lifecycle
 from training.models import ModelVersion, TrainingJob
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def test_killed_worker_is_marked_failed_and_a_retry_succeeds(
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
         time.sleep(4)
-        assert services.training_jobs_fail_stale(now=timezone.now()) == 1
+        assert lifecycle.jobs_fail_stale(now=timezone.now()) == 1
         job.refresh_from_db()
         assert job.status == "failed" and "stopped responding" in job.error
         assert job.result_version is None

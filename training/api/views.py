@@ -7,15 +7,44 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.permissions import IsAdminUser
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from annotation import selectors as annotation_selectors
 from annotation.api.serializers import CampaignFilterSerializer
 from annotation.api.views import _int, _paginated, _query, _valid
-from annotation.errors import InvalidInput, NotFound
-from training import selectors, services
+from annotation.errors import InvalidInput, NotFound, PermissionDenied
+from training import rounds, selectors, services
 from training.api import serializers as s
+from training.jobs import KINDS, acquisition, lifecycle
+from training.models import ModelVersion, TrainingJob
+
+RETRY_AFTER_SECONDS = 30
+
+
+def _created(job: TrainingJob) -> Response:
+    """201 with the job; 503 with Retry-After when the broker did not take it (the job is kept
+    and the sweep enqueues it once the broker answers)."""
+    data = s.TrainingJobSerializer(job).data
+    if job.waiting_for_queue:
+        return Response(
+            {**data, "detail": "the job is stored but waits for the queue: the broker is "
+             "unreachable; it is enqueued as soon as the broker answers"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )  # fmt: skip
+    return Response(data, status=status.HTTP_201_CREATED)
+
+
+def _create(request: Request, kind: str, data: dict, **fields) -> Response:
+    job = lifecycle.job_create(
+        kind, KINDS[kind].Request(created_by=request.user, **data, **fields), from_form=True
+    )
+    job.refresh_from_db()
+    return _created(job)
 
 
 class TrainingJobViewSet(viewsets.ViewSet):
@@ -32,11 +61,16 @@ class TrainingJobViewSet(viewsets.ViewSet):
         job = selectors.training_job_get(job_id=_int(pk, "id"))
         return Response(s.TrainingJobSerializer(job).data)
 
-    @extend_schema(request=s.TrainingJobCreateSerializer, responses={201: s.TrainingJobSerializer})
+    @extend_schema(
+        request=s.job_create_schema(),
+        responses={201: s.TrainingJobSerializer, 503: s.TrainingJobSerializer},
+    )
     def create(self, request: Request) -> Response:
-        data = _valid(s.TrainingJobCreateSerializer, request)
-        job = services.training_job_create_from_form(created_by=request.user, **data)
-        return Response(s.TrainingJobSerializer(job).data, status=status.HTTP_201_CREATED)
+        """Queue a job; the body's fields are those of its ``kind``."""
+        kind = _valid(s.JobKindSerializer, request)["kind"]
+        data = _valid(s.job_create_serializer(kind), request)
+        data.pop("kind")
+        return _create(request, kind, data)
 
     @extend_schema(
         parameters=[s.MetricsQuerySerializer], responses=s.JobMetricSerializer(many=True)
@@ -55,14 +89,51 @@ class TrainingJobViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk=None) -> Response:
         job = selectors.training_job_get(job_id=_int(pk, "id"))
-        return Response(s.TrainingJobSerializer(services.training_job_cancel(job=job)).data)
+        return Response(s.TrainingJobSerializer(lifecycle.job_cancel(job=job)).data)
 
     @extend_schema(request=None, responses={201: s.TrainingJobSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk=None) -> Response:
         job = selectors.training_job_get(job_id=_int(pk, "id"))
-        new = services.training_job_retry(job=job, created_by=request.user)
-        return Response(s.TrainingJobSerializer(new).data, status=status.HTTP_201_CREATED)
+        new = lifecycle.job_retry(job=job, created_by=request.user)
+        new.refresh_from_db()
+        return _created(new)
+
+
+class CampaignAcquisitionView(APIView):
+    """``POST /api/campaigns/{id}/acquisition/``: admins queue a job in which a reward model
+    scores the campaign's open tasks and the most uncertain are served first (campaigns with
+    ``task_order`` uncertainty). Members who are not admins get 403, others 404."""
+
+    permission_classes = [IsAuthenticated]
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=s.AcquisitionInputSerializer,
+        responses={202: OpenApiResponse(description="the job: id, kind and status")},
+    )
+    def post(self, request: Request, campaign_id: int) -> Response:
+        campaign = annotation_selectors.campaign_get_for(
+            user=request.user, campaign_id=_int(campaign_id, "id")
+        )
+        if not annotation_selectors.is_admin(request.user):
+            raise PermissionDenied("only campaign admins can do this")
+        data = _valid(s.AcquisitionInputSerializer, request)
+        reward_model = None
+        if "reward_model_version" in data:
+            reward_model = ModelVersion.objects.filter(pk=data["reward_model_version"]).first()
+            if reward_model is None:
+                raise InvalidInput("no such model version", field="reward_model_version")
+        job = lifecycle.job_create(
+            TrainingJob.Kind.ACQUISITION,
+            acquisition.Request(
+                created_by=request.user, campaign=campaign, reward_model_version=reward_model
+            ),
+        )
+        return Response(
+            {"job": job.pk, "kind": job.kind, "status": job.status},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 class ModelVersionViewSet(viewsets.ViewSet):
@@ -122,29 +193,29 @@ class RoundViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         """Start the loop on a campaign: round = its round number, from ``policy``."""
         data = _valid(s.RoundCreateSerializer, request)
-        rnd = services.round_start(created_by=request.user, **data)
+        rnd = rounds.round_start(created_by=request.user, **data)
         return Response(s.RoundSerializer(rnd).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=s.RoundNextSerializer, responses={201: s.TrainingJobSerializer})
+    @extend_schema(
+        request=s.ROUND_NEXT_SERIALIZER,
+        responses={201: s.TrainingJobSerializer, 503: s.TrainingJobSerializer},
+    )
     @action(detail=True, methods=["post"])
     def next(self, request: Request, pk=None) -> Response:
         """Start the next round: queue a generate job that samples K completions per prompt from
         the round's updated policy (optionally mixed with the previous one and the reference)
         and opens the next campaign with them."""
         rnd = selectors.round_get(round_id=_int(pk, "id"))
-        data = _valid(s.RoundNextSerializer, request)
-        job = services.training_job_create_from_form(
-            created_by=request.user, kind="generate", round=rnd, **data
-        )
-        return Response(s.TrainingJobSerializer(job).data, status=status.HTTP_201_CREATED)
+        data = _valid(s.ROUND_NEXT_SERIALIZER, request)
+        return _create(request, TrainingJob.Kind.GENERATE, data, round=rnd)
 
-    @extend_schema(request=s.RoundRunSerializer, responses={201: s.TrainingJobSerializer})
+    @extend_schema(
+        request=s.ROUND_RUN_SERIALIZER,
+        responses={201: s.TrainingJobSerializer, 503: s.TrainingJobSerializer},
+    )
     @action(detail=True, methods=["post"])
     def run(self, request: Request, pk=None) -> Response:
         """Run the whole round as one chained job: reward model → PPO/DPO → generate."""
         rnd = selectors.round_get(round_id=_int(pk, "id"))
-        data = _valid(s.RoundRunSerializer, request)
-        job = services.training_job_create_from_form(
-            created_by=request.user, kind="round", round=rnd, **data
-        )
-        return Response(s.TrainingJobSerializer(job).data, status=status.HTTP_201_CREATED)
+        data = _valid(s.ROUND_RUN_SERIALIZER, request)
+        return _create(request, TrainingJob.Kind.ROUND, data, round=rnd)

@@ -2,22 +2,16 @@
 hyper-parameters, each prefilled with its config dataclass's default and documented with the
 docstring written under the field (one source of truth: ``training.ml``'s config classes).
 
-Only the shape is checked here; the rules are ``training.services``' (the API's too), whose
+Only the shape is checked here; the rules are the job kinds' (the API's too), whose
 errors the view puts next to the field they name.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import inspect
-import itertools
 import re
-import textwrap
 import types
 import typing
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from django import forms
@@ -25,188 +19,35 @@ from django import forms
 from annotation.errors import ServiceError
 from annotation.exports import FAIL_POLICIES
 from annotation.models import Campaign
-from training.models import ModelVersion, Round, TrainingJob
+from training.jobs import KINDS as JOB_KINDS
+from training.jobs.base import ConfigSection, JobKind
+from training.ml.config import field_docs
+from training.models import ModelVersion, Round
 
 CONFIG_PREFIX = "config__"
-
-
-@dataclass(frozen=True)
-class Section:
-    """A group of hyper-parameters: one config dataclass, the fields shown (the rest keep their
-    defaults) and, for a ``round`` job, the key of its section in ``config``."""
-
-    config_kind: str
-    """the job kind whose config class this is (``training.services.CONFIG_CLASSES``)"""
-    fields: tuple[str, ...]
-    key: str | None = None
-    title: str = "Hyper-parameters"
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    """How the form of one job kind looks."""
-
-    title: str
-    blurb: str
-    job_fields: tuple[str, ...]
-    """the form's non-config fields, in order (``training_job_create_from_form`` arguments)"""
-    sections: tuple[Section, ...]
-
-
-RM_FIELDS = ("num_epochs", "learning_rate", "lr_schedule", "batch_size", "max_length",
-             "tie_loss", "eval_fraction", "seed")  # fmt: skip
-PPO_FIELDS = ("total_steps", "rollout_batch_size", "learning_rate", "kl_coef", "adaptive_kl",
-              "kl_target", "clip_range", "ppo_epochs", "mini_batch_size", "temperature",
-              "max_new_tokens", "ent_coef", "use_lora", "seed")  # fmt: skip
-DPO_FIELDS = ("beta", "learning_rate", "num_epochs", "batch_size", "warmup_steps",
-              "max_prompt_tokens", "max_completion_tokens", "seed")  # fmt: skip
-SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "batch_size", "seed")
 MIX = ("mix_policy", "mix_previous", "mix_reference")
 
-KINDS: dict[str, KindSpec] = {
-    TrainingJob.Kind.REWARD_MODEL: KindSpec(
-        title="Train a reward model",
-        blurb="A Bradley-Terry reward model on the campaigns' preference pairs (with a round: "
-        "its campaigns so far), registered as a reward model version when it succeeds.",
-        job_fields=(
-            "round",
-            "campaign_ids",
-            "name",
-            "base_model_version",
-            "base_model_path",
-            "reference_model_version",
-            "ties",
-            "fail_policy",
-        ),
-        sections=(Section(TrainingJob.Kind.REWARD_MODEL, RM_FIELDS),),
-    ),
-    TrainingJob.Kind.PPO: KindSpec(
-        title="Run a PPO round",
-        blurb="Optimise the policy against a reward model with PPO on the campaigns' prompts, "
-        "with a KL penalty towards the reference; evaluated against the policy it started from.",
-        job_fields=(
-            "round",
-            "campaign_ids",
-            "name",
-            "base_model_version",
-            "base_model_path",
-            "reward_model_version",
-            "reference_model_version",
-        ),
-        sections=(Section(TrainingJob.Kind.PPO, PPO_FIELDS),),
-    ),
-    TrainingJob.Kind.DPO: KindSpec(
-        title="Run DPO",
-        blurb="Direct preference optimisation of the policy on the campaigns' pairs, towards "
-        "the reference; no reward model needed.",
-        job_fields=(
-            "round",
-            "campaign_ids",
-            "name",
-            "base_model_version",
-            "base_model_path",
-            "reference_model_version",
-            "ties",
-            "fail_policy",
-        ),
-        sections=(Section(TrainingJob.Kind.DPO, DPO_FIELDS),),
-    ),
-    TrainingJob.Kind.GENERATE: KindSpec(
-        title="Start the next round: generate completions",
-        blurb="Sample K completions per prompt from a policy. With a trained round: into the "
-        "next round's new campaign (same settings, members and guidelines), which opens. "
-        "Without: as tasks of the target campaign.",
-        job_fields=(
-            "round",
-            "campaign_ids",
-            "target_campaign",
-            "name",
-            "base_model_version",
-            "base_model_path",
-            "reference_model_version",
-            "num_completions",
-            *MIX,
-        ),
-        sections=(Section(TrainingJob.Kind.GENERATE, SAMPLING_FIELDS),),
-    ),
-    TrainingJob.Kind.ROUND: KindSpec(
-        title="Run a whole round",
-        blurb="Reward model, then PPO or DPO, then generation of the next campaign's "
-        "completions, one after the other as steps of one job.",
-        job_fields=(
-            "round",
-            "campaign_ids",
-            "name",
-            "base_model_version",
-            "reference_model_version",
-            "update",
-            "ties",
-            "fail_policy",
-            "num_completions",
-            *MIX,
-        ),
-        sections=(
-            Section(
-                TrainingJob.Kind.REWARD_MODEL,
-                ("num_epochs", "learning_rate", "batch_size", "max_length", "seed"),
-                key="reward_model",
-                title="Reward model",
-            ),
-            Section(
-                TrainingJob.Kind.PPO,
-                (
-                    "total_steps",
-                    "rollout_batch_size",
-                    "learning_rate",
-                    "kl_coef",
-                    "clip_range",
-                    "seed",
-                ),
-                key="ppo",
-                title="PPO (update = ppo)",
-            ),
-            Section(
-                TrainingJob.Kind.DPO,
-                ("beta", "learning_rate", "num_epochs", "batch_size", "seed"),
-                key="dpo",
-                title="DPO (update = dpo)",
-            ),
-            Section(
-                TrainingJob.Kind.GENERATE,
-                ("temperature", "top_p", "max_new_tokens", "seed"),
-                key="sampling",
-                title="Sampling the next campaign",
-            ),
-        ),
-    ),
-}
+KINDS: dict[str, JobKind] = {name: kind for name, kind in JOB_KINDS.items() if kind.created_here}
+"""The kinds the job form creates (acquisition jobs have their own endpoint)."""
 
 
-# --- Config dataclasses → form fields -----------------------------------------------------------
+def config_class(section: ConfigSection) -> type:
+    return section.cls
 
 
-def config_class(kind: str) -> type:
-    from training.services import config_class as service_config_class
+API_ONLY = frozenset({"evaluation"})
+"""Request fields the form leaves out: a standalone update's evaluation settings keep their
+defaults here (the API takes them; a round's job uses the round's)."""
 
-    return service_config_class(kind)
 
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (cleanrl style), by field name."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, following in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
+def job_field_names(kind: JobKind) -> tuple[str, ...]:
+    """The form's non-config fields of a kind, in its Request's order (``mix`` as three)."""
+    names: list[str] = []
+    for f in kind.request_fields():
+        if f.name == "config" or f.name in API_ONLY:
+            continue
+        names.extend(MIX if f.name == "mix" else [f.name])
+    return tuple(names)
 
 
 def _form_field(field: dataclasses.Field, hint: Any, doc: str) -> forms.Field:
@@ -228,13 +69,13 @@ def _form_field(field: dataclasses.Field, hint: Any, doc: str) -> forms.Field:
     return forms.CharField(required=not optional, **common)
 
 
-def section_prefix(section: Section) -> str:
+def section_prefix(section: ConfigSection) -> str:
     return CONFIG_PREFIX + (f"{section.key}__" if section.key else "")
 
 
-def config_form_fields(section: Section) -> dict[str, forms.Field]:
+def config_form_fields(section: ConfigSection) -> dict[str, forms.Field]:
     """Form fields for a section's hyper-parameters, prefilled with the class's defaults."""
-    cls = config_class(section.config_kind)
+    cls = section.cls
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
@@ -351,24 +192,29 @@ def _all_fields() -> dict[str, forms.Field]:
 
 
 class TrainingJobForm(forms.Form):
-    """One job kind's form: its job fields (``KindSpec.job_fields``) and hyper-parameters."""
+    """One job kind's form: the fields of its Request (help texts: their docstrings) and the
+    hyper-parameters of its config sections."""
 
     def __init__(self, *args, kind: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.kind = kind
         self.spec = KINDS[kind]
+        self.job_field_names = job_field_names(self.spec)
         every = _all_fields()
-        for name in self.spec.job_fields:
+        docs = field_docs(self.spec.Request)
+        for name in self.job_field_names:
             self.fields[name] = every[name]
+            if docs.get(name) and name not in MIX:
+                self.fields[name].help_text = docs[name][:1].upper() + docs[name][1:] + "."
         for section in self.spec.sections:
             self.fields.update(config_form_fields(section))
 
     @property
     def job_fields(self) -> list[forms.BoundField]:
-        return [self[name] for name in self.spec.job_fields]
+        return [self[name] for name in self.job_field_names]
 
     @property
-    def config_sections(self) -> list[tuple[Section, list[forms.BoundField]]]:
+    def config_sections(self) -> list[tuple[ConfigSection, list[forms.BoundField]]]:
         return [
             (section, [self[name] for name in config_form_fields(section)])
             for section in self.spec.sections
@@ -390,11 +236,11 @@ class TrainingJobForm(forms.Form):
                 config.update(values)
         return config
 
-    def service_arguments(self) -> dict[str, Any]:
-        """The keyword arguments of ``training_job_create_from_form`` (besides kind, user)."""
+    def request_fields(self) -> dict[str, Any]:
+        """The fields of the kind's Request (besides ``created_by``)."""
         data = self.cleaned_data
         arguments: dict[str, Any] = {"config": self.config()}
-        for name in self.spec.job_fields:
+        for name in self.job_field_names:
             if name in MIX:
                 continue
             value = data.get(name)
@@ -405,10 +251,10 @@ class TrainingJobForm(forms.Form):
             elif name == "name":
                 value = value or ""
             arguments[name] = value
-        if any(name in self.spec.job_fields for name in MIX):
+        if any(name in self.job_field_names for name in MIX):
             mix = {n.removeprefix("mix_"): data[n] for n in MIX if data.get(n) is not None}
             arguments["mix"] = mix or None
-        return {k: v for k, v in arguments.items() if v is not None or k in ("round",)}
+        return {k: v for k, v in arguments.items() if v is not None}
 
     def add_service_error(self, exc: ServiceError) -> None:
         """A service error next to its field; a config error next to the parameter it names."""
@@ -448,7 +294,7 @@ class ModelRegisterForm(forms.Form):
 
 
 class RoundStartForm(forms.Form):
-    """Start the RLHF loop on a campaign (``training.services.round_start``)."""
+    """Start the RLHF loop on a campaign (``training.rounds.round_start``)."""
 
     campaign = CampaignChoice(queryset=Campaign.objects.filter(rlhf_round__isnull=True))
     policy = ModelVersionChoice(

@@ -1,26 +1,26 @@
 """Dashboard pages for training: start jobs, follow them live, model versions and their lineage.
 
-Jobs are created through ``training.services.training_job_create_from_form`` (the API's path
-too), cancelled through ``training_job_cancel`` and retried through ``training_job_retry``. The
-job page is a shell plus static/dashboard/job.js, which polls the JSON API.
+Jobs are created, cancelled and retried through ``training.jobs.lifecycle`` (the API's path
+too); rounds are started through ``training.rounds``. The job page is a shell plus
+static/dashboard/job.js, which polls the JSON API.
 """
 
 from __future__ import annotations
 
-from django import forms as django_forms
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotation.dashboard.forms import add_service_error
-from annotation.dashboard.views import MAX_ID, staff_required
 from annotation.errors import NotFound, ServiceError
 from annotation.models import Campaign
-from training import selectors, services
+from config.dashboard import MAX_ID, add_service_error, staff_required
+from training import exports, rounds, selectors, services
 from training.api.serializers import TrainingJobSerializer
 from training.dashboard import forms
+from training.jobs import lifecycle
+from training.ml.config import RewardModelConfig
 from training.models import ModelVersion, Round, TrainingJob
 
 POLL_MS = 1500
@@ -113,9 +113,8 @@ def job_create(request: HttpRequest, kind: str) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         try:
-            job = services.training_job_create_from_form(
-                created_by=request.user, kind=kind, **form.service_arguments()
-            )
+            request_ = form.spec.Request(created_by=request.user, **form.request_fields())
+            job = lifecycle.job_create(kind, request_, from_form=True)
         except ServiceError as exc:
             form.add_service_error(exc)
         else:
@@ -124,9 +123,33 @@ def job_create(request: HttpRequest, kind: str) -> HttpResponse:
     return render(
         request,
         "dashboard/job_form.html",
-        {"nav": "jobs", "form": form, "kind": kind, "spec": forms.KINDS[kind]},
+        {
+            "nav": "jobs",
+            "form": form,
+            "kind": kind,
+            "spec": forms.KINDS[kind],
+            "warnings": _round_warnings(kind, form.initial.get("round")),
+        },
         status=400 if form.errors else 200,
     )
+
+
+def _round_warnings(kind: str, rnd: Round | None) -> list[str]:
+    """What would hold a round for review, known before it runs: too few pairs for the reward
+    model's held-out set."""
+    if kind not in (TrainingJob.Kind.ROUND, TrainingJob.Kind.REWARD_MODEL) or rnd is None:
+        return []
+    minimum = rounds.eval_settings_clean(rnd.eval_settings)["min_held_out_pairs"]
+    pairs = len(exports.preference_pairs(campaign_ids=[rnd.campaign_id]))
+    expected = int(pairs * RewardModelConfig().eval_fraction)
+    if expected >= minimum:
+        return []
+    return [
+        f"Round {rnd.number}'s campaign has {pairs} preference pairs so far: about {expected} "
+        f"would be held out to evaluate the reward model, fewer than {minimum}, so the round "
+        "would be held for review. Label more first, or lower min_held_out_pairs in the "
+        "round's evaluation settings."
+    ]
 
 
 @staff_required
@@ -142,6 +165,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
             "job": reverse("training-job-detail", args=[job.pk]),
             "metrics": reverse("training-job-metrics", args=[job.pk]),
             "cancel": reverse("training-job-cancel", args=[job.pk]),
+            "step": reverse("training-dashboard:job", args=[0]),
         },
     }
     return render(
@@ -152,6 +176,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
             "job": job,
             "config": config,
             "steps": job.steps.order_by("created_at", "id"),
+            "samples": policy_samples((job.summary or {}).get("evaluation") or {}),
         },
     )
 
@@ -162,7 +187,7 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     """Cancel without JavaScript (the page's script calls the API's cancel instead)."""
     job = _job(job_id)
     try:
-        services.training_job_cancel(job=job)
+        lifecycle.job_cancel(job=job)
     except ServiceError as exc:
         messages.error(request, exc.message.capitalize() + ".")
     else:
@@ -175,7 +200,7 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
     job = _job(job_id)
     try:
-        new = services.training_job_retry(job=job, created_by=request.user)
+        new = lifecycle.job_retry(job=job, created_by=request.user)
     except ServiceError as exc:
         messages.error(request, exc.message.capitalize() + ".")
         return redirect("training-dashboard:job", job_id=job.pk)
@@ -226,11 +251,11 @@ EVALUATION_COLUMNS = ("policy_before", "policy_after", "delta")
 
 
 def _evaluation_table(evaluation: dict) -> dict:
-    """A round's evaluation (training.runners.evaluate_update) as a table: the policy before,
+    """A round's evaluation (training.jobs.update.evaluate_update) as a table: the policy before,
     after, and the difference as columns, their figures as rows; the scalars (algorithm, job,
     held-out prompts) as notes. Other nested values (settings, examples) are left out."""
     if not evaluation:
-        return {"columns": [], "rows": [], "notes": []}
+        return {"columns": [], "rows": [], "notes": [], "samples": []}
     nested = {k: v for k, v in evaluation.items() if isinstance(v, dict)}
     if any(c in nested for c in EVALUATION_COLUMNS):
         nested = {c: nested[c] for c in EVALUATION_COLUMNS if c in nested}
@@ -244,7 +269,22 @@ def _evaluation_table(evaluation: dict) -> dict:
         for key, value in evaluation.items()
         if not isinstance(value, dict | list)
     ]
-    return {"columns": columns, "rows": rows, "notes": notes}
+    return {"columns": columns, "rows": rows, "notes": notes, "samples": policy_samples(evaluation)}
+
+
+def policy_samples(evaluation: dict) -> list[dict]:
+    """The same held-out prompts answered by the policy before and after the update."""
+    before = (evaluation.get("policy_before") or {}).get("examples") or []
+    after = (evaluation.get("policy_after") or {}).get("examples") or []
+    return [
+        {
+            "prompt": b.get("prompt", ""),
+            "before": b.get("completion", ""),
+            "after": a.get("completion", ""),
+        }
+        for b, a in zip(before, after, strict=False)
+        if isinstance(b, dict) and isinstance(a, dict)
+    ]
 
 
 def _models_page(
@@ -255,14 +295,18 @@ def _models_page(
     status: int = 200,
 ) -> HttpResponse:
     versions = list(selectors.model_version_list().select_related("created_by_job__campaign"))
-    rounds = [
-        {
-            "round": rnd,
-            "jobs": list(selectors.round_jobs(round=rnd)),
-            "evaluation": _evaluation_table(rnd.evaluation),
-        }
-        for rnd in selectors.round_list()
-    ]
+    rounds = []
+    for rnd in selectors.round_list():
+        jobs = list(selectors.round_jobs(round=rnd))
+        generated = [j for j in jobs if j.kind == TrainingJob.Kind.GENERATE and j.summary]
+        rounds.append(
+            {
+                "round": rnd,
+                "jobs": jobs,
+                "evaluation": _evaluation_table(rnd.evaluation),
+                "generation": generated[-1].summary if generated else None,
+            }
+        )
     return render(
         request,
         "dashboard/models.html",
@@ -306,40 +350,14 @@ def model_register(request: HttpRequest) -> HttpResponse:
 @staff_required
 @require_POST
 def round_create(request: HttpRequest) -> HttpResponse:
-    """Start the RLHF loop on a campaign (services.round_start)."""
+    """Start the RLHF loop on a campaign (rounds.round_start)."""
     form = forms.RoundStartForm(request.POST)
     if form.is_valid():
         try:
-            rnd = services.round_start(created_by=request.user, **form.cleaned_data)
+            rnd = rounds.round_start(created_by=request.user, **form.cleaned_data)
         except ServiceError as exc:
             add_service_error(form, exc)
         else:
             messages.success(request, f"Round {rnd.number} started on {rnd.campaign.name}.")
             return redirect(reverse("training-dashboard:models") + f"#round-{rnd.pk}")
     return _models_page(request, round_form=form, status=400)
-
-
-# --- Used by the campaign import page -----------------------------------------------------------
-
-
-def generate_context(request: HttpRequest, *, campaign: Campaign) -> dict:
-    """The "generate completions from a policy" form of the campaign import page."""
-    if TrainingJob.Kind.GENERATE not in services.RUNNERS:
-        from training import runners  # noqa: F401 - registers the runners
-    if TrainingJob.Kind.GENERATE not in services.RUNNERS:
-        return {
-            "generate_form": None,
-            "generate_unavailable": "Generation jobs are not available yet (no runner for "
-            "the generate kind).",
-        }
-    form = forms.TrainingJobForm(
-        initial={"campaign_ids": [campaign], "target_campaign": campaign}, kind="generate"
-    )
-    # Here the prompts and the target are this campaign; errors come back on the full form.
-    del form.fields["round"]
-    form.fields["campaign_ids"].widget = django_forms.MultipleHiddenInput()
-    form.fields["target_campaign"].widget = django_forms.HiddenInput()
-    return {
-        "generate_form": form,
-        "generate_url": reverse("training-dashboard:job-create", args=["generate"]),
-    }

@@ -16,7 +16,14 @@ This module holds configuration only and imports nothing heavy.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import itertools
+import textwrap
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -281,3 +288,92 @@ class SamplingConfig:
     """seed of torch's RNG for the sampling (restored afterwards)"""
     device: str | None = None
     """``None``/"auto", "cpu", "cuda", ...; see ``training.ml.device.pick_device``"""
+
+
+# --- From JSON, and the docs of the fields ---------------------------------------------------
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, once per class."""
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (cleanrl style), by field name,
+    inherited ones included: the help texts of the API and of the dashboard's forms."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass.__module__ == "builtins":
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def config_from_dict(cls: type, data: Any) -> Any:
+    """Build a config dataclass from JSON, refusing unknown fields, values of the wrong type and
+    values the class itself refuses: ``ValueError`` naming the field. A nested dataclass field
+    (a round's sections) is built the same way."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError("must be an object of hyper-parameters")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    hints = type_hints(cls)
+    data = dict(data)
+    for key, value in data.items():
+        hint = hints[key]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            try:
+                data[key] = config_from_dict(hint, value if value is not None else {})
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        elif not _matches(value, hint):
+            expected = str(hint).replace("typing.", "")
+            raise ValueError(f"{key}: {value!r} is not a valid {expected}")
+    try:
+        return cls.from_dict(data) if hasattr(cls, "from_dict") else cls(**data)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a (simple) type hint; unknown hints accept anything."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(args)
+            and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        )
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    return True

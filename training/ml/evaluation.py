@@ -1,7 +1,7 @@
 """Evaluating policies on held-out prompts: reward, KL to the reference, length, EOS rate.
 
 Plain torch + transformers (no Django), like the rest of ``training.ml``: the round runner
-(``training.runners.evaluate_update``) calls :func:`evaluate_policies` with model directories
+(``training.jobs.update.evaluate_update``) calls :func:`evaluate_policies` with model directories
 and prompts, and stores what it returns on the Round.
 """
 
@@ -35,15 +35,42 @@ class EvalSettings:
     gold_score: bool = False
     """also report ``training.ml.synthetic.gold_score`` (meaningful when the labels came from the
     synthetic labeller, whose hidden preference it is)"""
+    min_held_out_pairs: int = 50
+    """a round whose reward model was evaluated on fewer held-out pairs is held for review (its
+    accuracy says little)"""
+    reward_must_not_fall: bool = True
+    """a round whose update lowered the reward on held-out prompts is held for review"""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError("eval_fraction must be in [0, 1)")
+        if self.min_held_out_pairs < 0:
+            raise ValueError("min_held_out_pairs must be >= 0")
         for name in ("max_prompts", "samples_per_prompt", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+
+
+EXAMPLES = 4
+"""Held-out prompts whose first sample each policy's result shows, the same prompts for every
+policy (where a practitioner spots a degenerate update first)."""
+
+
+def _examples(prompts: Sequence[Any], completions: Sequence[Any]) -> list[dict[str, str]]:
+    """The first completion of each of the first :data:`EXAMPLES` prompts, with its prompt."""
+    examples: dict[int, dict[str, str]] = {}
+    for completion in completions:
+        if completion.prompt_index in examples:
+            continue
+        if len(examples) == EXAMPLES:
+            break
+        prompt = prompts[completion.prompt_index]
+        if not isinstance(prompt, str):  # chat messages: the last one asked
+            prompt = str(prompt[-1].get("content", "")) if prompt else ""
+        examples[completion.prompt_index] = {"prompt": prompt, "completion": completion.text}
+    return list(examples.values())
 
 
 def evaluate_policies(
@@ -151,6 +178,6 @@ def evaluate_policies(
             result["reward"] = sum(scores) / len(scores)
         if settings.gold_score:
             result["gold_score"] = expected_gold_score(texts)
-        result["examples"] = texts[:3]
+        result["examples"] = _examples(prompts, completions)
         results[name] = result
     return results
