@@ -48,7 +48,11 @@ def round_get(*, round_id: int) -> Round:
 
 def round_jobs(*, round: Round) -> QuerySet[TrainingJob]:
     """The round's jobs, oldest first (a chained job's steps included)."""
-    return TrainingJob.objects.filter(round=round).order_by("created_at", "id")
+    return (
+        TrainingJob.objects.filter(round=round)
+        .select_related("created_by")
+        .order_by("created_at", "id")
+    )
 
 
 def round_lineage(*, round: Round) -> list[Round]:

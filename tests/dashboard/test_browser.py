@@ -305,9 +305,12 @@ def test_reward_model_job_runs_to_success_with_charts(
     page.screenshot(path=str(output_dir / "dashboard-models.png"), full_page=True)
 
 
-def test_start_a_round_and_run_it_whole_from_the_dashboard(
+def test_a_round_held_for_review_then_started_anyway_from_the_dashboard(
     page, log_in, admin, jobs_run, tiny_model_dir, output_dir
 ):
+    """60 one-pair rankings hold out about 6 pairs, fewer than the 50 the round asks by default:
+    the form says so before the job runs, the round stops after the update with the reason on
+    its card, and the admin starts the next round anyway."""
     campaign = labelled_marker_campaign(tasks=60)
     log_in(page, admin)
     page.goto("/dashboard/training/models/")
@@ -320,13 +323,19 @@ def test_start_a_round_and_run_it_whole_from_the_dashboard(
     start.get_by_label("Campaign").select_option(str(campaign.pk))
     base = ModelVersion.objects.get(name="tiny-base")
     start.get_by_label("Policy", exact=True).select_option(str(base.pk))
+    start.locator("summary", has_text="Evaluation and review").click()
+    expect(start.get_by_label("min held out pairs")).to_have_value("50")
+    start.get_by_label("max new tokens").fill("8")
     start.get_by_role("button", name="Start the round").click()
     expect(page.locator(".messages")).to_contain_text("Round 0 started")
     rnd = Round.objects.get(campaign=campaign)
+    assert rnd.eval_settings["max_new_tokens"] == 8
+    assert rnd.eval_settings["min_held_out_pairs"] == 50
 
     page.locator(f"#round-{rnd.pk}").get_by_role("link", name="Run the whole round").click()
     expect(page.get_by_role("heading", name="Run a whole round")).to_be_visible()
     expect(page.locator("#id_round")).to_have_value(str(rnd.pk))
+    expect(page.locator(".warning-box")).to_contain_text("fewer than 50")
     for name, value in {
         "reward_model__num_epochs": "1",
         "reward_model__learning_rate": "0.001",
@@ -340,20 +349,36 @@ def test_start_a_round_and_run_it_whole_from_the_dashboard(
     page.get_by_role("button", name="Queue the job").click()
     expect(page).to_have_url(re.compile(r"/dashboard/training/jobs/\d+/$"))
     expect_job_to_end(page, "Succeeded")
+    expect(page.locator("#job-log")).to_contain_text("held for review")
     page.reload()
     steps = page.locator("#steps-title + ol li")
-    expect(steps).to_have_count(3)
+    expect(steps).to_have_count(2)  # reward model and PPO; nothing generated
     for step in steps.all():
         expect(step.locator(".badge")).to_have_text("Succeeded")
 
     page.get_by_role("link", name="Models & rounds").click()
     card = page.locator(f"#round-{rnd.pk}")
+    expect(card.locator(".badge").first).to_have_text("Needs review")
+    expect(card.locator(".warning-box")).to_contain_text("held-out pairs, fewer than 50")
+    expect(card.locator("table.evaluation")).to_contain_text("policy_after")
+    rnd.refresh_from_db()
+    assert rnd.next_campaign is None and rnd.policy_after is not None
+
+    card.get_by_role("link", name="Start next round").click()
+    expect(page.locator("#id_round")).to_have_value(str(rnd.pk))
+    page.locator("#id_config__max_new_tokens").fill("8")
+    page.get_by_role("button", name="Queue the job").click()
+    expect_job_to_end(page, "Succeeded")
+    page.get_by_role("link", name="Models & rounds").click()
+    card = page.locator(f"#round-{rnd.pk}")
     expect(card.locator(".badge").first).to_have_text("Next round opened")
     expect(card.locator(".chain")).not_to_contain_text("not yet")
-    expect(card.locator("table.evaluation")).to_contain_text("policy_after")
-    expect(card.locator("table.evaluation")).to_contain_text("kl_ref")
+    expect(card.locator(".warning-box")).to_contain_text(
+        f"the next round was started anyway by {admin.username}"
+    )
     rnd.refresh_from_db()
     assert rnd.next_campaign.tasks.count() == 60
+    assert rnd.next_campaign.status == "draft"
     page.screenshot(path=str(output_dir / "dashboard-rounds.png"), full_page=True)
 
 

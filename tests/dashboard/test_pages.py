@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 from annotation import quality, services
 from annotation.models import Campaign, Guideline, Membership, Prompt, Ranking, Task
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
+from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, TrainingJob
 
 pytestmark = pytest.mark.django_db
@@ -786,16 +787,26 @@ def test_register_a_model_and_start_a_round_from_the_models_page(admin_user, ran
     start = "/dashboard/training/rounds/new/"
     response = client.post(start, {"campaign": ranked.pk, "reward_scope": "all"})
     assert field_error(response, "policy") == "This field is required."
-    response = client.post(
-        start, {"campaign": ranked.pk, "policy": version.pk, "reward_scope": "all"}
+    shown = {"campaign": ranked.pk, "policy": version.pk, "reward_scope": "all",
+             "config__eval__reward_must_not_fall": "on"}  # fmt: skip
+    response = client.post(start, {**shown, "config__eval__eval_fraction": "1.5"})
+    assert response.status_code == 400
+    assert field_error(response, "config__eval__eval_fraction") == (
+        "eval_fraction must be in [0, 1)"
     )
     from training.models import Round
 
+    assert not Round.objects.exists()
+    response = client.post(start, {**shown, "config__eval__min_held_out_pairs": "20"})
     rnd = Round.objects.get(campaign=ranked)
     assert response.status_code == 302 and response["Location"].endswith(f"#round-{rnd.pk}")
     assert (
         rnd.policy_before == version and rnd.reference == version and rnd.created_by == admin_user
     )
+    # what was set is stored; what was left empty keeps its default
+    assert rnd.eval_settings["min_held_out_pairs"] == 20
+    assert rnd.eval_settings["reward_must_not_fall"] is True
+    assert rnd.eval_settings["eval_fraction"] == EvalSettings().eval_fraction
     page = body(client.get("/dashboard/training/models/"))
     campaigns = re.search(r'<select name="campaign"[^>]*>(.*?)</select>', page, re.S)[1]
     assert f'<option value="{ranked.pk}"' not in campaigns  # it has its round now

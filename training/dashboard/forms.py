@@ -22,6 +22,7 @@ from annotation.models import Campaign
 from training.jobs import KINDS as JOB_KINDS
 from training.jobs.base import ConfigSection, JobKind
 from training.ml.config import field_docs
+from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, Round
 
 CONFIG_PREFIX = "config__"
@@ -313,3 +314,47 @@ class RoundStartForm(forms.Form):
         initial=Round.RewardScope.ALL,
         label="Reward model trains on",
     )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name, field in config_form_fields(EVAL_SECTION).items():
+            field.required = False  # left empty: the default
+            self.fields[name] = field
+
+    @property
+    def round_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if not name.startswith(CONFIG_PREFIX)]
+
+    @property
+    def eval_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in config_form_fields(EVAL_SECTION)]
+
+    def start_arguments(self) -> dict[str, Any]:
+        """``rounds.round_start``'s keyword arguments (the evaluation settings as one dict)."""
+        prefix = section_prefix(EVAL_SECTION)
+        data = dict(self.cleaned_data)
+        names = [name for name in data if name.startswith(prefix)]
+        settings_ = {name.removeprefix(prefix): data.pop(name) for name in names}
+        settings_ = {name: value for name, value in settings_.items() if value is not None}
+        return {**data, "eval_settings": settings_}
+
+    def add_service_error(self, exc: ServiceError) -> None:
+        """An evaluation-settings error next to the setting it names, others next to theirs."""
+        for field, messages in (exc.errors or {None: [exc.message]}).items():
+            for message in messages:
+                if field == "eval_settings":
+                    named = [
+                        name for name in EVAL_SECTION.fields if re.search(rf"\b{name}\b", message)
+                    ]
+                    field = section_prefix(EVAL_SECTION) + named[0] if named else None
+                self.add_error(field if field in self.fields else None, message)
+
+
+EVAL_SECTION = ConfigSection(
+    EvalSettings,
+    ("min_held_out_pairs", "reward_must_not_fall", "eval_fraction", "max_prompts",
+     "samples_per_prompt", "max_new_tokens"),
+    key="eval",
+    title="Evaluation and review",
+)  # fmt: skip
+"""The round's evaluation settings the start form shows (inherited by every later round)."""

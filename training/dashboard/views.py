@@ -305,6 +305,7 @@ def _models_page(
                 "jobs": jobs,
                 "evaluation": _evaluation_table(rnd.evaluation),
                 "generation": generated[-1].summary if generated else None,
+                "started_anyway_by": generated[-1].created_by if generated else None,
             }
         )
     return render(
@@ -354,9 +355,9 @@ def round_create(request: HttpRequest) -> HttpResponse:
     form = forms.RoundStartForm(request.POST)
     if form.is_valid():
         try:
-            rnd = rounds.round_start(created_by=request.user, **form.cleaned_data)
+            rnd = rounds.round_start(created_by=request.user, **form.start_arguments())
         except ServiceError as exc:
-            add_service_error(form, exc)
+            form.add_service_error(exc)
         else:
             messages.success(request, f"Round {rnd.number} started on {rnd.campaign.name}.")
             return redirect(reverse("training-dashboard:models") + f"#round-{rnd.pk}")
