@@ -86,6 +86,30 @@ def test_a_majority_that_agrees_closes_the_task():
 
 
 @pytest.mark.django_db
+def test_agreement_exactly_at_the_threshold_does_not_reopen():
+    """Reopened only *below* ``reopen_below``: with N = 4, two labellers whose orders share
+    exactly 3 of the 6 pairs agree 0.5, the default threshold, and the task closes at k_min."""
+    campaign, users = adaptive_campaign(tasks=1, users=3)
+    assert campaign.reopen_below == 0.5
+    rank(users[0], campaign)  # a < b < c < d
+    second = services.task_assign_next(labeller=users[1], campaign=campaign)
+    a, b, c, d = sorted(second.display_order)
+    order = [b, d, a, c]  # inverts (a, b), (a, d), (c, d): 3 of 6 pairs agree
+    services.ranking_submit(
+        labeller=users[1],
+        assignment=second,
+        items=[{"completion": x, "rank": i + 1} for i, x in enumerate(order)],
+        time_spent_ms=5,
+    )
+    first = {a: 1, b: 2, c: 3, d: 4}
+    second_labels = {x: i + 1 for i, x in enumerate(order)}
+    assert quality.task_strict_agreement([first, second_labels]) == (0.5, 6)  # (value, pairs)
+    task = Task.objects.get(pk=second.task_id)
+    assert (task.submitted_count, task.target_overlap) == (K_MIN, K_MIN)
+    assert services.task_assign_next(labeller=users[2], campaign=campaign) is None
+
+
+@pytest.mark.django_db
 def test_undefined_agreement_does_not_reopen():
     campaign, users = adaptive_campaign(tasks=1, users=3)
     first = services.task_assign_next(labeller=users[0], campaign=campaign)

@@ -166,6 +166,26 @@ def test_expired_leases_are_swept_back_to_the_pool(campaign, labeller, other_lab
     assert other.task_id == held.task_id
 
 
+def test_two_leases_of_one_task_expiring_in_one_sweep_free_both_slots(campaign):
+    """The sweep returns every expired lease of a task to it, not one per task: two labellers
+    on one task (overlap 2) who both let their leases lapse leave it with no open lease."""
+    campaign.overlap = 2
+    campaign.save()
+    Task.objects.update(target_overlap=2)
+    first, second, third, fourth = members(campaign, 4)
+    held = [services.task_assign_next(labeller=user, campaign=campaign) for user in (first, second)]
+    assert held[0].task_id == held[1].task_id  # breadth first: the started task
+    task_id = held[0].task_id
+    for assignment in held:
+        _expire(assignment)
+    assert services.assignments_expire() == 2
+    assert Task.objects.get(pk=task_id).active_count == 0
+    again = [
+        services.task_assign_next(labeller=user, campaign=campaign) for user in (third, fourth)
+    ]
+    assert [a.task_id for a in again] == [task_id, task_id]  # both slots were given back
+
+
 def _expire(assignment):
     Assignment.objects.filter(pk=assignment.pk).update(
         assigned_at=timezone.now() - timedelta(hours=2),

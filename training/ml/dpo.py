@@ -91,6 +91,12 @@ def dpo_loss(
     return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 
+def weighted_mean(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The batch loss: per-pair losses averaged with the pairs' weights (e.g. labeller
+    agreement), so a pair of weight 0 contributes nothing; 0 for a batch of weight 0."""
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
 # --- plumbing: encoding and log-probs -----------------------------------------------------------
 
 
@@ -265,7 +271,7 @@ def run_dpo(
                     config.beta,
                 )
                 weights = torch.tensor([encoded[i].weight for i in idx], device=device)
-                loss = (losses * weights).sum() / weights.sum().clamp(min=1e-8)
+                loss = weighted_mean(losses, weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(

@@ -70,12 +70,14 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "PPOResult",
+    "annealed_learning_rate",
     "compute_rewards",
     "entropy_from_logits",
     "gae",
     "masked_mean",
     "masked_var",
     "ppo_policy_loss",
+    "ppo_total_loss",
     "ppo_value_loss",
     "run_ppo",
     "whiten",
@@ -228,6 +230,28 @@ def ppo_value_loss(
     with torch.no_grad():
         clipfrac = masked_mean((loss_clipped > loss_unclipped).to(values.dtype), mask)
     return loss, clipfrac
+
+
+def ppo_total_loss(
+    policy_loss: torch.Tensor,
+    value_loss: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    vf_coef: float,
+    ent_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L, L_ENT)`` with ``L = L_policy + c1·L_VF + c2·L_ENT`` and ``L_ENT = -mean(entropy)``
+    over valid tokens: minimising ``L`` with ``c2 > 0`` raises the entropy (a bonus)."""
+    entropy_loss = -masked_mean(entropy, mask)
+    return policy_loss + vf_coef * value_loss + ent_coef * entropy_loss, entropy_loss
+
+
+def annealed_learning_rate(learning_rate: float, step: int, total_steps: int) -> float:
+    """The learning rate of PPO step ``step`` (1-based) with ``anneal_lr``: linear from
+    ``learning_rate`` at step 1 down to ``learning_rate / total_steps`` at the last step
+    (it would reach 0 one step after the end)."""
+    return learning_rate * (1 - (step - 1) / total_steps)
 
 
 def apply_missing_eos_penalty(
@@ -568,8 +592,14 @@ def ppo_update(
             value_loss, value_clipfrac = ppo_value_loss(
                 values, roll.values[idx], returns[idx], mask, config.clip_range_value
             )
-            entropy_loss = -masked_mean(entropy, mask)
-            loss = policy_loss + config.vf_coef * value_loss + config.ent_coef * entropy_loss
+            loss, entropy_loss = ppo_total_loss(
+                policy_loss,
+                value_loss,
+                entropy,
+                mask,
+                vf_coef=config.vf_coef,
+                ent_coef=config.ent_coef,
+            )
             # --- the step
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -701,7 +731,9 @@ def run_ppo(
             check_stop(should_stop, f"PPO stopped before step {step}")
             if config.anneal_lr:
                 for group in optimizer.param_groups:
-                    group["lr"] = config.learning_rate * (1 - (step - 1) / config.total_steps)
+                    group["lr"] = annealed_learning_rate(
+                        config.learning_rate, step, config.total_steps
+                    )
             step_start = time.perf_counter()
             roll = rollout(
                 models, [prompts[i] for i in next(batches)], config, should_stop=should_stop

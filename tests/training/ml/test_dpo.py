@@ -16,6 +16,7 @@ from training.ml.dpo import (
     encode_pairs,
     pair_logprobs,
     run_dpo,
+    weighted_mean,
 )
 from training.ml.policy import load_causal_lm
 
@@ -45,12 +46,20 @@ def test_dpo_loss_is_log_2_when_policy_equals_reference():
     torch.testing.assert_close(losses, torch.full((2,), math.log(2)))
 
 
+def test_the_batch_loss_weighs_each_pair_by_its_weight():
+    losses = torch.tensor([1.0, 4.0, 10.0])
+    assert weighted_mean(losses, torch.tensor([1.0, 1.0, 0.0])).item() == pytest.approx(2.5)
+    assert weighted_mean(losses, torch.tensor([2.0, 1.0, 1.0])).item() == pytest.approx(4.0)
+    assert weighted_mean(losses, torch.zeros(3)).item() == 0.0
+
+
 @dataclass(frozen=True)
 class Pair:
     prompt: object
     chosen: str
     rejected: str
     tie: bool = False
+    weight: float = 1.0
 
 
 PAIRS = [
@@ -111,3 +120,36 @@ def test_cancelled_dpo_leaves_no_directory(tiny_model_dir, tmp_path):
             should_stop=lambda: True,
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pair_weights_are_encoded_unless_use_weights_is_off(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
+    pairs = [Pair("Why?", "Because.", "No.", weight=0.25), Pair("How?", "Slowly.", "Eh.")]
+    encoded, _ = encode_pairs(tokenizer, pairs, DPOConfig())
+    assert [pair.weight for pair in encoded] == [0.25, 1.0]
+    encoded, _ = encode_pairs(tokenizer, pairs, DPOConfig(use_weights=False))
+    assert [pair.weight for pair in encoded] == [1.0, 1.0]
+
+
+def test_a_pair_of_weight_zero_teaches_the_policy_nothing(tiny_model_dir, tmp_path):
+    """Trained on [a (weight 1), b (weight 0)] in one batch, the policy ends where training on
+    a alone takes it."""
+    from transformers import AutoModelForCausalLM
+
+    config = DPOConfig(beta=0.5, learning_rate=1e-3, batch_size=2, device="cpu")
+    a = PAIRS[0]
+    b = Pair(PAIRS[1].prompt, PAIRS[1].chosen, PAIRS[1].rejected, weight=0.0)
+    weights = {}
+    for name, pairs in {"both": [a, b], "alone": [a]}.items():
+        run_dpo(
+            policy_dir=tiny_model_dir,
+            reference_dir=tiny_model_dir,
+            pairs=pairs,
+            output_dir=tmp_path / name,
+            config=config,
+        )
+        weights[name] = AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict()
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(before[k], weights["alone"][k]) for k in before)  # it learned
+    for key, value in weights["alone"].items():
+        torch.testing.assert_close(weights["both"][key], value, rtol=1e-4, atol=1e-6)
