@@ -10,7 +10,7 @@ replacement, one after the other, and the campaign rule decides how many rank it
 * fixed k: exactly k labellers, for every k from k_min to k_max (the budget curve);
 * adaptive k_min -> k_max: start with k_min; whenever the task reaches its target and the
   labellers' pairwise agreement on strict pairs is below the threshold, one more labeller, up to
-  k_max. The rule is ``annotation.quality.task_strict_agreement``, the function
+  k_max. The rule is ``annotation.agreement_figures.task_strict_agreement``, the function
   ``annotation.services.ranking_submit`` calls.
 
 Reported per rule: labels used (rankings), labels per task, and consensus accuracy: the share
@@ -44,10 +44,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 import django  # noqa: E402
 
-django.setup()  # annotation.quality imports the models; nothing here touches the database
+django.setup()  # annotation.agreement_figures imports the models; nothing here touches the database
 
 from annotation import consensus  # noqa: E402
-from annotation.quality import task_strict_agreement  # noqa: E402
+from annotation.agreement_figures import task_strict_agreement  # noqa: E402
 from training.ml.synthetic import GOLD_WORDS, SyntheticLabeller, gold_score  # noqa: E402
 
 GOLD = sorted(GOLD_WORDS)

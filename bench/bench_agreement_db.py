@@ -52,7 +52,7 @@ from django.urls import resolve  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from rest_framework.test import APIRequestFactory, force_authenticate  # noqa: E402
 
-from annotation import agreement, exports, quality  # noqa: E402
+from annotation import agreement, agreement_figures, exports  # noqa: E402
 from annotation.agreement import Bootstrap  # noqa: E402
 from annotation.models import (  # noqa: E402
     Assignment,
@@ -248,7 +248,7 @@ def bench_agreement(campaign: Campaign, admin, args) -> float:
     records, records_s = timed(lambda: exports.ranking_records(rows), repeat)
     table, table_s = timed(lambda: agreement.ranking_table(records), repeat)
     votes, votes_s = timed(lambda: agreement.pair_votes(table), repeat)
-    inputs = quality.AgreementInputs(
+    inputs = agreement_figures.AgreementInputs(
         campaign_id=campaign.pk,
         fail_policy="rank_last",
         table=table,
@@ -257,12 +257,12 @@ def bench_agreement(campaign: Campaign, admin, args) -> float:
     )
     agreement._task_weights(table.n_tasks, bootstrap.resamples, bootstrap.seed)  # warm the cache
     figures, campaign_s = timed(
-        lambda: quality.campaign_figures(inputs, bootstrap=bootstrap), repeat
+        lambda: agreement_figures.campaign_figures(inputs, bootstrap=bootstrap), repeat
     )
     labellers, labellers_s = timed(
-        lambda: quality.labeller_figures(inputs, bootstrap=bootstrap), repeat
+        lambda: agreement_figures.labeller_figures(inputs, bootstrap=bootstrap), repeat
     )
-    _, tasks_s = timed(lambda: quality.task_figures(inputs, limit=100), repeat)
+    _, tasks_s = timed(lambda: agreement_figures.task_figures(inputs, limit=100), repeat)
     build_s = records_s + table_s + votes_s
     compute_s = campaign_s + labellers_s
     total = read_s + build_s + compute_s

@@ -37,7 +37,7 @@ def fail_stale_jobs() -> int:
 @shared_task(name="training.tasks.worker_info")
 def worker_info() -> dict:
     """What the GPU worker runs on: host, torch version and device. Used by health checks."""
-    import torch
+    import torch  # torch: the web process imports this module to enqueue
 
     cuda = torch.cuda.is_available()
     return {

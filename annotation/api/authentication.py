@@ -1,4 +1,4 @@
-"""Token authentication with its lookup compiled once per connection.
+"""Token authentication with its lookup written in SQL (``annotation.sql.TOKEN``).
 
 Every labeller request from a script or integration carries a token; DRF's own class builds
 and compiles the same ``Token`` + ``User`` query on each of them. Same answers, same errors.
@@ -10,14 +10,8 @@ from __future__ import annotations
 
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
-from rest_framework.authtoken.models import Token
 
-from annotation.compiled import CompiledQuery
-
-_TOKEN = CompiledQuery(
-    lambda key: Token.objects.select_related("user").filter(key=key),
-    key=str,
-)
+from annotation import sql
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
@@ -42,7 +36,7 @@ class TokenAuthentication(authentication.TokenAuthentication):
         return self.authenticate_credentials(key)
 
     def authenticate_credentials(self, key: str):
-        token = _TOKEN.first(key=key)
+        token = sql.TOKEN.first(key=key)
         if token is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
         if not token.user.is_active:

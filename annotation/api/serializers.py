@@ -18,6 +18,7 @@ from annotation.models import (
     Ranking,
 )
 from annotation.pairs import FAIL
+from annotation.selectors import assignment_completions
 
 MAX_ID = 2**62  # ids above this cannot exist; refusing them early keeps them out of SQL
 
@@ -252,8 +253,6 @@ def _when(value) -> str | None:
 def assignment_body(assignment: Assignment) -> dict:
     """An assignment in :class:`AssignmentSerializer`'s shape: its campaign's rules, the
     prompt and the completions (id and text only) in the assignment's display order."""
-    from annotation.selectors import assignment_completions
-
     prompt = assignment.task.prompt
     campaign = assignment.campaign
     return {

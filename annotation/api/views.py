@@ -16,7 +16,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotation import exports, quality, selectors, services
+from annotation import agreement_figures, exports, selectors, services
 from annotation.agreement import Bootstrap, FlagRule
 from annotation.api import serializers as s
 from annotation.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
@@ -229,14 +229,18 @@ class CampaignViewSet(viewsets.ViewSet):
         campaign = self._campaign(request, pk)
         _require_admin(request)
         query = _query(s.AgreementQuerySerializer, request)
-        inputs = quality.agreement_inputs(campaign=campaign, fail_policy=query["fail_policy"])
-        figures = quality.campaign_figures(
-            inputs, bootstrap=Bootstrap(resamples=query["resamples"], seed=query["seed"])
+        figures = agreement_figures.campaign_agreement(
+            campaign=campaign,
+            fail_policy=query["fail_policy"],
+            bootstrap=Bootstrap(resamples=query["resamples"], seed=query["seed"]),
         )
         body = s.CampaignAgreementSerializer(figures).data
         if query["tasks"]:
+            inputs = agreement_figures.agreement_inputs(
+                campaign=campaign, fail_policy=query["fail_policy"]
+            )
             size = query["page_size"]
-            count, tasks = quality.task_figures(
+            count, tasks = agreement_figures.task_figures(
                 inputs, offset=(query["page"] - 1) * size, limit=size
             )
             body["per_task"] = {
@@ -258,7 +262,7 @@ class CampaignViewSet(viewsets.ViewSet):
         query = _query(s.LabellerQuerySerializer, request)
         bootstrap = Bootstrap(resamples=query["resamples"], seed=query["seed"])
         rule = FlagRule()
-        rows = quality.labeller_quality_table(
+        rows = agreement_figures.labeller_quality_table(
             campaign=campaign, fail_policy=query["fail_policy"], bootstrap=bootstrap, rule=rule
         )
         table = {
@@ -280,11 +284,13 @@ class CampaignViewSet(viewsets.ViewSet):
         campaign = self._campaign(request, pk)
         _require_admin(request)
         query = _query(s.GoldQuerySerializer, request)
-        table = quality.gold_table(
+        table = agreement_figures.gold_table(
             campaign=campaign,
             fail_policy=query["fail_policy"],
             bootstrap=Bootstrap(resamples=query["resamples"], seed=query["seed"]),
-            rule=quality.GoldRule(threshold=campaign.onboarding_threshold, block=query["block"]),
+            rule=agreement_figures.GoldRule(
+                threshold=campaign.onboarding_threshold, block=query["block"]
+            ),
             drift_by=query["drift"],
         )
         return Response(s.GoldTableSerializer(table).data)

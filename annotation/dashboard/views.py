@@ -1,16 +1,16 @@
 """Dashboard pages for campaigns and their quality. Staff only.
 
 Every write goes through ``annotation.services`` (the same calls as the API), every figure
-through ``annotation.quality`` / ``annotation.agreement`` / ``annotation.consensus``; the views
-only read the request, call them and lay the answers out. Service errors come back on the form
-next to the field they name.
+through ``annotation.agreement_figures`` / ``annotation.agreement`` / ``annotation.consensus``;
+the views only read the request, call them and lay the answers out. Service errors come back
+on the form next to the field they name.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
@@ -23,18 +23,23 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotation import agreement, consensus, exports, importing, quality, selectors, services
-from annotation.agreement import Bootstrap
+from annotation import (
+    agreement,
+    agreement_figures,
+    consensus,
+    exports,
+    importing,
+    selectors,
+    services,
+)
 from annotation.dashboard import forms
 from annotation.errors import NotFound, ServiceError
-from annotation.models import Campaign, Ranking, TaskCompletion
+from annotation.models import Campaign, TaskCompletion
 from annotation.pairs import FAIL
 from annotation.rendering import render_markdown
 from config.dashboard import MAX_ID, add_service_error, panels, staff_required
 
 ACTIVE_WINDOW = timedelta(hours=24)
-TREND_POINTS = 20
-TREND_RESAMPLES = 200
 PAGE_SIZE = 50
 
 
@@ -83,7 +88,7 @@ def campaign_list(request: HttpRequest) -> HttpResponse:
                 .distinct()
                 .count(),
                 "agreement": (
-                    quality.strict_agreement_at_a_glance(campaign=campaign)
+                    agreement_figures.strict_agreement_at_a_glance(campaign=campaign)
                     if progress.rankings
                     else None
                 ),
@@ -361,61 +366,19 @@ def campaign_import(request: HttpRequest, campaign_id: int) -> HttpResponse:
 # --- Quality ------------------------------------------------------------------------------------
 
 
-def _trend_cutoffs(created: list[datetime]) -> list[datetime]:
-    """Ends of the days with rankings (at most TREND_POINTS of them, evenly spread, the last
-    always included): the trend is the figures over the rankings up to each cutoff."""
-    days = sorted({timezone.localtime(at).date() for at in created})
-    if len(days) > TREND_POINTS:
-        step = (len(days) - 1) / (TREND_POINTS - 1)
-        days = [days[round(i * step)] for i in range(TREND_POINTS)]
-    zone = timezone.get_current_timezone()
+def _trend_json(points: list[agreement_figures.TrendPoint]) -> list[dict[str, Any]]:
     return [
-        datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=zone) for day in days
+        {
+            "date": point.date,
+            "rankings": point.rankings,
+            "tasks_with_overlap": point.tasks_with_overlap,
+            "figures": {
+                key: {"value": f.value, "n": f.n, "ci_low": f.ci_low, "ci_high": f.ci_high}
+                for key, f in point.figures.items()
+            },
+        }
+        for point in points
     ]
-
-
-def _figure_json(figure: quality.Figure) -> dict[str, Any]:
-    return {
-        "value": figure.value,
-        "n": figure.n,
-        "ci_low": figure.ci_low,
-        "ci_high": figure.ci_high,
-    }
-
-
-def agreement_trend(campaign: Campaign, *, fail_policy: str = "rank_last") -> list[dict]:
-    """The campaign figures over the cumulative rankings up to the end of each day."""
-    rows = exports.ranking_rows(campaign_ids=[campaign.pk])
-    created = dict(Ranking.objects.filter(campaign=campaign).values_list("id", "created_at"))
-    points = []
-    bootstrap = Bootstrap(resamples=TREND_RESAMPLES)
-    for cutoff in _trend_cutoffs(list(created.values())):
-        subset = [row for row in rows if created[row.ranking_id] < cutoff]
-        if not subset:
-            continue
-        figures = quality.campaign_figures(
-            quality.inputs_from_rows(subset, campaign_id=campaign.pk, fail_policy=fail_policy),
-            bootstrap=bootstrap,
-        )
-        by_key = {f.key: f for f in figures.figures}
-        points.append(
-            {
-                "date": (cutoff - timedelta(days=1)).date().isoformat(),
-                "rankings": len(subset),
-                "tasks_with_overlap": figures.tasks_with_overlap,
-                "figures": {
-                    key: _figure_json(by_key[key])
-                    for key in (
-                        "pairwise_agreement.strict",
-                        "pairwise_agreement.three_way",
-                        "alpha.ranks",
-                        "kendall_w",
-                    )
-                    if key in by_key
-                },
-            }
-        )
-    return points
 
 
 @staff_required
@@ -426,10 +389,11 @@ def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
     fail_policy = request.GET.get("fail_policy", "rank_last")
     if fail_policy not in exports.FAIL_POLICIES:
         fail_policy = "rank_last"
-    inputs = quality.agreement_inputs(campaign=campaign, fail_policy=fail_policy)
-    figures = quality.campaign_figures(inputs)
-    gold = quality.gold_table(campaign=campaign, fail_policy=fail_policy)
-    labellers = quality.labeller_figures(inputs, gold=gold if gold.gold_tasks else None)
+    figures = agreement_figures.campaign_agreement(campaign=campaign, fail_policy=fail_policy)
+    gold = agreement_figures.gold_table(campaign=campaign, fail_policy=fail_policy)
+    labellers = agreement_figures.labeller_quality_table(
+        campaign=campaign, fail_policy=fail_policy, gold=gold
+    )
     return render(
         request,
         "dashboard/quality.html",
@@ -442,7 +406,9 @@ def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
             "fail_policy": fail_policy,
             "fail_policies": exports.FAIL_POLICIES,
             "trend": {
-                "points": agreement_trend(campaign, fail_policy=fail_policy),
+                "points": _trend_json(
+                    agreement_figures.agreement_trend(campaign=campaign, fail_policy=fail_policy)
+                ),
                 "labels": {
                     "pairwise_agreement.strict": "pairwise agreement, strict (chance 50%)",
                     "pairwise_agreement.three_way": "pairwise agreement, three-way (chance 33%)",
@@ -458,7 +424,7 @@ def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
     )
 
 
-def gold_drift_chart(gold: quality.GoldTable) -> dict:
+def gold_drift_chart(gold: agreement_figures.GoldTable) -> dict:
     """Each labeller's gold agreement per block of gold tasks, for the quality page's chart:
     x is the block (gold tasks 1-10, 11-20, ... in the order each labeller ranked them), so a
     labeller drifting away from the references shows as a falling line."""
@@ -532,8 +498,11 @@ def labeller_detail(request: HttpRequest, campaign_id: int, user_id: int) -> Htt
     labeller = get_user_model().objects.filter(pk=min(user_id, MAX_ID)).first()
     if labeller is None:
         raise Http404("labeller not found")
-    inputs = quality.agreement_inputs(campaign=campaign)
-    row = next((r for r in quality.labeller_figures(inputs) if r.labeller_id == labeller.pk), None)
+    inputs = agreement_figures.agreement_inputs(campaign=campaign)
+    row = next(
+        (r for r in agreement_figures.labeller_figures(inputs) if r.labeller_id == labeller.pk),
+        None,
+    )
     credit, scored = agreement.consensus_credit(inputs.table, inputs.votes)
     per_ranking = {
         int(rid): (float(c), int(s))
@@ -591,8 +560,8 @@ def task_list(request: HttpRequest, campaign_id: int) -> HttpResponse:
     campaign = _campaign(request, campaign_id)
     paginator = Paginator(selectors.task_list_for_admin(campaign=campaign), PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
-    inputs = quality.agreement_inputs(campaign=campaign)
-    _, figures = quality.task_figures(inputs)
+    inputs = agreement_figures.agreement_inputs(campaign=campaign)
+    _, figures = agreement_figures.task_figures(inputs)
     by_task = {f.task_id: f for f in figures}
     return render(
         request,
@@ -671,7 +640,9 @@ def _task_page(
     agreed = consensus.ranked_pairs(labels) if labels else {}
     # A task's figures depend on its own rankings only: read those, not the campaign's.
     rows = exports.ranking_rows(campaign_ids=[campaign.pk], task_ids=[task.pk])
-    _, figures = quality.task_figures(quality.inputs_from_rows(rows, campaign_id=campaign.pk))
+    _, figures = agreement_figures.task_figures(
+        agreement_figures.inputs_from_rows(rows, campaign_id=campaign.pk)
+    )
     figure = next((f for f in figures if f.task_id == task.pk), None)
     reference = task.gold_ranking if task.is_gold else {}
     completions = [

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.db.models import Count, F
 
-from annotation import quality, services
+from annotation import agreement_figures, services
 from annotation.models import Ranking, Task
 from tests.annotation.test_concurrency import _run_all
 from tests.conftest import client_for
@@ -66,7 +66,10 @@ def test_disagreement_reopens_one_labeller_at_a_time_up_to_k_max():
     assert (task.submitted_count, task.target_overlap) == (2, 3)
     # Third ranking agrees with the first: pairs agree 1 of 3 labeller pairs -> 1/3 < 0.5.
     task = rank(users[2], campaign)
-    assert quality.task_strict_agreement([{1: 1, 2: 2}, {1: 2, 2: 1}, {1: 1, 2: 2}]) == (1 / 3, 3)
+    assert agreement_figures.task_strict_agreement([{1: 1, 2: 2}, {1: 2, 2: 1}, {1: 1, 2: 2}]) == (
+        1 / 3,
+        3,
+    )
     assert (task.submitted_count, task.target_overlap) == (3, 4)
     task = rank(users[3], campaign)
     assert (task.submitted_count, task.target_overlap) == (4, K_MAX)  # never beyond k_max
@@ -103,7 +106,10 @@ def test_agreement_exactly_at_the_threshold_does_not_reopen():
     )
     first = {a: 1, b: 2, c: 3, d: 4}
     second_labels = {x: i + 1 for i, x in enumerate(order)}
-    assert quality.task_strict_agreement([first, second_labels]) == (0.5, 6)  # (value, pairs)
+    assert agreement_figures.task_strict_agreement([first, second_labels]) == (
+        0.5,
+        6,
+    )  # (value, pairs)
     task = Task.objects.get(pk=second.task_id)
     assert (task.submitted_count, task.target_overlap) == (K_MIN, K_MIN)
     assert services.task_assign_next(labeller=users[2], campaign=campaign) is None
@@ -122,7 +128,7 @@ def test_undefined_agreement_does_not_reopen():
         time_spent_ms=5,
     )
     task = rank(users[1], campaign, reverse=True)
-    assert quality.task_strict_agreement([{1: 1, 2: 1}, {1: 2, 2: 1}]) == (None, 0)
+    assert agreement_figures.task_strict_agreement([{1: 1, 2: 1}, {1: 2, 2: 1}]) == (None, 0)
     assert task.target_overlap == K_MIN
 
 
@@ -189,7 +195,7 @@ def replay_targets(rankings: list[dict[int, int]], *, threshold: float = 0.5) ->
     target = K_MIN
     for count in range(1, len(rankings) + 1):
         if count >= target and target < K_MAX:
-            value, _ = quality.task_strict_agreement(rankings[:count])
+            value, _ = agreement_figures.task_strict_agreement(rankings[:count])
             if value is not None and value < threshold:
                 target += 1
     return target
@@ -260,8 +266,11 @@ def test_adaptive_overlap_never_exceeds_k_max_under_concurrency():
 
 
 def test_task_strict_agreement_by_hand():
-    assert quality.task_strict_agreement([{1: 1, 2: 2, 3: 3}]) == (None, 0)
-    assert quality.task_strict_agreement([{1: 1, 2: 2, 3: 3}, {1: 1, 2: 3, 3: 2}]) == (2 / 3, 3)
+    assert agreement_figures.task_strict_agreement([{1: 1, 2: 2, 3: 3}]) == (None, 0)
+    assert agreement_figures.task_strict_agreement([{1: 1, 2: 2, 3: 3}, {1: 1, 2: 3, 3: 2}]) == (
+        2 / 3,
+        3,
+    )
     # F is a bottom tier: c F below a and b for both; only (a, b) disagrees.
-    value, n = quality.task_strict_agreement([{1: 1, 2: 2, 3: "F"}, {1: 2, 2: 1, 3: "F"}])
+    value, n = agreement_figures.task_strict_agreement([{1: 1, 2: 2, 3: "F"}, {1: 2, 2: 1, 3: "F"}])
     assert (value, n) == (2 / 3, 3)

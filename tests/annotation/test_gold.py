@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from annotation import exports, quality, selectors, services
+from annotation import agreement_figures, exports, selectors, services
 from annotation.errors import Conflict, PermissionDenied
 from annotation.importing import ImportFailed, parse_import
 from annotation.models import Assignment, Completion, Membership, Ranking, Task
@@ -86,13 +86,13 @@ def label_all(campaign, user, labeller: SyntheticLabeller, *, limit: int = 1000)
 
 @pytest.fixture
 def always_gold(monkeypatch):
-    monkeypatch.setattr(services, "_gold_draw", lambda: 0.0)
+    monkeypatch.setattr(services.assignment, "_gold_draw", lambda: 0.0)
 
 
 @pytest.fixture
 def alternate_gold(monkeypatch):
     draws = iter([0.0, 0.99] * 10_000)
-    monkeypatch.setattr(services, "_gold_draw", lambda: next(draws))
+    monkeypatch.setattr(services.assignment, "_gold_draw", lambda: next(draws))
 
 
 # --- Import and marking -------------------------------------------------------------------------
@@ -281,7 +281,7 @@ def test_gold_tasks_are_mixed_in_at_the_rate_and_have_no_overlap_cap(always_gold
 
 
 def test_no_gold_without_a_rate_and_never_gold_alone(monkeypatch):
-    monkeypatch.setattr(services, "_gold_draw", lambda: 0.5)
+    monkeypatch.setattr(services.assignment, "_gold_draw", lambda: 0.5)
     user = UserFactory()
     campaign = setup_campaign(real=2, gold=2, labellers=[user], overlap=1, gold_rate=0.4)
     tasks = label_all(campaign, user, SyntheticLabeller(noise=0.0))
@@ -350,7 +350,7 @@ def test_gold_rankings_never_leak_into_exports_or_agreement(alternate_gold, admi
     assert {r.task_id for r in exports.ranking_rows(campaign_ids=[campaign.pk])}.isdisjoint(
         gold_ids
     )
-    figures = quality.campaign_agreement(campaign=campaign)
+    figures = agreement_figures.campaign_agreement(campaign=campaign)
     assert figures.rankings == 12 and figures.tasks == 4  # real tasks only
     agreement = client.get(f"/api/campaigns/{campaign.pk}/agreement/", {"resamples": 0}).json()
     assert agreement["rankings"] == 12
@@ -391,18 +391,18 @@ def test_progress_counts_real_tasks_and_gold_apart(alternate_gold, admin_user):
 def test_gold_estimate_is_strict_pairwise_agreement_with_the_reference():
     reference = {1: 1, 2: 2, 3: 3, 4: 4}
     # One swapped neighbour pair: 5 of 6 strict pairs agree.
-    estimate = quality.gold_estimate([(7, {1: 1, 2: 2, 3: 4, 4: 3})], {7: reference})
+    estimate = agreement_figures.gold_estimate([(7, {1: 1, 2: 2, 3: 4, 4: 3})], {7: reference})
     assert estimate.value == pytest.approx(5 / 6) and estimate.n == 6
     # A tie is not a strict pair; F is a bottom tier (F below every ranked one).
-    estimate = quality.gold_estimate([(7, {1: 1, 2: 1, 3: 2, 4: "F"})], {7: reference})
+    estimate = agreement_figures.gold_estimate([(7, {1: 1, 2: 1, 3: 2, 4: "F"})], {7: reference})
     assert estimate.n == 5 and estimate.value == 1.0
     # Two tasks, a bootstrap interval over them.
-    estimate = quality.gold_estimate(
+    estimate = agreement_figures.gold_estimate(
         [(7, {1: 4, 2: 3, 3: 2, 4: 1}), (8, dict(reference))], {7: reference, 8: reference}
     )
     assert estimate.value == 0.5 and estimate.n == 12
     assert estimate.ci_low == 0.0 and estimate.ci_high == 1.0
-    assert quality.gold_estimate([], {7: reference}).value is None
+    assert agreement_figures.gold_estimate([], {7: reference}).value is None
 
 
 def test_a_drifting_labeller_is_flagged_by_gold_agreement(alternate_gold, admin_user):
@@ -425,7 +425,9 @@ def test_a_drifting_labeller_is_flagged_by_gold_agreement(alternate_gold, admin_
     for user in users:
         label_all(campaign, user, labellers[user.username])
 
-    table = quality.gold_table(campaign=campaign, rule=quality.GoldRule(threshold=0.7, block=6))
+    table = agreement_figures.gold_table(
+        campaign=campaign, rule=agreement_figures.GoldRule(threshold=0.7, block=6)
+    )
     rows = {row.username: row for row in table.rows}
     assert table.gold_tasks == 24 and all(row.tasks == 24 for row in rows.values())
     assert table.rows[0].username == "drifter"  # flagged first
@@ -584,7 +586,7 @@ def test_gold_mixing_keeps_every_count_right_under_concurrency():
 
 def test_gold_is_not_served_once_the_real_work_is_done(monkeypatch, labeller):
     draws = iter([0.9, 0.0, 0.0])
-    monkeypatch.setattr(services, "_gold_draw", lambda: next(draws))
+    monkeypatch.setattr(services.assignment, "_gold_draw", lambda: next(draws))
     campaign = setup_campaign(real=1, gold=3, labellers=[labeller], overlap=1, gold_rate=0.5)
     tasks = label_all(campaign, labeller, SyntheticLabeller(noise=0.0))
     assert [t.is_gold for t in tasks] == [False]  # then the draw says gold, but nothing is real

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from annotation import exports, quality, services
+from annotation import agreement_figures, exports, services
 from annotation.agreement import Bootstrap, agreement_report
 from annotation.models import Campaign
 from annotation.pairs import FAIL, Label
@@ -210,7 +210,9 @@ def test_f_rate_and_fail_policy(admin_user):
         {"alice": [2, 1, 3], "bob": [2, 1, 3]},
     ]
     campaign, _, _ = ranked_campaign(plans, completions=3, admin=admin_user)
-    rows = {row.username: row for row in quality.labeller_quality_table(campaign=campaign)}
+    rows = {
+        row.username: row for row in agreement_figures.labeller_quality_table(campaign=campaign)
+    }
     assert rows["alice"].fail_rate == pytest.approx(1 / 6)
     assert rows["bob"].fail_rate == pytest.approx(2 / 6)
     ranked_last = agreement_of(campaign)
@@ -272,11 +274,11 @@ def test_outlier_labeller_is_flagged_with_a_reason_through_the_api(admin_user):
 
 def test_service_layer_figures_are_plain_dataclasses(small):
     campaign, _, _ = small
-    figures = quality.campaign_agreement(campaign=campaign, bootstrap=FAST)
+    figures = agreement_figures.campaign_agreement(campaign=campaign, bootstrap=FAST)
     assert [f.form for f in figures.pairwise] == ["strict", "three_way", "tie_half"]
     assert all(f.chance is not None for f in figures.pairwise)
     assert len(figures.figures) == 3 + 3 + 2
-    inputs = quality.agreement_inputs(campaign=campaign)
-    count, tasks = quality.task_figures(inputs)
+    inputs = agreement_figures.agreement_inputs(campaign=campaign)
+    count, tasks = agreement_figures.task_figures(inputs)
     assert count == 2 and [t.rankings for t in tasks] == [2, 2]
     assert tasks[0].prompt_id is not None

@@ -69,7 +69,7 @@ def test_a_large_import_refreshes_the_planner_statistics_on_commit(
     """A campaign imported a moment ago is unknown to PostgreSQL's statistics: the planner
     could hand out tasks by sorting the whole campaign on every request until autovacuum runs."""
     calls = []
-    monkeypatch.setattr(services, "task_statistics_refresh", lambda: calls.append(1))
+    monkeypatch.setattr(services.imports, "task_statistics_refresh", lambda: calls.append(1))
     campaign = CampaignFactory(completions_per_task=2)
     lines = [json.dumps({"prompt": f"p{i}", "completions": ["a", "b"]}) for i in range(tasks)]
     with django_capture_on_commit_callbacks(execute=True):

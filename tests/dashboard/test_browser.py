@@ -471,7 +471,7 @@ def test_quality_page_draws_the_trend_and_flags_the_outlier(page, log_in, admin,
 
 
 def test_quality_page_draws_gold_agreement_over_time(page, log_in, admin, monkeypatch, output_dir):
-    monkeypatch.setattr(annotation_services, "_gold_draw", lambda: 0.0)
+    monkeypatch.setattr(annotation_services.assignment, "_gold_draw", lambda: 0.0)
     campaign = CampaignFactory(completions_per_task=2, overlap=2, gold_rate=0.5)
     lines = [{"prompt": f"g{i}", "completions": [f"good {i}", f"bad {i}"], "gold": [1, 2]}
              for i in range(12)]  # fmt: skip

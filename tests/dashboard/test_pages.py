@@ -12,7 +12,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.test import Client
 from rest_framework.test import APIClient
 
-from annotation import quality, services
+from annotation import agreement_figures, services
 from annotation.models import Campaign, Guideline, Membership, Prompt, Ranking, Task
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
 from training.ml.evaluation import EvalSettings
@@ -497,7 +497,9 @@ def test_quality_page_shows_figures_with_form_chance_n_and_interval(outlier_camp
 
 
 def test_quality_page_adds_gold_agreement_when_the_campaign_has_gold_tasks(admin_user, monkeypatch):
-    monkeypatch.setattr(services, "_gold_draw", lambda: 0.0)  # gold first, while any is left
+    monkeypatch.setattr(
+        services.assignment, "_gold_draw", lambda: 0.0
+    )  # gold first, while any is left
     campaign = CampaignFactory(completions_per_task=2, overlap=2, gold_rate=0.5)
     lines = [{"prompt": f"g{i}", "completions": [f"good {i}", f"bad {i}"], "gold": [1, 2]}
              for i in range(4)]  # fmt: skip
@@ -539,7 +541,6 @@ def test_trend_counts_rankings_up_to_each_day(outlier_campaign):
 
     from django.utils import timezone
 
-    from annotation.dashboard.views import agreement_trend
     from annotation.models import Ranking
 
     campaign, _ = outlier_campaign
@@ -547,9 +548,14 @@ def test_trend_counts_rankings_up_to_each_day(outlier_campaign):
         Ranking.objects.filter(campaign=campaign).order_by("id").values_list("id", flat=True)
     )
     Ranking.objects.filter(pk__in=ids[:24]).update(created_at=timezone.now() - timedelta(days=2))
-    points = agreement_trend(campaign)
-    assert [p["rankings"] for p in points] == [24, 48]
-    assert points[0]["date"] < points[1]["date"]
+    points = agreement_figures.agreement_trend(campaign=campaign)
+    assert [p.rankings for p in points] == [24, 48]
+    assert points[0].date < points[1].date
+    assert set(points[-1].figures) == set(agreement_figures.TREND_KEYS)
+    # the last point is the whole campaign: the headline figure, with fewer resamples
+    whole = agreement_figures.campaign_agreement(campaign=campaign)
+    strict = next(f for f in whole.figures if f.key == "pairwise_agreement.strict")
+    assert points[-1].figures["pairwise_agreement.strict"].value == strict.value
 
 
 def test_labeller_page_shows_their_rankings_next_to_the_others_consensus(
@@ -585,7 +591,7 @@ def test_task_page_shows_every_ranking_side_by_side_and_the_consensus(ranked, ad
 
 def test_task_page_figure_reads_only_the_task_and_matches_the_campaign_wide_one(ranked, admin_user):
     task = ranked.tasks.order_by("id").first()
-    _, figures = quality.task_figures(quality.agreement_inputs(campaign=ranked))
+    _, figures = agreement_figures.task_figures(agreement_figures.agreement_inputs(campaign=ranked))
     expected = next(f for f in figures if f.task_id == task.pk)
     response = client_for(admin_user).get(f"/dashboard/campaigns/{ranked.pk}/tasks/{task.pk}/")
     assert response.context["figure"] == expected
@@ -959,13 +965,15 @@ def test_a_bad_gold_reference_is_refused_with_the_reason_and_nothing_changes(ran
 def test_campaign_list_agreement_is_cached_until_the_rankings_or_gold_change(
     outlier_campaign, admin_user, monkeypatch
 ):
-    from annotation import quality
+    from annotation import agreement_figures
 
     campaign, _ = outlier_campaign
     computed = []
-    real = quality.campaign_agreement
+    real = agreement_figures.campaign_figures
     monkeypatch.setattr(
-        quality, "campaign_agreement", lambda **kw: computed.append(1) or real(**kw)
+        agreement_figures,
+        "campaign_figures",
+        lambda *args, **kw: computed.append(1) or real(*args, **kw),
     )
     client = client_for(admin_user)
     pages = [body(client.get("/dashboard/")) for _ in range(2)]
@@ -992,7 +1000,7 @@ def test_campaign_list_agreement_is_cached_until_the_rankings_or_gold_change(
 def test_campaign_list_still_answers_when_the_cache_fails(
     outlier_campaign, admin_user, monkeypatch
 ):
-    from annotation import quality
+    from annotation import agreement_figures
 
     class Broken:
         def get(self, *args, **kwargs):
@@ -1000,6 +1008,53 @@ def test_campaign_list_still_answers_when_the_cache_fails(
 
         set = get
 
-    monkeypatch.setattr(quality, "cache", Broken())
+    monkeypatch.setattr(agreement_figures, "cache", Broken())
     page = body(client_for(admin_user).get("/dashboard/"))
     assert "Outliers" in page
+
+
+def test_quality_page_and_agreement_api_compute_once_until_a_new_ranking(
+    outlier_campaign, admin_user, monkeypatch
+):
+    """The figures behind the quality page (headline, labeller table, trend) and the
+    agreement endpoints cost seconds at 100k rankings: each set is computed once per version of
+    the rankings and served from the cache until a ranking is added."""
+    from annotation import agreement
+
+    campaign, _ = outlier_campaign
+    calls = {"campaign": 0, "labellers": 0}
+    real_figures, real_quality = agreement_figures.campaign_figures, agreement.labeller_quality
+
+    def figures(*args, **kwargs):
+        calls["campaign"] += 1
+        return real_figures(*args, **kwargs)
+
+    def quality(*args, **kwargs):
+        calls["labellers"] += 1
+        return real_quality(*args, **kwargs)
+
+    monkeypatch.setattr(agreement_figures, "campaign_figures", figures)
+    monkeypatch.setattr(agreement, "labeller_quality", quality)
+    client = client_for(admin_user)
+    urls = [
+        f"/dashboard/campaigns/{campaign.pk}/quality/",
+        f"/api/campaigns/{campaign.pk}/agreement/",
+        f"/api/campaigns/{campaign.pk}/labellers/",
+    ]
+    first = [client.get(url) for url in urls]
+    assert [r.status_code for r in first] == [200, 200, 200]
+    counted = dict(calls)
+    assert counted["campaign"] >= 2 and counted["labellers"] == 1  # headline + trend points
+    again = [client.get(url) for url in urls]
+    assert calls == counted  # nothing recomputed
+    assert again[1].json() == first[1].json() and again[2].json() == first[2].json()
+
+    services.campaign_update(campaign=campaign, overlap=5)
+    newcomer = UserFactory(username="dan")
+    services.campaign_add_members(campaign=campaign, users=[newcomer])
+    assignment = services.task_assign_next(labeller=newcomer, campaign=campaign)
+    items = [{"completion": c, "rank": i + 1} for i, c in enumerate(assignment.display_order)]
+    services.ranking_submit(labeller=newcomer, assignment=assignment, items=items, time_spent_ms=10)
+    after = client.get(urls[2]).json()
+    assert calls["labellers"] == 2
+    assert "dan" in {row["username"] for row in after["labellers"]}

@@ -23,6 +23,7 @@ from annotation import services as annotation_services
 from annotation.errors import Conflict, InvalidInput
 from annotation.models import Campaign, Task, TaskCompletion
 from training.jobs.base import Built, JobKind, JobOutcome, JobRequest, RunContext, Spec
+from training.ml import acquisition
 from training.ml.acquisition import TaskTexts
 from training.models import ModelVersion, TrainingJob
 
@@ -83,8 +84,9 @@ class AcquisitionJob(JobKind):
         return Built(spec, campaign.pk, reward_model)
 
     def run(self, spec: AcquisitionSpec, ctx: RunContext) -> JobOutcome:
-        from training.ml import acquisition
-        from training.ml.reward_model import load_reward_model
+        from training.ml.reward_model import (
+            load_reward_model,
+        )  # torch: the web process imports the job kinds
 
         campaign = Campaign.objects.get(pk=spec.campaign_id)
         version = ModelVersion.objects.get(pk=spec.reward_model_version)

@@ -23,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
 from annotation.errors import InvalidInput
+from annotation.models import Prompt, Ranking
 from training.ml.config import config_from_dict, type_hints
 from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, Round, TrainingJob
@@ -264,15 +266,11 @@ def require_campaigns(campaign_ids: list[int]) -> None:
 
 
 def require_rankings(campaign_ids: list[int], *, field: str = "campaign_ids") -> None:
-    from annotation.models import Ranking
-
     if not Ranking.objects.filter(campaign_id__in=campaign_ids).exists():
         raise InvalidInput("these campaigns have no rankings yet", field=field)
 
 
 def require_prompts(campaign_ids: list[int]) -> None:
-    from annotation.models import Prompt
-
     if not Prompt.objects.filter(campaign_id__in=campaign_ids).exists():
         raise InvalidInput("these campaigns have no prompts", field="campaign_ids")
 
@@ -308,8 +306,6 @@ def evaluation_for(request: Any) -> EvalSettings:
 def base_path(job: TrainingJob, spec: Any) -> str:
     """What the job loads as its starting model: its base version, else the path it was given,
     else the default base model."""
-    from django.conf import settings
-
     if job.base_model is not None:
         return job.base_model.path
     return getattr(spec, "base_model_path", "") or settings.DEFAULT_BASE_MODEL

@@ -101,7 +101,7 @@ class DPOJob(JobKind):
         return Built(spec, single(campaign_ids), policy, round_pk(request))
 
     def run(self, spec: DPOSpec, ctx: RunContext) -> JobOutcome:
-        from training.ml.dpo import run_dpo
+        from training.ml.dpo import run_dpo  # torch: the web process imports the job kinds
 
         job = ctx.job
         policy = base_path(job, spec)

@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from annotation.errors import Conflict, InvalidInput
+from annotation.models import Campaign, Prompt
 from training import exports, rounds
 from training.jobs.base import (
     Built,
@@ -101,8 +102,6 @@ class GenerateJob(JobKind):
     )
 
     def build(self, request: Request) -> Built:
-        from annotation.models import Campaign, Prompt
-
         request.check_models()
         rnd = request.round
         sampling = check_config(SamplingConfig, request.config)
@@ -173,8 +172,6 @@ class GenerateJob(JobKind):
         return Built(spec, campaign_id, policy, round_pk(request))
 
     def run(self, spec: GenerateSpec, ctx: RunContext) -> JobOutcome:
-        from annotation.models import Campaign
-
         job = ctx.job
         target_id = spec.target_campaign
         same_campaign = target_id is not None and spec.campaign_ids == [target_id]
@@ -370,7 +367,9 @@ def sample(
 ) -> tuple[list[list[Any]], int]:
     """K completions per prompt; empty or duplicate ones are drawn again (two more seeds).
     Returns the rows and how many completions are still empty or duplicates."""
-    from training.ml.generation import generate_completions
+    from training.ml.generation import (
+        generate_completions,
+    )  # torch: the web process imports the job kinds
 
     rows = generate_completions(path, prompts, config, should_stop=should_stop)
     for attempt in (1, 2):

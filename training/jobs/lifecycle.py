@@ -441,7 +441,7 @@ def job_run(
 ) -> TrainingJob:
     """Run a job to its end: succeeded, failed (traceback stored, exception re-raised) or
     cancelled. Safe to call again for a finished job (it returns at once)."""
-    from training.ml.device import device_name, pick_device
+    from training.ml.device import device_name, pick_device  # torch: the web process creates jobs
 
     device = device_name(pick_device(None))
     claimed = _claim(job_id, worker=worker or socket.gethostname(), device=device)

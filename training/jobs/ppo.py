@@ -106,7 +106,7 @@ class PPOJob(JobKind):
         return Built(spec, single(campaign_ids), policy, round_pk(request))
 
     def run(self, spec: PPOSpec, ctx: RunContext) -> JobOutcome:
-        from training.ml.ppo import run_ppo
+        from training.ml.ppo import run_ppo  # torch: the web process imports the job kinds
 
         job = ctx.job
         policy = base_path(job, spec)

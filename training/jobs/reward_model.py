@@ -96,7 +96,9 @@ class RewardModelJob(JobKind):
         return Built(spec, single(campaign_ids), base, round_pk(request))
 
     def run(self, spec: RewardModelSpec, ctx: RunContext) -> JobOutcome:
-        from training.ml.launch import train_reward_model_distributed
+        from training.ml.launch import (
+            train_reward_model_distributed,
+        )  # torch: the web process imports the job kinds
 
         job = ctx.job
         pairs = exports.preference_pairs(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from annotation.errors import Conflict, InvalidInput
+from annotation.models import Campaign
 from training import rounds
 from training.jobs import dpo, generate, ppo, reward_model
 from training.jobs.base import (
@@ -153,8 +154,6 @@ class RoundJob(JobKind):
         return Built(spec, rnd.campaign_id, rnd.policy_before, rnd.pk)
 
     def _round_of_campaign(self, request: Request) -> Round:
-        from annotation.models import Campaign
-
         if len(request.campaign_ids) != 1:
             raise InvalidInput("name the round (or its one campaign)", field="round")
         campaign = Campaign.objects.get(pk=request.campaign_ids[0])

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from training.ml.common import ProgressFn
+from training.ml.config import RewardModelConfig
+from training.ml.records import PreferencePair
 
 
 def _printer(every: int) -> ProgressFn:
@@ -36,6 +38,7 @@ def _printer(every: int) -> ProgressFn:
 
 
 def _run_build_tiny(args: argparse.Namespace) -> int:
+    # torch: each subcommand imports only what it runs
     from training.ml.tiny import build_tiny_model, collect_pretrain_files
 
     pretrain_files = collect_pretrain_files(args.pretrain_dir) if args.pretrain_dir else None
@@ -88,8 +91,6 @@ def _add_build_tiny(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_pairs(path: Path):
-    from training.ml.records import PreferencePair
-
     pairs = []
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -121,8 +122,7 @@ def _read_references(path: Path) -> list[tuple]:
 
 
 def _run_train_reward(args: argparse.Namespace) -> int:
-    from training.ml.config import RewardModelConfig
-    from training.ml.device import process_group
+    from training.ml.device import process_group  # torch: only for the subcommand that trains
     from training.ml.launch import progress_line, write_result
     from training.ml.reward_model import train_reward_model
 

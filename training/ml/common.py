@@ -95,7 +95,7 @@ def load_tokenizer(
     finds real tokens from attention masks, never from token ids, so that is safe; a tokenizer
     with neither raises ``ValueError``.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: the web process imports this module
 
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     if padding_side is not None:

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from transformers.utils import logging as hf_logging
 
 
 def pick_device(preference: str | None = None) -> torch.device:
@@ -94,8 +96,6 @@ def quiet_transformers() -> Iterator[None]:
 
     For expected messages (a freshly initialised ``score`` head) and for worker logs.
     """
-    from transformers.utils import logging as hf_logging
-
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -133,8 +133,6 @@ SINGLE_PROCESS = World()
 
 def current_world() -> World:
     """The initialised ``torch.distributed`` process group, or a single process (rank 0 of 1)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return SINGLE_PROCESS
     return World(
@@ -158,8 +156,6 @@ def process_group(preference: str | None = None) -> Iterator[World]:
 
     On CUDA each rank takes the GPU ``LOCAL_RANK`` and the backend is NCCL; on CPU it is gloo.
     """
-    import torch.distributed as dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         yield current_world()
         return

@@ -95,7 +95,7 @@ def evaluate_policies(
 
     The policies and the reference must share a tokenizer (as PPO requires).
     """
-    import torch
+    import torch  # torch and the models: the web process imports EvalSettings
 
     from training.ml import device as device_lib
     from training.ml.config import SamplingConfig

@@ -74,6 +74,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from training.ml.common import ProgressFn, StopFn, TrainingCancelled, publish_dir, staging_dir_for
 from training.ml.config import RewardModelConfig
 from training.ml.device import default_num_processes, pick_device
@@ -166,8 +168,6 @@ def resolve_num_processes(config: RewardModelConfig) -> int:
 
 
 def _check_devices(config: RewardModelConfig, nproc: int) -> None:
-    import torch
-
     device = pick_device(config.device)
     if device.type != "cuda":
         return

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from training.ml.device import quiet_transformers
@@ -69,8 +70,6 @@ def load_causal_lm(
 
 def provenance() -> dict[str, str | None]:
     """What a checkpoint records about the code that made it: git commit and library versions."""
-    import transformers
-
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -322,7 +322,7 @@ def _same_dir(a: str | Path, b: str | Path) -> bool:
 
 
 def _lora(model: torch.nn.Module, config: PPOConfig, task_type: str) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # peft: only for LoRA runs
 
     lora_config = LoraConfig(
         r=config.lora_r,

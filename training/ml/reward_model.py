@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import inspect
 import json
 import math
 import random
@@ -44,8 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+import transformers
 from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from training.ml.common import (
     ProgressFn,
@@ -248,8 +252,6 @@ def load_reward_backbone(name_or_path: str | Path, *, seed: int) -> tuple[nn.Mod
 
     Returns ``(model, tokenizer, names of the dropout settings zeroed)``.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
     tokenizer = load_tokenizer(name_or_path, padding_side=None)  # as saved: collate pads
     config = AutoConfig.from_pretrained(str(name_or_path), num_labels=1)
     zeroed = disable_dropout_in_config(config)
@@ -266,8 +268,6 @@ def load_reward_backbone(name_or_path: str | Path, *, seed: int) -> tuple[nn.Mod
 
 
 def _accepts_position_ids(module: nn.Module) -> bool:
-    import inspect
-
     return "position_ids" in inspect.signature(module.forward).parameters
 
 
@@ -542,8 +542,6 @@ def fit_normalization(
 
 def _all_gather(value: Any, world: World) -> list[Any]:
     """``value`` from every rank, in rank order (picklable values; a collective call)."""
-    import torch.distributed as dist
-
     gathered: list[Any] = [None] * world.size
     dist.all_gather_object(gathered, value)
     return gathered
@@ -567,8 +565,6 @@ def parameter_checksum(model: nn.Module) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import transformers
-
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
@@ -870,8 +866,6 @@ class RewardModel:
 def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> RewardModel:
     """Load a directory written by :func:`train_reward_model` (or any 1-label HF classifier:
     then normalisation is the identity and ``max_length`` the tokenizer's, capped at 2048)."""
-    from transformers import AutoModelForSequenceClassification
-
     model_dir = Path(model_dir)
     torch_device = pick_device(device)
     tokenizer = load_tokenizer(model_dir, padding_side=None)

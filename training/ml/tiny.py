@@ -42,6 +42,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from training.ml.common import ProgressFn, publish_dir, staging_dir_for
 from training.ml.device import autocast, pick_device, quiet_transformers, seeded
@@ -220,9 +222,6 @@ def _digest_files(paths: Iterable[Path]) -> str:
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int):
     """Train a byte-level BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -251,8 +250,6 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int):
 
 def build_model(tokenizer, *, seed: int, hidden_size: int, num_layers: int):
     """A freshly initialised (seeded) Llama-style decoder sized for ``tokenizer``."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     num_heads = max(1, hidden_size // 16)
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} must be a multiple of {num_heads}")

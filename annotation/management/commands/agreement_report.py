@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation import exports, quality
+from annotation import agreement_figures, exports
 from annotation.agreement import Bootstrap
+from annotation.agreement_figures import Figure
 from annotation.models import Campaign
-from annotation.quality import Figure
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -62,8 +62,8 @@ class Command(BaseCommand):
         if resamples < 0 or tasks < 0:
             raise CommandError("--resamples and --tasks must not be negative")
         bootstrap = Bootstrap(resamples=resamples, seed=seed)
-        inputs = quality.agreement_inputs(campaign=target, fail_policy=fail_policy)
-        figures = quality.campaign_figures(inputs, bootstrap=bootstrap)
+        inputs = agreement_figures.agreement_inputs(campaign=target, fail_policy=fail_policy)
+        figures = agreement_figures.campaign_figures(inputs, bootstrap=bootstrap)
         out = self.stdout.write
         out(f"Campaign {target.pk} ({target.name}): agreement")
         out(
@@ -82,7 +82,7 @@ class Command(BaseCommand):
             out(f"  {figure_line(figure)}")
 
         if tasks:
-            count, rows = quality.task_figures(inputs, limit=tasks)
+            count, rows = agreement_figures.task_figures(inputs, limit=tasks)
             out("")
             out(f"Per task (first {len(rows)} of {count:,}; one task: no interval)")
             for row in rows:
@@ -96,7 +96,7 @@ class Command(BaseCommand):
                 )
                 out(f"  task {row.task_id} ({row.rankings} rankings): " + "; ".join(parts))
 
-        table = quality.labeller_figures(inputs, bootstrap=bootstrap)
+        table = agreement_figures.labeller_figures(inputs, bootstrap=bootstrap)
         out("")
         out(
             "Labellers: agreement with the others' leave-one-out consensus (strict pairs, chance "

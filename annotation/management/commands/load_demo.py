@@ -18,6 +18,7 @@ from django.db import transaction
 
 from annotation import services
 from annotation.models import Campaign
+from config.celery import app
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 CAMPAIGN_NAME = "Demo: helpful answers, round 0"
@@ -71,8 +72,6 @@ class Command(BaseCommand):
 
     def _wait_for_worker(self, deadline: float) -> None:
         """Until a Celery worker answers a ping, so its start-up lines come before the logins."""
-        from config.celery import app
-
         while not app.control.ping(timeout=1.0):
             if time.monotonic() > deadline:
                 raise CommandError("no Celery worker answered in time")

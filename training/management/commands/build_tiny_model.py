@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from config.terminal import Progress
+from training.ml.tiny import build_tiny_model, collect_pretrain_files
 from training.models import ModelVersion
 from training.services import model_version_register
 
@@ -31,8 +32,6 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="tiny-base")
 
     def handle(self, *args, out: Path, pretrain_dir, pretrain_steps, seed, name, **options):
-        from training.ml.tiny import build_tiny_model, collect_pretrain_files
-
         files = None
         if pretrain_steps:
             if pretrain_dir is None or not pretrain_dir.is_dir():

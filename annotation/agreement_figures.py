@@ -32,15 +32,16 @@ import contextlib
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Final, Literal
+from datetime import datetime, timedelta
+from typing import Final, Literal, TypeVar
 
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db.models import Count, Max
+from django.utils import timezone
 
 from annotation import agreement, exports
 from annotation.agreement import (
@@ -54,6 +55,8 @@ from annotation.agreement import (
 )
 from annotation.models import Campaign, Membership, Ranking, RankingItem, Task
 from annotation.pairs import FAIL, FailPolicy, Label
+
+T = TypeVar("T")
 
 FORMS: Final[tuple[AgreementForm, ...]] = ("strict", "three_way", "tie_half")
 TASK_FORMS: Final[tuple[AgreementForm, ...]] = ("strict", "three_way")
@@ -342,13 +345,16 @@ def labeller_figures(
     is flagged here too (the reasons joined); labellers who ranked only gold tasks get a row
     with no consensus agreement.
     """
+    rows = _consensus_rows(inputs, bootstrap=bootstrap, rule=rule)
+    return rows if gold is None else merge_gold(rows, gold)
+
+
+def _consensus_rows(
+    inputs: AgreementInputs, *, bootstrap: Bootstrap, rule: FlagRule
+) -> list[LabellerRow]:
+    """Each labeller's agreement with the others' consensus, ordered as the table is."""
     quality = agreement.labeller_quality(inputs.table, inputs.votes, rule=rule, bootstrap=bootstrap)
-    gold_rows = {row.labeller_id: row for row in gold.rows} if gold is not None else {}
-    usernames = dict(
-        get_user_model()
-        .objects.filter(pk__in=[q.labeller_id for q in quality] + list(gold_rows))
-        .values_list("pk", "username")
-    )
+    usernames = _usernames([q.labeller_id for q in quality])
     rows = [
         LabellerRow(
             labeller_id=q.labeller_id,
@@ -373,19 +379,37 @@ def labeller_figures(
         )
         for q in quality
     ]
-    if gold is not None:
-        known = {row.labeller_id for row in rows}
-        for labeller_id in sorted(gold_rows.keys() - known):
-            rows.append(_gold_only_row(labeller_id, usernames.get(labeller_id, "")))
-        rows = [_with_gold(row, gold_rows.get(row.labeller_id)) for row in rows]
-    rows.sort(
+    return _table_order(rows)
+
+
+def merge_gold(rows: Sequence[LabellerRow], gold: GoldTable) -> list[LabellerRow]:
+    """The consensus rows with each labeller's gold agreement (and gold flag) added, plus a row
+    for each labeller who ranked gold tasks only."""
+    gold_rows = {row.labeller_id: row for row in gold.rows}
+    known = {row.labeller_id for row in rows}
+    only_gold = sorted(gold_rows.keys() - known)
+    usernames = _usernames(only_gold)
+    merged = [*rows, *(_gold_only_row(pk, usernames.get(pk, "")) for pk in only_gold)]
+    return _table_order([_with_gold(row, gold_rows.get(row.labeller_id)) for row in merged])
+
+
+def _usernames(ids: Sequence[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    users = get_user_model().objects.filter(pk__in=list(ids))
+    return dict(users.values_list("pk", "username"))
+
+
+def _table_order(rows: list[LabellerRow]) -> list[LabellerRow]:
+    """Flagged labellers first, then the lowest agreement first (undefined last), then id."""
+    return sorted(
+        rows,
         key=lambda row: (
             not row.flagged,
             math.inf if row.agreement.value is None else row.agreement.value,
             row.labeller_id,
-        )
+        ),
     )
-    return rows
 
 
 def campaign_agreement(
@@ -394,32 +418,58 @@ def campaign_agreement(
     fail_policy: FailPolicy = "rank_last",
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
 ) -> CampaignAgreement:
-    """The campaign-wide figures of ``campaign``."""
-    inputs = agreement_inputs(campaign=campaign, fail_policy=fail_policy)
-    return campaign_figures(inputs, bootstrap=bootstrap)
+    """The campaign-wide figures of ``campaign`` (cached: :func:`cached`)."""
+    return cached(
+        campaign,
+        "campaign",
+        (fail_policy, bootstrap),
+        lambda: campaign_figures(
+            agreement_inputs(campaign=campaign, fail_policy=fail_policy), bootstrap=bootstrap
+        ),
+    )
 
 
 def strict_agreement_at_a_glance(*, campaign: Campaign) -> Figure | None:
-    """Strict pairwise agreement without an interval, for lists of campaigns: cached until a
-    ranking is added or removed or a task's gold status changes (the figure depends on nothing
-    else), so a page listing many large campaigns does not recompute each one on every load.
-    The cache failing (Redis down) only costs the recomputation."""
-    key = f"quality:strict:{campaign.pk}:{_rankings_version(campaign)}"
+    """Strict pairwise agreement without an interval, for lists of campaigns (cached, so a page
+    listing many large campaigns does not recompute each one on every load)."""
+
+    def compute() -> Figure | None:
+        figures = campaign_figures(agreement_inputs(campaign=campaign), bootstrap=NO_BOOTSTRAP)
+        return next((f for f in figures.pairwise if f.form == "strict"), None)
+
+    return cached(campaign, "strict", (), compute)
+
+
+NO_BOOTSTRAP: Final = Bootstrap(resamples=0)
+
+CACHE_SECONDS = 24 * 3600
+"""How long cached figures live (their key changes with the data anyway)."""
+
+
+def cached(campaign: Campaign, name: str, params: tuple, compute: Callable[[], T]) -> T:
+    """``compute()``, kept in the cache until the campaign's agreement inputs change.
+
+    Figures over a campaign's rankings cost seconds at 100k rankings (bootstrap intervals
+    over tasks; bench/README.md, "Agreement from the database"), so each figure set is
+    computed once per version of its inputs (:func:`_rankings_version`: a new or removed
+    ranking, a change of gold tasks) and parameters (``params``, frozen dataclasses and
+    strings: their ``repr`` is the key). The version costs one indexed aggregate query. The
+    cache failing (Redis down) only costs the recomputation.
+    """
+    key = ":".join(
+        ["agreement", name, str(campaign.pk), _rankings_version(campaign), *map(repr, params)]
+    )
+    digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()  # keys stay short
     try:
-        cached = cache.get(key)
+        hit = cache.get(f"agreement:{digest}")
     except Exception:
-        cached = None
-    if cached is not None:
-        return cached[0]
-    figures = campaign_agreement(campaign=campaign, bootstrap=Bootstrap(resamples=0))
-    figure = next((f for f in figures.pairwise if f.form == "strict"), None)
+        hit = None
+    if hit is not None:
+        return hit[0]
+    value = compute()
     with contextlib.suppress(Exception):
-        cache.set(key, (figure,), AT_A_GLANCE_SECONDS)
-    return figure
-
-
-AT_A_GLANCE_SECONDS = 24 * 3600
-"""How long a cached at-a-glance figure lives (its key changes with the data anyway)."""
+        cache.set(f"agreement:{digest}", (value,), CACHE_SECONDS)
+    return value
 
 
 def _rankings_version(campaign: Campaign) -> str:
@@ -439,11 +489,98 @@ def labeller_quality_table(
     fail_policy: FailPolicy = "rank_last",
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     rule: FlagRule = DEFAULT_RULE,
+    gold: GoldTable | None = None,
 ) -> list[LabellerRow]:
-    """The labeller quality table of ``campaign``, with the gold agreement column."""
-    inputs = agreement_inputs(campaign=campaign, fail_policy=fail_policy)
-    gold = gold_table(campaign=campaign, fail_policy=fail_policy, bootstrap=bootstrap)
-    return labeller_figures(inputs, bootstrap=bootstrap, rule=rule, gold=gold)
+    """The labeller quality table of ``campaign``, with the gold agreement column (from
+    ``gold``, else read here). The consensus part is cached (:func:`cached`); the gold part,
+    which also depends on the references and each labeller's onboarding, is read each time
+    (gold tasks are few)."""
+    rows = cached(
+        campaign,
+        "labellers",
+        (fail_policy, bootstrap, rule),
+        lambda: _consensus_rows(
+            agreement_inputs(campaign=campaign, fail_policy=fail_policy),
+            bootstrap=bootstrap,
+            rule=rule,
+        ),
+    )
+    if gold is None:
+        gold = gold_table(campaign=campaign, fail_policy=fail_policy, bootstrap=bootstrap)
+    return merge_gold(rows, gold)
+
+
+# --------------------------------------------------------------------------------------------------
+# The trend: the figures over the rankings up to the end of each day
+# --------------------------------------------------------------------------------------------------
+
+TREND_POINTS = 20
+"""At most this many days on the trend (evenly spread, the last always included)."""
+TREND_RESAMPLES = 200
+"""Bootstrap resamples per trend point (fewer than the headline figures: 20 points)."""
+TREND_KEYS: Final = (
+    "pairwise_agreement.strict",
+    "pairwise_agreement.three_way",
+    "alpha.ranks",
+    "kendall_w",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TrendPoint:
+    """The campaign figures over its rankings up to the end of ``date``."""
+
+    date: str
+    rankings: int
+    tasks_with_overlap: int
+    figures: dict[str, Figure]
+
+
+def agreement_trend(
+    *, campaign: Campaign, fail_policy: FailPolicy = "rank_last"
+) -> list[TrendPoint]:
+    """The trend of the headline figures, one point per day with rankings (cached)."""
+    return cached(
+        campaign, "trend", (fail_policy,), lambda: _trend(campaign, fail_policy=fail_policy)
+    )
+
+
+def _trend(campaign: Campaign, *, fail_policy: FailPolicy) -> list[TrendPoint]:
+    rows = exports.ranking_rows(campaign_ids=[campaign.pk])
+    created = dict(Ranking.objects.filter(campaign=campaign).values_list("id", "created_at"))
+    bootstrap = Bootstrap(resamples=TREND_RESAMPLES)
+    points = []
+    for cutoff in _trend_cutoffs(list(created.values())):
+        subset = [row for row in rows if created[row.ranking_id] < cutoff]
+        if not subset:
+            continue
+        figures = campaign_figures(
+            inputs_from_rows(subset, campaign_id=campaign.pk, fail_policy=fail_policy),
+            bootstrap=bootstrap,
+        )
+        by_key = {f.key: f for f in figures.figures}
+        points.append(
+            TrendPoint(
+                date=(cutoff - timedelta(days=1)).date().isoformat(),
+                rankings=len(subset),
+                tasks_with_overlap=figures.tasks_with_overlap,
+                figures={key: by_key[key] for key in TREND_KEYS if key in by_key},
+            )
+        )
+    return points
+
+
+def _trend_cutoffs(created: list[datetime]) -> list[datetime]:
+    """Ends of the days with rankings (at most TREND_POINTS of them, evenly spread, the last
+    always included): the trend is the figures over the rankings up to each cutoff."""
+    days = sorted({timezone.localtime(at).date() for at in created})
+    if len(days) > TREND_POINTS:
+        step = (len(days) - 1) / (TREND_POINTS - 1)
+        days = [days[round(i * step)] for i in range(TREND_POINTS)]
+    zone = timezone.get_current_timezone()
+    return [
+        datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=zone) for day in days
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
