@@ -34,7 +34,7 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -92,6 +92,7 @@ class _Part:
         if isinstance(model, str):  # "app_label.Model", e.g. settings.AUTH_USER_MODEL
             model = apps.get_model(model)
         self.alias, self.model, self.path = alias, model, path
+        self.steps = tuple(path.split(".")) if path else ()
         self.fields = list(model._meta.concrete_fields)
         self.pk_index = self.fields.index(model._meta.pk)
         self.attnames = [f.attname for f in self.fields]
@@ -99,17 +100,17 @@ class _Part:
         self.converters: list[tuple[int, Converter]] | None = None
         self.vendor: str | None = None
 
-    def build(self, values: list[Any]) -> models.Model | None:
-        if self.vendor != connection.vendor:  # once per process and database
+    def build(self, values: list[Any], db: Any) -> models.Model | None:
+        if self.vendor != db.vendor:  # once per process and database
             self.converters = [
                 (i, c) for i, f in enumerate(self.fields) if (c := _converter(f)) is not None
             ]
-            self.vendor = connection.vendor
+            self.vendor = db.vendor
         if values[self.pk_index] is None:  # nothing on the outer-joined side
             return None
         for i, convert in self.converters:
             values[i] = convert(values[i])
-        return self.model.from_db(connection.alias, self.attnames, values)
+        return self.model.from_db(db.alias, self.attnames, values)
 
 
 class Select:
@@ -146,48 +147,49 @@ class Select:
             ]
         return self._parts
 
-    def sql(self) -> str:
-        vendor = connection.vendor
+    def sql(self, db: Any = None) -> str:
+        """The statement for the database of ``db`` (default: the current connection)."""
+        db = db or connections[DEFAULT_DB_ALIAS]
+        vendor = db.vendor
         if vendor not in self._sql:
             names = {part.alias: part.columns for part in self.parts}
             tables = {
-                name: connection.ops.quote_name(model._meta.db_table)
-                for name, model in _tables().items()
+                name: db.ops.quote_name(model._meta.db_table) for name, model in _tables().items()
             }
             text = self.template.format(**names, **tables)
-            if self.lock and connection.features.has_select_for_update:
+            if self.lock and db.features.has_select_for_update:
                 text += " " + self.lock
             self._sql[vendor] = re.sub(r"\s+", " ", text).strip()
         return self._sql[vendor]
 
     def all(self, **params: Any) -> list[models.Model]:
         """Every row, as instances of the first model."""
-        if self.lock and not connection.in_atomic_block:
+        db = connections[DEFAULT_DB_ALIAS]  # once: each lookup of it is a thread-local read
+        if self.lock and not db.in_atomic_block:
             raise RuntimeError("a locking statement must run inside a transaction")
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql(), {**self.fixed, **params})
+        with db.cursor() as cursor:
+            cursor.execute(self.sql(db), {**self.fixed, **params})
             rows = cursor.fetchall()
-        return [self._instance(list(row)) for row in rows]
+        return [self._instance(list(row), db) for row in rows]
 
     def first(self, **params: Any) -> models.Model | None:
         """The first row (the SQL says ``LIMIT 1``), or None."""
         rows = self.all(**params)
         return rows[0] if rows else None
 
-    def _instance(self, row: list[Any]) -> models.Model:
+    def _instance(self, row: list[Any], db: Any) -> models.Model:
         start = 0
         root = None
         for part in self.parts:
             end = start + len(part.fields)
-            obj = part.build(row[start:end])
+            obj = part.build(row[start:end], db)
             if root is None:
                 root = obj
             else:
-                *above, name = part.path.split(".")
                 owner = root
-                for step in above:
+                for step in part.steps[:-1]:
                     owner = getattr(owner, step)
-                setattr(owner, name, obj)
+                setattr(owner, part.steps[-1], obj)
             start = end
         for name, value in zip(self.extra, row[start:], strict=True):
             setattr(root, name, value)
@@ -286,8 +288,9 @@ FIRST_FREE_GOLD = _first_free('t."is_gold" ORDER BY t."id" ASC')
 
 def task_completions(task_id: int) -> list[tuple[int, str]]:
     """The task's completions as ``(id, text)``, in the task's order."""
-    sql = _TASK_COMPLETIONS.sql()
-    with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]
+    sql = _TASK_COMPLETIONS.sql(db)
+    with db.cursor() as cursor:
         cursor.execute(sql, {"task_id": task_id})
         return [(pk, text) for pk, text in cursor.fetchall()]
 
@@ -347,20 +350,21 @@ _WRITES: dict[tuple, str] = {}
 def update_row(model: type[models.Model], pk: int, **values: Any) -> None:
     """``UPDATE`` one row by primary key, setting these fields (what
     ``save(update_fields=...)`` does, for a row the caller holds locked and has just read)."""
+    db = connections[DEFAULT_DB_ALIAS]
     fields = [model._meta.get_field(name) for name in values]
-    key = ("update", connection.vendor, model, *values)
+    key = ("update", db.vendor, model, *values)
     if key not in _WRITES:
-        qn = connection.ops.quote_name
+        qn = db.ops.quote_name
         assignments = ", ".join(f"{qn(field.column)} = %s" for field in fields)
         _WRITES[key] = (
             f"UPDATE {qn(model._meta.db_table)} SET {assignments} "
             f"WHERE {qn(model._meta.pk.column)} = %s"
         )
     params = [
-        field.get_db_prep_save(value, connection)
+        field.get_db_prep_save(value, db)
         for field, value in zip(fields, values.values(), strict=True)
     ]
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(_WRITES[key], [*params, pk])
 
 
@@ -369,19 +373,20 @@ def insert_rows(model: type[models.Model], names: tuple[str, ...], rows: list[tu
     for a hot path that needs neither the new ids nor signals."""
     if not rows:
         return
+    db = connections[DEFAULT_DB_ALIAS]
     fields = [model._meta.get_field(name) for name in names]
-    key = ("insert", connection.vendor, model, names, len(rows))
+    key = ("insert", db.vendor, model, names, len(rows))
     if key not in _WRITES:
-        qn = connection.ops.quote_name
+        qn = db.ops.quote_name
         columns = ", ".join(qn(field.column) for field in fields)
         placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
         _WRITES[key] = f"INSERT INTO {qn(model._meta.db_table)} ({columns}) VALUES " + ", ".join(
             [placeholders] * len(rows)
         )
     params = [
-        field.get_db_prep_save(value, connection)
+        field.get_db_prep_save(value, db)
         for row in rows
         for field, value in zip(fields, row, strict=True)
     ]
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(_WRITES[key], params)

@@ -137,5 +137,16 @@ def test_empty_prompt_and_completion_text_refused():
         Completion.objects.create(prompt=prompt, text="", source="x")
 
 
-def test_campaign_status_choices_match_constraint():
+@pytest.mark.parametrize("status", ["draft", "active", "paused", "closed"])
+def test_campaign_status_constraint_takes_every_choice(status):
+    campaign = CampaignFactory()
+    Campaign.objects.filter(pk=campaign.pk).update(status=status)  # bypasses choices: the
+    assert Campaign.objects.get(pk=campaign.pk).status == status  # database itself checks
     assert set(Campaign.Status.values) == {"draft", "active", "paused", "closed"}
+
+
+def test_campaign_status_constraint_refuses_anything_else():
+    campaign = CampaignFactory()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Campaign.objects.filter(pk=campaign.pk).update(status="archived")
+    assert Campaign.objects.get(pk=campaign.pk).status == campaign.status

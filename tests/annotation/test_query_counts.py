@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.db import connection
 
 from annotation import services
-from tests.factories import CampaignFactory
+from annotation.models import Task
+from tests.factories import CampaignFactory, make_tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -79,5 +81,17 @@ def test_a_large_import_refreshes_the_planner_statistics_on_commit(
     assert len(calls) == refreshed
 
 
-def test_refreshing_the_statistics_runs_on_either_database():
-    services.task_statistics_refresh()  # ANALYZE on PostgreSQL, nothing on SQLite
+@pytest.mark.django_db(transaction=True)
+def test_refreshing_the_statistics_runs_on_either_database(django_assert_num_queries):
+    """ANALYZE on PostgreSQL (the planner then knows the tasks' count); nothing on SQLite."""
+    campaign = CampaignFactory(completions_per_task=2)
+    make_tasks(campaign, 37)
+    if connection.vendor != "postgresql":
+        with django_assert_num_queries(0):
+            services.task_statistics_refresh()
+        return
+    with django_assert_num_queries(1):
+        services.task_statistics_refresh()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = %s", [Task._meta.db_table])
+        assert cursor.fetchone()[0] == Task.objects.count() == 37

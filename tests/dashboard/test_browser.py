@@ -110,16 +110,57 @@ def jobs_run(monkeypatch, settings, tmp_path, live_server):
 
 
 def _take_turns(monkeypatch, lock) -> None:
-    """Every SQL statement, and every atomic block from start to end, holds ``lock``."""
+    """Every SQL statement with the reading of its rows, and every atomic block from start to
+    end, holds ``lock``.
+
+    A statement's rows are read under the lock too, at once: Django reads them after
+    ``execute`` returns, and another thread committing on the shared connection while a
+    SELECT's rows were still unread failed with "SQL statements in progress" (a 503 to the
+    page's cancel when the machine was loaded enough for a thread switch to land there)."""
     from django.db.backends.utils import CursorWrapper
     from django.db.transaction import Atomic
 
     def locked(method):
         def call(self, *args, **kwargs):
             with lock:
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
+                self._rows = list(self.cursor.fetchall()) if self.cursor.description else None
+                return result
 
         return call
+
+    def fetchone(self):
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            return self.cursor.fetchone()
+        return rows.pop(0) if rows else None
+
+    def fetchmany(self, size=None):
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            return self.cursor.fetchmany(size) if size else self.cursor.fetchmany()
+        size = size or self.cursor.arraysize
+        taken, self._rows = rows[:size], rows[size:]
+        return taken
+
+    def fetchall(self):
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            return self.cursor.fetchall()
+        self._rows = []
+        return rows
+
+    def iterate(self):
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            yield from self.cursor
+            return
+        while self._rows:
+            yield self._rows.pop(0)
+
+    readers = {"fetchone": fetchone, "fetchmany": fetchmany, "fetchall": fetchall}
+    for name, method in {**readers, "__iter__": iterate}.items():
+        monkeypatch.setattr(CursorWrapper, name, method, raising=False)
 
     def enter(self):
         lock.acquire()
@@ -348,9 +389,20 @@ def test_a_round_held_for_review_then_started_anyway_from_the_dashboard(
         page.locator(f"#id_config__{name}").fill(value)
     page.get_by_role("button", name="Queue the job").click()
     expect(page).to_have_url(re.compile(r"/dashboard/training/jobs/\d+/$"))
+    job_url = page.url
+
+    # The round's card follows the job live, then reloads with what it produced.
+    page.get_by_role("link", name="Models & rounds").click()
+    card = page.locator(f"#round-{rnd.pk}")
+    live = card.locator(".round-live")  # the round takes tens of seconds: still running
+    expect(live.locator("progress")).to_be_visible()
+    expect(live.locator(".round-live-text")).to_contain_text(re.compile("Queued|Running"))
+    expect(card.locator(".badge").first).to_have_text("Needs review", timeout=JOB_TIMEOUT_MS)
+    expect(card.locator(".round-live")).to_have_count(0)
+
+    page.goto(job_url)
     expect_job_to_end(page, "Succeeded")
     expect(page.locator("#job-log")).to_contain_text("held for review")
-    page.reload()
     steps = page.locator("#steps-title + ol li")
     expect(steps).to_have_count(2)  # reward model and PPO; nothing generated
     for step in steps.all():

@@ -306,6 +306,14 @@ def _models_page(
                 "evaluation": _evaluation_table(rnd.evaluation),
                 "generation": generated[-1].summary if generated else None,
                 "started_anyway_by": generated[-1].created_by if generated else None,
+                "active": next(
+                    (
+                        j
+                        for j in reversed(jobs)
+                        if j.parent_id is None and j.status not in TrainingJob.FINISHED
+                    ),
+                    None,
+                ),
             }
         )
     return render(
