@@ -10,7 +10,7 @@ WEB_STAMP := $(WEB_VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install web-env wheel lock browser docs test lint demo clean
+.PHONY: install web-env wheel lock browser docs test lint js demo clean
 
 # Everything for tests and training, from the lock file with hashes. torch comes first and pinned
 # (the CPU wheel; an unpinned torch pulls gigabytes of CUDA), so the lock leaves it out.
@@ -63,7 +63,19 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
 
-test: install web-env browser lint
+# The page scripts: ESLint (pinned in package-lock.json, installed again only when the lock
+# changes) and the unit tests of their pure modules under node's own test runner.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "the JavaScript lint and tests need Node.js 20.19+ and npm"; exit 1; }
+	npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+js: $(NODE_STAMP)
+	npx --no-install eslint static tests/js eslint.config.js
+	node --test --test-reporter=spec tests/js/
+
+test: install web-env browser lint js
 	OMP_NUM_THREADS=1 RLHF_WEB_VENV=$(CURDIR)/$(WEB_VENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 DOCS := /usr/share/doc/python3/html
@@ -95,4 +107,4 @@ demo: install docs
 	wait
 
 clean:
-	rm -rf $(VENV) $(WEB_VENV) var dist staticfiles
+	rm -rf $(VENV) $(WEB_VENV) var dist staticfiles node_modules

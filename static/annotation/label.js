@@ -4,17 +4,19 @@
 //   keyboard  select a card with its letter or ← →, then 1..N (slot), F (fail), Backspace (clear)
 //   mouse     drag a card's header or a chip onto a slot (pointer events, no library)
 //   touch     tap a card (or chip), then tap a slot
-// A slot may hold several cards (a tie) only where the campaign allows ties; otherwise the
-// card already there swaps places. Completion and prompt text are plain text: they go on the
-// page with textContent only, never as HTML.
+// The rules (ties or swaps, F, clearing, what is missing, the payload) live in ranking_state.js,
+// which has no DOM and its own tests; this module keeps one ranking per task, renders it, and
+// builds the whole board anew (slots, F area, tray) for each task. Completion and prompt text
+// are plain text: they go on the page with textContent only, never as HTML.
 //
 // Submit posts to /api/assignments/{id}/ranking/?next=1: the answer carries the next task, so
 // one request per task. The API is idempotent (the same ranking again answers 200), so retries
 // after a network failure or a 503 are safe. Until the server has the ranking, it stays on the
 // page and in sessionStorage (keyed by assignment id), so a reload loses nothing.
 
-const LETTERS = ["A", "B", "C", "D", "E", "H", "I", "J", "K"]; // no F (fail) and no G (guidelines)
-const FAIL = "F";
+import * as rules from "./ranking_state.js";
+
+const { FAIL, LETTERS } = rules;
 const RETRY_DELAYS_MS = [1000, 2000, 4000, 8000, 16000];
 const TRANSIENT = new Set([502, 503, 504]);
 const DRAG_THRESHOLD_PX = 6;
@@ -57,8 +59,8 @@ const el = {
 
 const state = {
   assignment: null,
-  labels: new Map(), // completion id -> rank 1..N or "F"
-  selected: null, // completion id
+  ranking: null, // this task's ranking (ranking_state.js), replaced on every change
+  chips: new Map(), // completion id -> its chip on the board, built anew for each task
   busy: false, // a submit or skip is in flight
   finished: false, // no task on the page any more
   timer: null,
@@ -69,12 +71,6 @@ const state = {
 
 const url = (name, id) => config.urls[name].replace("{id}", String(id));
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-
-function listWords(words) {
-  if (words.length <= 1) return words.join("");
-  return `${words.slice(0, -1).join(", ")} and ${words[words.length - 1]}`;
-}
 
 function clock(ms) {
   const seconds = Math.round(ms / 1000);
@@ -147,30 +143,21 @@ function saveDraft() {
   try {
     sessionStorage.setItem(
       draftKey(state.assignment.id),
-      JSON.stringify({ labels: [...state.labels], elapsed_ms: state.timer.ms() }),
+      JSON.stringify({ labels: rules.savedLabels(state.ranking), elapsed_ms: state.timer.ms() }),
     );
   } catch {
     // Storage full or disabled: the ranking still lives on the page.
   }
 }
 
+/** The saved [id, label] pairs (startRanking keeps only those valid for the task) and time. */
 function loadDraft(assignment) {
-  const n = assignment.completions.length;
-  const ids = new Set(assignment.completions.map((c) => c.id));
   try {
     const draft = JSON.parse(sessionStorage.getItem(draftKey(assignment.id)) || "null");
-    if (!draft) return { labels: new Map(), elapsedMs: 0 };
-    const labels = new Map(
-      (draft.labels || []).filter(
-        ([id, label]) =>
-          ids.has(id) &&
-          ((label === FAIL && assignment.allow_fail) ||
-            (Number.isInteger(label) && label >= 1 && label <= n)),
-      ),
-    );
-    return { labels, elapsedMs: Number(draft.elapsed_ms) || 0 };
+    const labels = draft && Array.isArray(draft.labels) ? draft.labels : [];
+    return { labels: labels.filter(Array.isArray), elapsedMs: Number(draft?.elapsed_ms) || 0 };
   } catch {
-    return { labels: new Map(), elapsedMs: 0 };
+    return { labels: [], elapsedMs: 0 };
   }
 }
 
@@ -188,16 +175,17 @@ function completions() {
   return state.assignment ? state.assignment.completions : [];
 }
 
-function letterOf(id) {
-  return LETTERS[completions().findIndex((c) => c.id === id)];
-}
-
 function cardOf(id) {
   return el.cards.querySelector(`.completion[data-id="${id}"]`);
 }
 
-function chipOf(id) {
-  return document.querySelector(`.chip[data-id="${id}"]`);
+/** The board's zones, each with the element that holds its chips: slots, F area and tray. */
+function boardZones() {
+  return [...el.slots.children, el.failZone, el.tray].map((zone) => ({
+    key: zone.dataset.zone,
+    holder: zone.querySelector(".slot-cards"),
+    zone,
+  }));
 }
 
 function buildCard(completion, index) {
@@ -277,14 +265,15 @@ function renderPrompt(prompt) {
   }
 }
 
+/** Show a task: every piece of the previous task's state and board is replaced, none kept. */
 function showTask(assignment, { initial = false } = {}) {
   if (state.timer) state.timer.pause();
+  endDrag();
   state.assignment = assignment;
   state.finished = false;
   const draft = loadDraft(assignment);
-  state.labels = draft.labels;
+  state.ranking = rules.startRanking(assignment, draft.labels);
   state.timer = new VisibleTimer(draft.elapsedMs);
-  state.selected = null;
   state.shownAt = performance.now();
 
   const n = assignment.completions.length;
@@ -292,7 +281,8 @@ function showTask(assignment, { initial = false } = {}) {
   renderPrompt(assignment.prompt);
   el.cards.replaceChildren(...assignment.completions.map(buildCard));
   el.slots.replaceChildren(...Array.from({ length: n }, (_, i) => buildSlot(i + 1, n)));
-  el.tray.querySelector(".slot-cards").replaceChildren(...assignment.completions.map(buildChip));
+  clearBoard();
+  state.chips = new Map(assignment.completions.map((c, i) => [c.id, buildChip(c, i)]));
   el.failZone.hidden = !assignment.allow_fail;
   el.keysN.textContent = String(n);
   el.tieNote.textContent = assignment.allow_ties
@@ -307,8 +297,6 @@ function showTask(assignment, { initial = false } = {}) {
   if (window.location.pathname !== path) window.history.replaceState(null, "", path);
   document.title = `Rank · task ${assignment.task} · ${config.campaign.name}`;
 
-  const first = assignment.completions.find((c) => !state.labels.has(c.id)) || assignment.completions[0];
-  state.selected = first.id;
   update();
   markExpandable();
   if (!initial) {
@@ -325,9 +313,18 @@ function markExpandable() {
   }
 }
 
+/** Empty the F area and the tray (the slots are built anew with each task). */
+function clearBoard() {
+  for (const { holder } of boardZones()) holder.replaceChildren();
+}
+
 function showDone(title, text) {
   state.finished = true;
   state.assignment = null;
+  state.ranking = null;
+  state.chips = new Map();
+  endDrag();
+  clearBoard();
   el.task.hidden = true;
   el.done.hidden = false;
   el.doneTitle.textContent = title;
@@ -338,156 +335,88 @@ function showDone(title, text) {
 
 // --- State → page ------------------------------------------------------------------------------
 
-function labelText(label) {
-  if (label === FAIL) return "F: fail";
-  if (label === undefined) return "Not ranked";
-  return `Rank ${label}`;
-}
-
-function missing() {
-  return completions().filter((c) => !state.labels.has(c.id));
-}
-
-function ties() {
-  const bySlot = new Map();
-  for (const c of completions()) {
-    const label = state.labels.get(c.id);
-    if (Number.isInteger(label)) bySlot.set(label, [...(bySlot.get(label) || []), letterOf(c.id)]);
-  }
-  return [...bySlot].filter(([, letters]) => letters.length > 1).sort((a, b) => a[0] - b[0]);
-}
-
-function zoneFor(label) {
-  if (label === FAIL) return el.failZone;
-  if (label === undefined) return el.tray;
-  return el.slots.querySelector(`.slot[data-zone="${label}"]`);
-}
-
+/** Render the ranking: each card's badge, and in each zone exactly its own chips, in order. */
 function update(echo = "") {
+  const ranking = state.ranking;
+  if (!ranking) return;
   for (const [index, c] of completions().entries()) {
-    const label = state.labels.get(c.id);
+    const label = rules.labelOf(ranking, c.id);
     const card = cardOf(c.id);
-    const selected = state.selected === c.id;
+    const selected = ranking.selected === c.id;
     card.classList.toggle("is-selected", selected);
     card.classList.toggle("is-ranked", Number.isInteger(label));
     card.classList.toggle("is-fail", label === FAIL);
     if (selected) card.setAttribute("aria-current", "true");
     else card.removeAttribute("aria-current");
     const badge = card.querySelector(".rank-badge");
-    badge.textContent = labelText(label);
+    badge.textContent = rules.labelText(label);
     badge.dataset.label = label === undefined ? "" : String(label);
 
-    const chip = chipOf(c.id);
+    const chip = state.chips.get(c.id);
     chip.classList.toggle("is-selected", selected);
-    const name = `Completion ${LETTERS[index]}: ${labelText(label).toLowerCase()}`;
+    const name = `Completion ${LETTERS[index]}: ${rules.labelText(label).toLowerCase()}`;
     chip.setAttribute("aria-label", selected ? `${name}, selected` : name);
     chip.setAttribute("aria-pressed", String(selected));
-    const zone = zoneFor(label).querySelector(".slot-cards");
-    if (chip.parentElement !== zone) zone.append(chip);
   }
-  // Keep chips in display order inside each zone, whatever order they arrived in.
-  const order = new Map(completions().map((c, i) => [String(c.id), i]));
-  for (const zone of document.querySelectorAll(".board .slot-cards")) {
-    const chips = [...zone.children].sort((a, b) => order.get(a.dataset.id) - order.get(b.dataset.id));
-    if (chips.some((chip, i) => zone.children[i] !== chip)) zone.append(...chips);
+  // A zone whose chips differ from the ranking's gets them replaced: nothing else can stay.
+  const byZone = rules.zones(ranking);
+  for (const { key, holder, zone } of boardZones()) {
+    const chips = (byZone[key] || []).map((id) => state.chips.get(id));
+    const shown = holder.children;
+    if (chips.length !== shown.length || chips.some((chip, i) => shown[i] !== chip)) {
+      holder.replaceChildren(...chips);
+    }
+    zone.classList.toggle("is-empty", chips.length === 0);
+    if (zone.parentElement === el.slots) zone.classList.toggle("is-tie", chips.length > 1);
   }
-  for (const slot of el.slots.children) {
-    const count = slot.querySelector(".slot-cards").children.length;
-    slot.classList.toggle("is-tie", count > 1);
-    slot.classList.toggle("is-empty", count === 0);
-  }
-  el.failZone.classList.toggle("is-empty", el.failZone.querySelector(".slot-cards").children.length === 0);
-  el.tray.classList.toggle("is-empty", el.tray.querySelector(".slot-cards").children.length === 0);
 
-  const left = missing().map((c) => letterOf(c.id));
-  const tied = ties();
-  const parts = [];
-  if (echo) parts.push(echo);
-  if (left.length) {
-    parts.push(`Still to rank: ${listWords(left)}.`);
-  } else {
-    parts.push("Complete: ready to submit.");
-  }
-  if (tied.length && state.assignment?.allow_ties) {
-    const where = tied.map(([rank, letters]) => `${rank} (${listWords(letters)})`).join(", ");
-    parts.push(`Tie at ${where}: use ties sparingly.`);
-  }
-  el.validation.textContent = parts.join(" ");
-  el.validation.classList.toggle("is-complete", left.length === 0);
-  el.submit.disabled = state.busy || state.finished || left.length > 0;
+  const { text, complete } = rules.validation(ranking, echo);
+  el.validation.textContent = text;
+  el.validation.classList.toggle("is-complete", complete);
+  el.submit.disabled = state.busy || state.finished || !complete;
   saveDraft();
 }
 
 // --- Ranking actions ---------------------------------------------------------------------------
 
-function select(id, { focus = true, scroll = true } = {}) {
-  if (id === null || id === undefined) return;
-  state.selected = id;
-  update();
-  const card = cardOf(id);
+function showSelected({ focus = true, scroll = true } = {}) {
+  const card = cardOf(state.ranking.selected);
+  if (!card) return;
   if (focus) card.focus({ preventScroll: true });
   if (scroll) card.scrollIntoView({ block: "nearest" });
 }
 
-function selectNextUnranked() {
-  const list = completions();
-  const start = list.findIndex((c) => c.id === state.selected);
-  for (let step = 1; step <= list.length; step++) {
-    const candidate = list[(start + step) % list.length];
-    if (!state.labels.has(candidate.id)) return select(candidate.id);
-  }
-  return undefined;
+function select(id, options = {}) {
+  if (!state.ranking || !rules.hasCard(state.ranking, id)) return;
+  state.ranking = rules.select(state.ranking, id);
+  update();
+  showSelected(options);
+}
+
+/** Take a rule's answer: the new ranking and what happened (or why nothing did). */
+function apply({ ranking, message }) {
+  const before = state.ranking;
+  state.ranking = ranking;
+  if (ranking !== before) clearError();
+  update(message);
+  if (ranking.selected !== before.selected) showSelected();
 }
 
 /** Put a card in a zone: a rank 1..N, "F", or null (not ranked). */
-function place(id, zone, { advance = false } = {}) {
-  const a = state.assignment;
-  if (!a || state.busy || id === null) return;
-  const letter = letterOf(id);
-  if (zone === FAIL && !a.allow_fail) {
-    update("This campaign does not allow F (fail).");
-    return;
-  }
-  if (Number.isInteger(zone) && (zone < 1 || zone > a.completions.length)) {
-    update(`There are only ${a.completions.length} slots.`);
-    return;
-  }
-  const previous = state.labels.get(id);
-  let echo;
-  if (zone === null) {
-    state.labels.delete(id);
-    echo = `${letter} cleared.`;
-  } else {
-    if (Number.isInteger(zone) && !a.allow_ties) {
-      const occupant = [...state.labels].find(([other, label]) => other !== id && label === zone);
-      if (occupant) {
-        if (previous === undefined) state.labels.delete(occupant[0]);
-        else state.labels.set(occupant[0], previous);
-        echo = `${letter} swapped with ${letterOf(occupant[0])}.`;
-      }
-    }
-    state.labels.set(id, zone);
-    echo = echo || (zone === FAIL ? `${letter} marked F (fail).` : `${letter} at rank ${zone}.`);
-  }
-  clearError();
-  update(echo);
-  if (advance && zone !== null) selectNextUnranked();
+function place(id, zone) {
+  if (!state.assignment || !state.ranking || state.busy) return;
+  apply(rules.place(state.ranking, id, zone));
 }
 
+/** Put the selected card in a zone, then select the next card not yet ranked. */
 function placeSelected(zone) {
-  if (state.selected === null) {
-    update("Select a card first: press its letter, or tap it.");
-    return;
-  }
-  place(state.selected, zone, { advance: true });
+  if (!state.assignment || !state.ranking || state.busy) return;
+  apply(rules.placeSelected(state.ranking, zone));
 }
 
 function moveSelection(step) {
-  const list = completions();
-  if (!list.length) return;
-  const index = list.findIndex((c) => c.id === state.selected);
-  const next = index === -1 ? 0 : (index + step + list.length) % list.length;
-  select(list[next].id);
+  if (!state.ranking) return;
+  select(rules.moveSelection(state.ranking, step).selected);
 }
 
 // --- Talking to the API ------------------------------------------------------------------------
@@ -503,7 +432,7 @@ async function readJSON(response) {
 /** POST JSON; on a network failure or 502/503/504, retry with backoff and say so. */
 async function post(path, body, { onRetry } = {}) {
   for (let attempt = 0; ; attempt++) {
-    let response = null;
+    let response;
     try {
       response = await fetch(path, {
         method: "POST",
@@ -595,18 +524,19 @@ function explain(response, data, gaveUp) {
 async function submit() {
   const a = state.assignment;
   if (!a || state.busy || state.finished) return;
-  const left = missing();
+  const left = rules.missing(state.ranking);
   if (left.length === a.completions.length && performance.now() - state.shownAt < REPEAT_MS) {
     return; // an Enter repeated from the task just submitted: keep "Next task loaded" shown
   }
-  if (left.length) {
-    update(`Not ready to submit: still to rank ${listWords(left.map((c) => letterOf(c.id)))}.`);
+  const items = rules.payload(state.ranking);
+  if (!items) {
+    update(rules.notReady(state.ranking));
     el.validation.classList.add("is-blocked");
     setTimeout(() => el.validation.classList.remove("is-blocked"), 600);
     return;
   }
   const body = {
-    items: a.completions.map((c) => ({ completion: c.id, rank: state.labels.get(c.id) })),
+    items,
     time_spent_ms: state.timer.ms(),
     comment: "",
   };
@@ -705,7 +635,7 @@ function togglePanel(open) {
   el.openGuidelines.setAttribute("aria-expanded", String(show));
   document.body.classList.toggle("panel-open", show);
   if (show) el.panelBody.focus();
-  else if (hadFocus) (cardOf(state.selected) || el.openGuidelines).focus();
+  else if (hadFocus) (cardOf(state.ranking?.selected) || el.openGuidelines).focus();
 }
 
 function openSkip() {
@@ -758,8 +688,7 @@ document.addEventListener("click", (event) => {
   }
   const zone = target.closest(".board [data-zone]");
   if (zone) {
-    const value = zone.dataset.zone;
-    placeSelected(value === "" ? null : value === FAIL ? FAIL : Number(value));
+    placeSelected(rules.zoneLabel(zone.dataset.zone));
     return;
   }
   const card = target.closest(".completion");
@@ -793,6 +722,7 @@ document.addEventListener("pointerdown", (event) => {
   // Card headers drag with a mouse or pen only: on touch screens they scroll the page.
   if (!chip && (!head || event.pointerType === "touch" || target.closest("button"))) return;
   const id = Number((chip || head.closest(".completion")).dataset.id);
+  if (!state.ranking || !rules.hasCard(state.ranking, id)) return;
   drag = { id, x: event.clientX, y: event.clientY, pointerId: event.pointerId, ghost: null, over: null };
 });
 
@@ -800,7 +730,7 @@ document.addEventListener("pointermove", (event) => {
   if (!drag || event.pointerId !== drag.pointerId) return;
   if (!drag.ghost) {
     if (Math.hypot(event.clientX - drag.x, event.clientY - drag.y) < DRAG_THRESHOLD_PX) return;
-    const letter = letterOf(drag.id);
+    const letter = rules.letterOf(state.ranking, drag.id);
     drag.ghost = make("div", "drag-ghost", letter);
     drag.ghost.setAttribute("aria-hidden", "true");
     document.body.append(drag.ghost);
@@ -828,10 +758,9 @@ document.addEventListener("pointerup", (event) => {
     const zone = zoneAt(event.clientX, event.clientY);
     const id = drag.id;
     endDrag();
-    if (zone) {
-      const value = zone.dataset.zone;
-      state.selected = id;
-      place(id, value === "" ? null : value === FAIL ? FAIL : Number(value));
+    if (zone && state.ranking) {
+      state.ranking = rules.select(state.ranking, id);
+      place(id, rules.zoneLabel(zone.dataset.zone));
     }
     return;
   }
@@ -895,7 +824,7 @@ document.addEventListener("keydown", (event) => {
     placeSelected(FAIL);
   } else if (key === "Backspace" || key === "Delete") {
     event.preventDefault();
-    if (state.selected !== null) place(state.selected, null);
+    if (state.ranking.selected !== null) place(state.ranking.selected, null);
   } else if (key.length === 1) {
     const index = LETTERS.indexOf(key.toUpperCase());
     if (index !== -1 && index < completions().length) {

@@ -1,5 +1,6 @@
 """The labeller's ranking page in a real Chromium: keyboard, drag and drop, taps, the guidelines
-gate, validation, double submits, server errors, permissions and script injection.
+gate, validation, double submits, server errors, permissions, script injection, and several
+tasks in a row with the whole board checked after each.
 
 Card letters follow the assignment's display order: A is ``display_order[0]``, and so on.
 """
@@ -451,3 +452,186 @@ def test_skip_with_a_reason_then_rank_the_last_task_and_see_all_done(page, log_i
     page.keyboard.press("Control+Enter")
     expect(page.get_by_role("heading", name="All done")).to_be_visible()
     assert stored_labels(second) == {"A": 2, "B": 1, "C": 3}
+
+
+# --- several tasks in a row: the board holds exactly the current task's cards ------------------
+#
+# Issue 17: a card marked F stayed in the F area of every later task (showTask rebuilt the slots
+# and the tray, not the F area), where it read as the new task's card of the same letter, and
+# clicking it threw. After every task these tests compare the whole board with the assignment.
+
+LETTERS = "ABCDEHIJK"
+
+
+def assignment_on_page(page) -> Assignment:
+    """The assignment whose task the page shows (its URL names it)."""
+    return Assignment.objects.get(pk=int(re.search(r"/assignments/(\d+)/", page.url)[1]))
+
+
+def expect_board_of(page, assignment: Assignment, zones: dict[str, str]) -> None:
+    """The page shows exactly ``assignment``'s cards, and its board holds one chip per card, in
+    the zones ``zones`` names ({"1": "B", "F": "AD"}; every other zone empty), each chip with
+    its card's letter, text and rank: nothing from any other task, anywhere on the page."""
+    order = list(assignment.display_order)
+    texts = dict(Completion.objects.filter(pk__in=order).values_list("pk", "text"))
+    cards = page.evaluate(
+        "[...document.querySelectorAll('.completion')].map((card) => Number(card.dataset.id))"
+    )
+    assert cards == order
+    chips = page.evaluate(
+        """() => [...document.querySelectorAll('.chip')].map((chip) => ({
+            zone: chip.closest('.board [data-zone]')?.dataset.zone ?? null,
+            id: Number(chip.dataset.id),
+            letter: chip.querySelector('.chip-letter').textContent,
+            snippet: chip.querySelector('.chip-snippet').textContent,
+            name: chip.getAttribute('aria-label'),
+        }))"""
+    )
+    assert sorted(chip["id"] for chip in chips) == sorted(order), chips
+    for chip in chips:
+        letter = LETTERS[order.index(chip["id"])]
+        label = {"": "not ranked", "F": "f: fail"}.get(chip["zone"], f"rank {chip['zone']}")
+        assert chip["letter"] == letter, chip
+        assert texts[chip["id"]].startswith(chip["snippet"].removesuffix("…")), chip
+        assert chip["name"].startswith(f"Completion {letter}: {label}"), chip
+    empty = {str(rank): "" for rank in range(1, len(order) + 1)} | {"F": "", "": ""}
+    assert slot_letters(page) == empty | zones
+
+
+def expect_fresh_task(page, previous: Assignment) -> Assignment:
+    """The next task is on the page, every card unranked and A selected; answers it."""
+    expect_next_task(page, previous)
+    current = assignment_on_page(page)
+    expect_board_of(page, current, {"": LETTERS[: len(current.display_order)]})
+    expect(page.locator("#fail-zone .chip")).to_have_count(0)
+    expect(page.locator("#card-A")).to_have_class(re.compile("is-selected"))
+    return current
+
+
+def tap_ranks(page, moves: list[tuple[str, str]]) -> None:
+    """On a phone: tap each card, then the zone to put it in."""
+    for letter, zone in moves:
+        page.locator(f"#card-{letter} .completion-head").tap()
+        page.locator(f'.board [data-zone="{zone}"] .slot-target').tap()
+
+
+def test_several_tasks_in_a_row_show_only_each_tasks_cards_with_keys_ties_f_and_drag(
+    page, log_in, campaign, labeller
+):
+    log_in(page, labeller)
+    start_labelling(page, campaign)
+    task = assignment_on_page(page)
+    expect_board_of(page, task, {"": "ABCD"})
+
+    # 1. Keys: a tie at 2 and D marked F.
+    press(page, "a", "1", "b", "2", "c", "2", "d", "f")
+    expect_board_of(page, task, {"1": "A", "2": "BC", "F": "D"})
+    page.keyboard.press("Enter")
+    done, task = task, expect_fresh_task(page, task)
+    assert stored_labels(done) == {"A": 1, "B": 2, "C": 2, "D": "F"}
+
+    # 2. Drag: cards and chips onto slots and F, a tie at 2.
+    drag(page, page.locator("#card-B .completion-head"), page.locator('.slot[data-zone="1"]'))
+    drag(page, chip(page, "A"), page.locator("#fail-zone"))
+    drag(page, chip(page, "C"), page.locator('.slot[data-zone="2"]'))
+    drag(page, page.locator("#card-D .completion-head"), page.locator('.slot[data-zone="2"]'))
+    expect_board_of(page, task, {"1": "B", "2": "CD", "F": "A"})
+    page.get_by_role("button", name=re.compile("^Submit")).click()
+    done, task = task, expect_fresh_task(page, task)
+    assert stored_labels(done) == {"A": "F", "B": 1, "C": 2, "D": 2}
+
+    # 3. Keys: two cards F, one of them cleared with Backspace and ranked, arrows to move.
+    press(page, "1", "f", "f", "ArrowLeft", "Backspace")
+    expect_board_of(page, task, {"1": "A", "F": "B", "": "CD"})
+    press(page, "3", "4", "b", "2", "ArrowLeft", "f")
+    expect_board_of(page, task, {"2": "B", "3": "C", "4": "D", "F": "A"})
+    page.keyboard.press("Control+Enter")
+    done, task = task, expect_fresh_task(page, task)
+    assert stored_labels(done) == {"A": "F", "B": 2, "C": 3, "D": 4}
+
+    # 4. Clicks: a card, then the F target; the following cards go on with the slots alone.
+    page.locator("#card-A .completion-body").click()
+    page.locator("#fail-zone .slot-target").click()
+    for rank in ("1", "1", "2"):
+        page.locator(f'.slot[data-zone="{rank}"] .slot-target').click()
+    expect_board_of(page, task, {"1": "BC", "2": "D", "F": "A"})
+    page.get_by_role("button", name=re.compile("^Submit")).click()
+    done, task = task, expect_fresh_task(page, task)
+    assert stored_labels(done) == {"A": "F", "B": 1, "C": 1, "D": 2}
+
+    # 5. The last task; then no card or chip of any task is left on the page.
+    press(page, "4", "3", "2", "1")
+    expect_board_of(page, task, {"1": "D", "2": "C", "3": "B", "4": "A"})
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="All done")).to_be_visible()
+    assert stored_labels(task) == {"A": 4, "B": 3, "C": 2, "D": 1}
+    expect(page.locator(".chip")).to_have_count(0)
+
+
+def test_several_tasks_in_a_row_on_a_phone_show_only_each_tasks_cards(
+    new_page, log_in, campaign, labeller, output_dir
+):
+    page = new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    log_in(page, labeller)
+    start_labelling(page, campaign)
+    task = assignment_on_page(page)
+
+    tap_ranks(page, [("C", "1"), ("A", "F"), ("D", "F"), ("B", "2")])
+    expect_board_of(page, task, {"1": "C", "2": "B", "F": "AD"})
+    page.locator("#submit").tap()
+    done, task = task, expect_fresh_task(page, task)
+    assert stored_labels(done) == {"A": "F", "B": 2, "C": 1, "D": "F"}
+    # On a phone a chip shows only its letter: a chip left over would read "A is already F".
+    page.screenshot(path=str(output_dir / "task-phone-next.png"))
+
+    tap_ranks(page, [("B", "1"), ("D", "1"), ("A", "F"), ("C", "3")])
+    # The chips on the board move as the cards do: A from F to 2, then C from 3 to F.
+    for letter, zone in [("A", "2"), ("C", "F")]:
+        chip(page, letter).tap()
+        page.locator(f'.board [data-zone="{zone}"] .slot-target').tap()
+    expect_board_of(page, task, {"1": "BD", "2": "A", "F": "C"})
+    page.locator("#submit").tap()
+    done, task = task, expect_fresh_task(page, task)
+    assert stored_labels(done) == {"A": 2, "B": 1, "C": "F", "D": 1}
+
+    tap_ranks(page, [("A", "1"), ("B", "2"), ("C", "3"), ("D", "4")])
+    page.locator("#submit").tap()
+    expect_fresh_task(page, task)
+
+
+def test_skip_reload_and_swaps_without_ties_keep_each_board_to_its_own_task(page, log_in, labeller):
+    campaign = CampaignFactory(completions_per_task=3, overlap=1, allow_ties=False)
+    services.campaign_add_members(campaign=campaign, users=[labeller])
+    make_tasks(campaign, 3)
+    log_in(page, labeller)
+    start_labelling(page, campaign)
+    task = assignment_on_page(page)
+
+    # 1. Half ranked, with an F, then skipped.
+    press(page, "a", "f", "b", "1")
+    expect_board_of(page, task, {"1": "B", "F": "A", "": "C"})
+    page.get_by_role("button", name="Skip…").click()
+    page.get_by_label("The task is broken").check()
+    page.get_by_role("button", name="Skip task").click()
+    expect(page).to_have_url(re.compile(rf"/assignments/(?!{task.pk}/)\d+/$"))
+    expect(page.locator("#validation")).to_contain_text("Skipped. Next task loaded.")
+    task = assignment_on_page(page)
+    expect_board_of(page, task, {"": "ABC"})
+
+    # 2. A swap (the card displaced goes back to the tray) and an F, kept across a reload.
+    press(page, "a", "1", "b", "1", "c", "f")
+    expect_board_of(page, task, {"1": "B", "F": "C", "": "A"})
+    page.reload()
+    expect(page.locator(".completion")).to_have_count(3)
+    expect_board_of(page, task, {"1": "B", "F": "C", "": "A"})
+    press(page, "a", "2", "c", "1")  # C leaves F for slot 1: B, there before, takes C's F
+    expect_board_of(page, task, {"1": "C", "2": "A", "F": "B"})
+    page.keyboard.press("Enter")
+    done, task = task, expect_fresh_task(page, task)
+    assert stored_labels(done) == {"A": 2, "B": "F", "C": 1}
+
+    # 3. The last task.
+    press(page, "1", "2", "3")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="All done")).to_be_visible()
+    expect(page.locator(".chip")).to_have_count(0)
