@@ -26,11 +26,18 @@ if DJANGO_ENV not in {"development", "production"}:
     raise ImproperlyConfiguredEnv(f"DJANGO_ENV={DJANGO_ENV!r}: use development or production")
 PRODUCTION = DJANGO_ENV == "production"
 
+DEVELOPMENT_SECRET_KEY = "development-only-insecure-key-do-not-use-in-production"
+# Keys anyone can read in this repository: the development default and deploy/env.example's.
+PUBLIC_SECRET_KEYS = frozenset({DEVELOPMENT_SECRET_KEY, "change-me-to-50-random-characters"})
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if PRODUCTION:
-        raise ImproperlyConfiguredEnv("DJANGO_SECRET_KEY must be set when DJANGO_ENV=production")
-    SECRET_KEY = "development-only-insecure-key-do-not-use-in-production"
+if PRODUCTION and not SECRET_KEY:
+    raise ImproperlyConfiguredEnv("DJANGO_SECRET_KEY must be set when DJANGO_ENV=production")
+if PRODUCTION and SECRET_KEY in PUBLIC_SECRET_KEYS:
+    raise ImproperlyConfiguredEnv(
+        "DJANGO_SECRET_KEY is a key published in this repository: set a random one, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
+SECRET_KEY = SECRET_KEY or DEVELOPMENT_SECRET_KEY
 
 DEBUG = env_bool("DJANGO_DEBUG", default=not PRODUCTION)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
@@ -274,6 +281,7 @@ LOGGING = {
 
 # HTTPS: see config/proxy.py. Forwarded headers reach Django only from TRUSTED_PROXIES.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SILENCED_SYSTEM_CHECKS: list[str] = []
 if HTTPS == "required":
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
@@ -282,11 +290,15 @@ if HTTPS == "required":
 else:
     # Cookies are Secure exactly on TLS requests (config.proxy.ProxyMiddleware), so these
     # deploy checks, which look only at the global settings, do not apply.
-    SILENCED_SYSTEM_CHECKS = ["security.W008", "security.W012", "security.W016"]
+    SILENCED_SYSTEM_CHECKS += ["security.W008", "security.W012", "security.W016"]
 if PRODUCTION:
     SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 60 * 60 * 24 * 30)  # on TLS responses
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
+    # includeSubDomains and preload reach beyond this site (preload asks browsers to hard-code
+    # HTTPS for the whole domain, for months after it is withdrawn): a choice for the domain's
+    # owner, so both are off unless set. check --deploy's advice to set them is silenced.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=False)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", default=False)
+    SILENCED_SYSTEM_CHECKS += ["security.W005", "security.W021"]
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
     X_FRAME_OPTIONS = "DENY"

@@ -46,6 +46,37 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["development-only-insecure-key-do-not-use-in-production", "change-me-to-50-random-characters"],
+)
+def test_production_refuses_a_secret_key_published_in_the_repository(key):
+    result = manage("check", env={**PRODUCTION_ENV, "DJANGO_SECRET_KEY": key})
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is a key published in this repository" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "header"),
+    [
+        ({}, "max-age=2592000"),
+        ({"DJANGO_HSTS_INCLUDE_SUBDOMAINS": "true"}, "max-age=2592000; includeSubDomains"),
+        (
+            {"DJANGO_HSTS_INCLUDE_SUBDOMAINS": "1", "DJANGO_HSTS_PRELOAD": "1"},
+            "max-age=2592000; includeSubDomains; preload",
+        ),
+    ],
+)
+def test_hsts_binds_only_this_site_unless_the_domain_owner_says_otherwise(extra, header):
+    code = (
+        "from django.test import Client; "
+        "r = Client().get('/healthz', secure=True, HTTP_HOST='rlhf.example.org'); "
+        "print(r.headers.get('Strict-Transport-Security'))"
+    )
+    result = manage("shell", "-c", code, env={**PRODUCTION_ENV, **extra})
+    assert result.stdout.strip().splitlines()[-1] == header, result.stderr
+
+
 def test_production_turns_debug_off_and_cookies_follow_the_scheme():
     code = (
         "from django.conf import settings as s; "
