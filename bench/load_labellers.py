@@ -61,8 +61,8 @@ def setup_campaign(*, labellers: int, tasks: int, overlap: int, tag: str) -> tup
 
     django.setup()
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
+    from accounts.services import token_create
     from annotation import services
     from annotation.models import Completion, Prompt, Task, TaskCompletion
 
@@ -100,7 +100,7 @@ def setup_campaign(*, labellers: int, tasks: int, overlap: int, tag: str) -> tup
         services.guideline_acknowledge(user=user, guideline=guideline)
     services.campaign_set_status(campaign=campaign, status="active")
     services.task_statistics_refresh()  # as an import through the service does on commit
-    tokens = [Token.objects.get_or_create(user=u)[0].key for u in users]
+    tokens = [token_create(user=u)[1] for u in users]
     return campaign.pk, tokens
 
 
@@ -156,22 +156,36 @@ def _pids(*, parent: int | None = None, user: str | None = None) -> list[int]:
     return pids
 
 
+def _machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot (all cores: /proc/stat's
+    user, nice, system, irq, softirq and steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class CpuMeter:
     """CPU seconds used by the web workers, PostgreSQL and this load generator during a run,
-    which says where a ranking's cost goes on a machine whose speed varies."""
+    which says where a ranking's cost goes on a machine whose speed varies; and by everything
+    else on the machine (``others``: the rest of /proc/stat's busy time), which says how much of
+    the cores other people's work took while the run was measured."""
 
     server_pid: int
     web: float = 0.0
     db: float = 0.0
     load: float = 0.0
+    others: float = 0.0
+    wall: float = 0.0
 
-    def _read(self) -> tuple[float, float, float]:
+    def _read(self) -> tuple[float, float, float, float, float]:
         usage = os.times()
         return (
             _cpu_seconds([self.server_pid, *_pids(parent=self.server_pid)]),
             _cpu_seconds(_pids(user="postgres")),
             usage.user + usage.system,
+            _machine_busy_seconds(),
+            time.monotonic(),
         )
 
     def __enter__(self) -> CpuMeter:
@@ -180,7 +194,10 @@ class CpuMeter:
 
     def __exit__(self, *exc) -> None:
         end = self._read()
-        self.web, self.db, self.load = (b - a for a, b in zip(self._start, end, strict=True))
+        self.web, self.db, self.load, busy, self.wall = (
+            b - a for a, b in zip(self._start, end, strict=True)
+        )
+        self.others = max(0.0, busy - self.web - self.db - self.load)
 
 
 class TransportError(Exception):
@@ -435,7 +452,8 @@ def main() -> None:
                 f"submit p50/p95/p99 {_triple(stats.submit_ms)} ms  "
                 f"all p50 {median:.1f} ms  errors {stats.errors or 0}  db {checks}  "
                 f"CPU ms per ranking: web {cpu.web * per:.1f}, postgres {cpu.db * per:.1f}, "
-                f"load generator {cpu.load * per:.1f}",
+                f"load generator {cpu.load * per:.1f}; other processes used "
+                f"{cpu.others / max(cpu.wall, 1e-9):.2f} cores",
                 flush=True,
             )
     finally:

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+pytest_plugins = ("tests.helpers.browser_fixtures",)
+"""The browser fixtures, shared by tests/browser/ and tests/dashboard/ (pytest accepts
+``pytest_plugins`` only in the root conftest)."""
 
 CI_ALLOWED_SKIPS = ("not implemented in annotation.agreement",)
 """Skips CI accepts: reference figures of statistics the project does not report. Any other skip
@@ -23,6 +28,19 @@ def pytest_runtest_makereport(item, call):
     if not any(allowed in reason for allowed in CI_ALLOWED_SKIPS):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every test must run: {reason}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny local causal LM + tokenizer directory (no pretraining), built once per session.
+
+    Loadable with ``AutoModelForCausalLM``, ``AutoModelForSequenceClassification`` (num_labels=1)
+    and ``AutoTokenizer``. Treat it as read-only: copy it before writing into it. Shared by the
+    training tests and the dashboard's browser tests.
+    """
+    from training.ml.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
 @pytest.fixture

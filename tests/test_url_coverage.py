@@ -1,8 +1,8 @@
 """Every URL the project serves is in a permission matrix.
 
-The matrices (tests/annotation/test_permissions.py for the labelling API,
-tests/training/test_training_api.py for the training API, tests/dashboard/test_pages.py for the
-dashboard, tests/annotation/test_pages.py for the labeller pages) each call their URLs as
+The matrices (tests/helpers/url_matrices.py for the labelling API and the labeller pages, called
+by tests/annotation/test_permissions.py and test_pages.py; tests/training/test_training_api.py
+for the training API; tests/dashboard/test_pages.py for the dashboard) each call their URLs as
 anonymous, labeller and admin (and more). This test resolves every URL they list to its route
 and fails, naming the route, when the project serves one that no matrix calls: a new endpoint
 cannot ship without its permission test.
@@ -14,9 +14,8 @@ from types import SimpleNamespace
 
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 
-from tests.annotation import test_pages as labeller_pages
-from tests.annotation import test_permissions as api_matrix
 from tests.dashboard import test_pages as dashboard_pages
+from tests.helpers import url_matrices as api_matrix
 from tests.training import test_training_api as training_matrix
 
 # Served by Django or libraries and tested there or elsewhere: the admin site (staff only, its
@@ -64,7 +63,7 @@ def matrix_urls() -> list[str]:
     urls += [template.format(**ids) for _, template, _, _ in training_matrix.ENDPOINTS]
     one = SimpleNamespace(pk=1, tasks=SimpleNamespace(first=lambda: SimpleNamespace(pk=1)))
     urls += dashboard_pages.dashboard_urls(one, one, one) + dashboard_pages.post_urls(one, one)
-    urls += [template.format(**ids) for template in labeller_pages.PAGES]
+    urls += [template.format(**ids) for template in api_matrix.PAGES]
     return urls
 
 

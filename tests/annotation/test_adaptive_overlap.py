@@ -13,9 +13,9 @@ from django.db.models import Count, F
 
 from annotation import agreement_figures, services
 from annotation.models import Ranking, Task
-from tests.annotation.test_concurrency import _run_all
 from tests.conftest import client_for
 from tests.factories import CampaignFactory, UserFactory, make_tasks
+from tests.helpers.threads import run_all
 
 K_MIN, K_MAX = 2, 4
 
@@ -247,7 +247,7 @@ def test_adaptive_overlap_never_exceeds_k_max_under_concurrency():
             with lock:
                 submitted.append(result.json()["id"])
 
-    _run_all(label, users)
+    run_all(label, users)
     assert len(submitted) == len(set(submitted)) == Ranking.objects.count()
     over = Task.objects.annotate(n=Count("rankings")).filter(n__gt=K_MAX)
     assert not over.exists()

@@ -87,6 +87,11 @@ def test_table_keeps_the_latest_ranking_of_a_labeller_on_a_task():
     table = ranking_table(records)
     assert table.ranking_ids.tolist() == [8]
     assert table.labels.tolist() == [[2.0, 1.0]]
+    # the same when the labeller who ranked twice is not the task's first
+    again = ranking_table(
+        records_of((1, 1, {1: 1, 2: 2}), (1, 2, {1: 1, 2: 2}), (1, 2, {1: 2, 2: 1}))
+    )
+    assert again.ranking_ids.tolist() == [1, 3]
 
 
 @pytest.mark.parametrize("labels", [(1, 0), (1, 1.5), (1, "G"), (1, None), (True, False)])
@@ -263,6 +268,27 @@ def test_vectorised_alpha_matches_the_krippendorff_package(level):
     assert krippendorff_alpha(data, level=level) == pytest.approx(expected)
 
 
+def test_reliability_matrix_puts_each_value_at_its_labeller_and_task_slot():
+    # rankings: task 1 by labellers 1 and 2, task 2 by labeller 1; 3 slots per task, so the
+    # columns are task 1's slots 0-2, then task 2's slots 0-2
+    table = ranking_table(
+        records_of(
+            (1, 1, {1: 1, 2: 2, 3: 3}), (1, 2, {1: 1, 2: 2, 3: 3}), (2, 1, {4: 1, 5: 2, 6: 3})
+        )
+    )
+    values = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    nan = np.nan
+    np.testing.assert_array_equal(
+        reliability_matrix(table, values),
+        [[1.0, 2.0, 3.0, 7.0, 8.0, 9.0], [4.0, 5.0, 6.0, nan, nan, nan]],
+    )
+
+
+def test_an_unknown_level_of_measurement_is_refused():
+    with pytest.raises(ValueError, match="unknown level"):
+        alpha_from_value_counts([[1, 1], [2, 0]], level="bogus")  # type: ignore[arg-type]
+
+
 def test_reliability_matrix_gives_the_same_alpha():
     rng = np.random.default_rng(4)
     records = [
@@ -396,6 +422,38 @@ def test_interval_brackets_the_value_and_is_reproducible():
     assert pairwise_agreement(votes, bootstrap=Bootstrap(resamples=0)).estimate.ci_low is None
 
 
+def test_two_tasks_are_enough_for_an_interval_and_one_is_not():
+    two = records_of(*(
+        (task, labeller, items)
+        for task in (1, 2)
+        for labeller, items in ((1, {1: 1, 2: 2, 3: 3}), (2, {1: 1, 2: 3, 3: 2}))
+    ))  # fmt: skip
+    estimate = pairwise_agreement(pair_votes(ranking_table(two)), bootstrap=FAST).estimate
+    assert estimate.value == pytest.approx(2 / 3)
+    assert estimate.ci_low is not None and estimate.ci_high is not None
+    one = pairwise_agreement(pair_votes(ranking_table(D1)), bootstrap=FAST).estimate
+    assert (one.ci_low, one.ci_high) == (None, None)
+
+
+def test_intervals_take_the_central_confidence_share_of_the_resamples(monkeypatch):
+    # confidence 0.9: every interval (campaign figures and labellers) is the 5th to the 95th
+    # percentile of its bootstrap replicates
+    asked = []
+    percentile = np.percentile
+
+    def spy(values, q, *args, **kwargs):
+        asked.append([float(x) for x in q])
+        return percentile(values, q, *args, **kwargs)
+
+    records = random_campaign(30, 3, seed=5, copies=False)
+    bootstrap = Bootstrap(resamples=100, seed=1, confidence=0.9)
+    table = ranking_table(records)
+    monkeypatch.setattr(agreement.np, "percentile", spy)
+    pairwise_agreement(pair_votes(table), bootstrap=bootstrap)
+    labeller_quality(table, pair_votes(table), bootstrap=bootstrap)
+    assert len(asked) == 1 + 3 and all(q == pytest.approx([5.0, 95.0]) for q in asked)
+
+
 def test_interval_widens_with_fewer_tasks():
     small = pair_votes(ranking_table(random_campaign(20, 3, seed=8, copies=False)))
     large = pair_votes(ranking_table(random_campaign(400, 3, seed=8, copies=False)))
@@ -425,6 +483,22 @@ def test_consensus_credit_leave_one_out():
     credit, scored = consensus_credit(table, pair_votes(table))
     np.testing.assert_array_equal(credit, [1.5, 1.5, 0])
     np.testing.assert_array_equal(scored, [3, 3, 3])
+
+
+def test_a_task_nobody_else_ranked_neither_scores_nor_counts_for_an_interval():
+    # labeller 1 ranked task 1 with labeller 2 (D1: 2 of 3 pairs agree) and task 2 alone
+    records = [*D1, *records_of((2, 1, {4: 1, 5: 2, 6: 3}))]
+    table = ranking_table(records)
+    credit, scored = consensus_credit(table, pair_votes(table))
+    np.testing.assert_array_equal(credit, [2, 2, 0])
+    np.testing.assert_array_equal(scored, [3, 3, 0])
+    quality = {q.labeller_id: q for q in labeller_quality(table, pair_votes(table), bootstrap=FAST)}
+    first = quality[1]
+    assert (first.tasks, first.tasks_with_overlap) == (2, 1)
+    assert (first.agreement.value, first.agreement.n) == (pytest.approx(2 / 3), 3)
+    assert first.agreement.ci_low is None  # one task with scored pairs: nothing to resample
+    report = agreement_report([*records, *records_of((3, 2, {7: 1, 8: 2}))], bootstrap=FAST)
+    assert (report.tasks, report.tasks_with_overlap) == (3, 1)
 
 
 def test_labeller_habits():
@@ -477,6 +551,7 @@ def test_flags_only_the_labeller_who_misunderstood(third):
     quality = {q.labeller_id: q for q in report.labeller_quality}
     assert [q.labeller_id for q in report.labeller_quality if q.flagged] == [3]
     assert quality[3].flag_reason is not None and "below the median" in quality[3].flag_reason
+    assert " of 3 labellers " in quality[3].flag_reason  # those eligible, all three
     assert quality[3].robust_z < -2.5
     assert quality[1].robust_z > -2.5 and quality[2].robust_z > -2.5
     assert quality[3].agreement.value < quality[1].agreement.value

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection, connections, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from annotation import services
-from annotation.errors import Conflict, PermissionDenied
+from annotation import services, sql
+from annotation.errors import Busy, Conflict, PermissionDenied
 from annotation.models import Assignment, Campaign, Task
+from annotation.services import assignment as assignment_module
 from annotation.tasks import expire_leases
 from tests.factories import CampaignFactory, UserFactory, make_tasks, task_completion_ids
 
@@ -261,3 +265,73 @@ def test_progress_for_labeller_and_admin(campaign, labeller, labeller_client, ad
     assert full["campaign"]["tasks"] == 5 and full["campaign"]["rankings"] == 1
     assert full["campaign"]["target_rankings"] == 10
     assert {row["username"] for row in full["labellers"]} == {"alice", "bob"}
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_handing_out_a_task_is_one_transaction(monkeypatch):
+    # the last write fails: the new lease must not stay behind without its task's count
+    campaign = CampaignFactory(overlap=2)
+    make_tasks(campaign, 1)
+    (user,) = members(campaign, 1)
+
+    def boom(*args, **kwargs):
+        raise Boom
+
+    monkeypatch.setattr(sql, "update_row", boom)
+    with pytest.raises(Boom):
+        services.task_assign_next(labeller=user, campaign=campaign)
+    assert not Assignment.objects.exists()
+    assert Task.objects.get().active_count == 0
+
+
+def _hold_the_only_task(task_id: int, held: threading.Event, seconds: float) -> threading.Thread:
+    """A thread that locks the task row (as a request assigning it would) for ``seconds``."""
+
+    def hold():
+        try:
+            with transaction.atomic():
+                list(Task.objects.select_for_update().filter(pk=task_id))
+                held.set()
+                time.sleep(seconds)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SKIP LOCKED needs PostgreSQL")
+def test_when_every_open_task_is_being_assigned_the_request_waits_its_patience_then_is_busy():
+    campaign = CampaignFactory(overlap=2)
+    (task,) = make_tasks(campaign, 1)
+    (user,) = members(campaign, 1)
+
+    def first_free(patience: float):
+        with transaction.atomic():
+            return assignment_module._lock_first_free(
+                assignment_module._real_open_tasks,
+                campaign_id=campaign.pk,
+                labeller_id=user.pk,
+                patience_seconds=patience,
+            )
+
+    holder = _hold_the_only_task(task.pk, threading.Event(), seconds=3.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Busy):
+            first_free(patience=0.3)  # the holder outlasts the patience
+        assert 0.3 <= time.monotonic() - started < 2.5
+    finally:
+        holder.join(10)
+    holder = _hold_the_only_task(task.pk, threading.Event(), seconds=0.3)
+    try:
+        assert first_free(patience=5.0).pk == task.pk  # the holder let go within the patience
+    finally:
+        holder.join(10)

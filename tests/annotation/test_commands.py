@@ -8,9 +8,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.annotation.test_exports import PLANS
-from tests.annotation.test_quality import SMALL, outlier_plans, ranked_campaign
 from tests.conftest import client_for
+from tests.helpers.campaigns import SMALL, TIES_AND_FAILS, outlier_plans, ranked_campaign
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +21,7 @@ def run(*args) -> tuple[str, str]:
 
 
 def test_export_pairs_to_stdout_is_the_api_export(admin_user):
-    campaign, _, _ = ranked_campaign(PLANS, completions=4, admin=admin_user)
+    campaign, _, _ = ranked_campaign(TIES_AND_FAILS, completions=4, admin=admin_user)
     out, err = run("export_pairs", str(campaign.pk), "--ties", "--fail-policy", "rank_last")
     response = client_for(admin_user).get(
         f"/api/campaigns/{campaign.pk}/pairs/", {"ties": 1, "fail_policy": "rank_last"}
@@ -33,7 +32,7 @@ def test_export_pairs_to_stdout_is_the_api_export(admin_user):
 
 
 def test_export_pairs_to_a_file_aggregated(admin_user, tmp_path):
-    campaign, _, _ = ranked_campaign(PLANS, completions=4, admin=admin_user)
+    campaign, _, _ = ranked_campaign(TIES_AND_FAILS, completions=4, admin=admin_user)
     path = tmp_path / "pairs.jsonl"
     out, err = run("export_pairs", str(campaign.pk), "--aggregate", "majority", "-o", str(path))
     assert out == ""

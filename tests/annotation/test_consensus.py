@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from annotation.consensus import (
+    BradleyTerry,
     MajorityPair,
     bradley_terry,
     majority_pairs,
@@ -74,6 +75,30 @@ def test_bradley_terry_two_items_closed_form():
     assert fit.ranking == {1: 1, 2: 2}
 
 
+def test_bradley_terry_counts_its_iterations():
+    # two completions: the first MM step lands on the maximum (3 wins to 1), the second moves
+    # nothing and so converges
+    fit = bradley_terry([{1: 1, 2: 2}] * 3 + [{1: 2, 2: 1}], prior=0)
+    assert (fit.iterations, fit.converged) == (2, True)
+
+
+def test_bradley_terry_of_one_completion_and_of_none():
+    assert bradley_terry([{7: 1}]) == BradleyTerry(
+        scores={7: 0.0}, ranking={7: 1}, iterations=1, converged=True
+    )
+    assert bradley_terry([]) == BradleyTerry(scores={}, ranking={}, iterations=0, converged=True)
+
+
+def test_bradley_terry_without_a_prior_converges_when_one_completion_never_won():
+    # 3 lost both its comparisons: its strength goes to 0 (its score to the floor) while 1 and 2
+    # settle; the fit still converges (a log of 0 must not make every step infinite)
+    rankings = [{1: 1, 2: 2}, {1: 1, 2: 2}, {1: 2, 2: 1}, {2: 1, 3: 2}, {1: 1, 3: 2}]
+    fit = bradley_terry(rankings, prior=0, max_iterations=1000)
+    assert fit.converged and fit.iterations < 1000
+    assert fit.ranking == {1: 1, 2: 2, 3: 3}
+    assert fit.scores[3] < -600 < fit.scores[2] < fit.scores[1]
+
+
 def test_bradley_terry_counts_a_tie_half_a_win():
     # one win and one tie: 1.5 wins to 0.5 -> ratio 3
     fit = bradley_terry([{1: 1, 2: 2}, {1: 1, 2: 1}], prior=0)
@@ -121,6 +146,12 @@ def test_majority_pairs_orients_to_the_winner_and_marks_balanced_pairs():
     assert majority_pairs([{1: 1, 2: 2}, {1: 2, 2: 1}]) == [
         MajorityPair(1, 2, True, 0.0, 1, 1, 0, 2)
     ]
+
+
+def test_majority_pairs_leave_out_a_pair_nobody_answered():
+    # under "drop" a ranked vs F pair gets no vote; F vs F never does
+    assert majority_pairs([{1: 1, 2: FAIL}]) == []
+    assert majority_pairs([{1: FAIL, 2: FAIL}], fail_policy="rank_last") == []
 
 
 def test_majority_pairs_f_policies():

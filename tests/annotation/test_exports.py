@@ -15,23 +15,19 @@ from hypothesis import strategies as st
 from annotation import exports
 from annotation.models import Completion, Prompt, Ranking
 from annotation.pairs import FAIL, expand_ranking
-from tests.annotation.test_quality import ranked_campaign
 from tests.conftest import client_for
+from tests.helpers.campaigns import TIES_AND_FAILS, ranked_campaign
 
 pytestmark = pytest.mark.django_db
 
-# Task 0: strict rankings by all three. Task 1: alice ties a and b and marks d F; bob marks c and
-# d F; carol ranks strictly (b first).
-PLANS = [
-    {"alice": [1, 2, 3, 4], "bob": [2, 1, 3, 4], "carol": [1, 2, 4, 3]},
-    {"alice": [1, 1, 3, FAIL], "bob": [1, 2, FAIL, FAIL], "carol": [2, 1, 3, 4]},
-]
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Prompt 1"}]
 
 
 @pytest.fixture
 def world(admin_user):
-    campaign, ids, users = ranked_campaign(PLANS, completions=4, admin=admin_user, round_number=2)
+    campaign, ids, users = ranked_campaign(
+        TIES_AND_FAILS, completions=4, admin=admin_user, round_number=2
+    )
     chat_prompt = Completion.objects.get(pk=ids[1][0]).prompt_id
     Prompt.objects.filter(pk=chat_prompt).update(messages=MESSAGES)
     return {"campaign": campaign, "ids": ids, "users": users, "admin": admin_user}

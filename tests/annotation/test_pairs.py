@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -58,6 +59,19 @@ def test_small_rankings_give_no_pairs():
 def test_rejects_a_label_that_is_not_a_rank_or_f(label):
     with pytest.raises(ValueError):
         expand_ranking({1: 1, 2: label})
+
+
+def test_a_bad_label_after_an_f_is_still_refused():
+    # validation goes on past an F (a mutant that stopped there passed {1: F, 2: 0} through)
+    with pytest.raises(ValueError, match="completion 2"):
+        expand_ranking({1: FAIL, 2: 0})
+
+
+def test_pairs_are_immutable_values():
+    pair = Pair(chosen=1, rejected=2)
+    assert {pair, Pair(1, 2)} == {Pair(1, 2)}  # hashable, equal by value
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pair.chosen = 3  # type: ignore[misc]
 
 
 def test_preference_answers():

@@ -8,13 +8,15 @@ from datetime import timedelta
 
 import pytest
 from django.db import OperationalError, connection, connections, models, transaction
-from rest_framework.authtoken.models import Token
+from django.db.models import signals
 
+from accounts.models import ApiToken
+from accounts.services import hash_key, token_create
 from annotation import services, sql
-from annotation.models import Assignment, Membership, Ranking, RankingItem, Task
+from annotation.models import Assignment, Campaign, Membership, Ranking, RankingItem, Task
 from annotation.services import assignment as assignment_module
-from tests.annotation.test_concurrency import _run_all
 from tests.factories import CampaignFactory, UserFactory, make_tasks
+from tests.helpers.threads import run_all
 
 pytestmark = pytest.mark.django_db
 
@@ -153,13 +155,14 @@ def test_task_completions_in_the_tasks_order():
 
 def test_token_with_its_user():
     user = UserFactory()
-    token = Token.objects.create(user=user)
-    expected = Token.objects.select_related("user").get(key=token.key)
-    got = sql.TOKEN.first(key=token.key)
+    token, key = token_create(user=user)
+    expected = ApiToken.objects.select_related("user").get(key_hash=hash_key(key))
+    got = sql.TOKEN.first(key_hash=hash_key(key))
     same(got, expected)
     same(got.user, expected.user)
-    assert got.user.is_active is True
-    assert sql.TOKEN.first(key="not-a-token") is None
+    assert got.user.is_active is True and got.pk == token.pk
+    assert sql.TOKEN.first(key_hash=key) is None  # by the hash only, never the key
+    assert sql.TOKEN.first(key_hash=hash_key("not-a-token")) is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -167,7 +170,7 @@ def test_a_lock_outside_a_transaction_is_refused():
     campaign, (user, _) = labelled_campaign(tasks=1)
     with pytest.raises(RuntimeError, match="inside a transaction"):
         sql.MEMBERSHIP_LOCK.first(campaign_id=campaign.pk, user_id=user.pk)
-    assert sql.TOKEN.first(key="no-lock-no-transaction-needed") is None
+    assert sql.TOKEN.first(key_hash=hash_key("no-lock-no-transaction-needed")) is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -209,13 +212,13 @@ def test_the_locks_are_taken_and_skip_locked_passes_over_a_held_task():
 @pytest.mark.django_db(transaction=True)
 def test_every_thread_runs_on_its_own_connection():
     users = [UserFactory() for _ in range(4)]
-    tokens = {user.pk: Token.objects.create(user=user).key for user in users}
+    tokens = {user.pk: hash_key(token_create(user=user)[1]) for user in users}
     found: dict[int, str] = {}
 
     def look(user):  # all at once, each thread on its own connection
-        found[user.pk] = sql.TOKEN.first(key=tokens[user.pk]).user.username
+        found[user.pk] = sql.TOKEN.first(key_hash=tokens[user.pk]).user.username
 
-    _run_all(look, users)
+    run_all(look, users)
     assert found == {u.pk: u.username for u in users}
 
 
@@ -266,3 +269,46 @@ def test_insert_rows_writes_every_row_with_foreign_keys_and_nulls():
     sql.insert_rows(RankingItem, ("ranking", "completion", "rank", "failed"), [])  # nothing
     stored = set(ranking.items.values_list("ranking_id", "completion_id", "rank", "failed"))
     assert stored == set(rows)
+
+
+def test_plain_writes_refuse_a_model_whose_save_would_do_more(monkeypatch):
+    monkeypatch.setattr(sql, "_WRITES", {})  # the check runs when a statement is first built
+    campaign = CampaignFactory()
+    with pytest.raises(TypeError, match=r"Campaign .* updated_at \(auto_now\)"):
+        sql.update_row(Campaign, campaign.pk, name="renamed")
+    assert Campaign.objects.get(pk=campaign.pk).name == campaign.name  # nothing written
+    with pytest.raises(TypeError, match=r"created_at \(auto_now_add\)"):
+        sql.check_plain_writes(Ranking, names=("assignment", "task", "campaign", "labeller"))
+    sql.check_plain_writes(Ranking)  # an UPDATE leaves auto_now_add alone
+
+    def receiver(**kwargs) -> None:
+        """Connected only to be found."""
+
+    task = make_tasks(campaign, 1)[0]
+    for name, signal in (("pre_save", signals.pre_save), ("post_save", signals.post_save)):
+        signal.connect(receiver, sender=Task, dispatch_uid="test_sql")
+        try:
+            with pytest.raises(TypeError, match=rf"Task .* {name} receivers"):
+                sql.update_row(Task, task.pk, active_count=1)
+            with pytest.raises(TypeError, match="receivers"):
+                sql.insert_rows(Task, ("campaign", "prompt"), [(campaign.pk, task.prompt_id)])
+        finally:
+            signal.disconnect(sender=Task, dispatch_uid="test_sql")
+    sql.update_row(Task, task.pk, active_count=1)  # and again once the receiver is gone
+    assert Task.objects.get(pk=task.pk).active_count == 1
+
+
+def test_every_model_the_hot_path_writes_plainly_has_nothing_save_would_add():
+    """After a whole next + submit with every app's receivers connected, each model written by
+    update_row or insert_rows still passes the check its first write made."""
+    campaign, (user, _) = labelled_campaign(tasks=1)
+    assignment = services.task_assign_next(labeller=user, campaign=campaign)
+    items = [{"completion": c, "rank": i + 1} for i, c in enumerate(assignment.display_order)]
+    services.ranking_submit(labeller=user, assignment=assignment, items=items, time_spent_ms=1)
+    written = {}
+    for kind, _vendor, model, *rest in sql._WRITES:
+        written.setdefault(model, set()).add(rest[0] if kind == "insert" else None)
+    assert {Task, Assignment, RankingItem} <= written.keys()
+    for model, name_sets in written.items():
+        for names in name_sets:
+            sql.check_plain_writes(model, names=names)

@@ -15,8 +15,8 @@ from playwright.sync_api import expect
 
 from annotation import services
 from annotation.models import Assignment, Completion, Ranking
-from tests.browser.conftest import PHONE
 from tests.factories import CampaignFactory, PromptFactory, UserFactory, make_tasks
+from tests.helpers.browser import PHONE
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

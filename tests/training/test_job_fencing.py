@@ -29,7 +29,7 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from tests.conftest import celery_worker_command, client_for
-from tests.training.test_reward_model_job import labelled_marker_campaign
+from tests.helpers.training import labelled_marker_campaign
 from training.jobs import lifecycle
 from training.jobs.base import JobOutcome
 from training.models import JobMetric, ModelVersion, TrainingJob

@@ -9,7 +9,6 @@ import pytest
 from annotation.errors import Conflict
 from annotation.models import Completion
 from tests.factories import CampaignFactory
-from tests.training.test_rounds import loop  # noqa: F401 - the fixture
 from training import rounds, services
 from training.jobs import generate, lifecycle
 from training.jobs import reward_model as reward_model_kind
@@ -20,7 +19,7 @@ from training.models import ModelVersion, Round
 pytestmark = pytest.mark.django_db
 
 
-def test_a_second_whole_round_is_refused_while_one_is_unfinished(loop):  # noqa: F811
+def test_a_second_whole_round_is_refused_while_one_is_unfinished(loop):
     first = lifecycle.job_create(
         "round", round_kind.Request(created_by=loop.admin, round=loop.round)
     )
@@ -42,14 +41,14 @@ def test_a_second_whole_round_is_refused_while_one_is_unfinished(loop):  # noqa:
     assert again.pk != first.pk
 
 
-def test_a_campaigns_first_round_starts_from_the_policy_that_generated_it(loop):  # noqa: F811
+def test_a_campaigns_first_round_starts_from_the_policy_that_generated_it(loop):
     services.model_version_register(kind="policy", name="unrelated", path="/elsewhere")
     assert rounds.campaign_policy(loop.campaign) == loop.base  # every completion is the base's
     Completion.objects.filter(prompt__campaign=loop.campaign).update(model_version=None)
     assert rounds.campaign_policy(loop.campaign) is None  # imported, and no default model
 
 
-def test_imported_completions_default_to_the_default_base_model(loop, settings):  # noqa: F811
+def test_imported_completions_default_to_the_default_base_model(loop, settings):
     settings.DEFAULT_BASE_MODEL = loop.base.path
     assert rounds.campaign_policy(CampaignFactory()) == loop.base
 
@@ -75,7 +74,7 @@ def reward_model(pairs: int, accuracy: float) -> ModelVersion:
     ("pairs", "delta", "warned"),
     [(12, 0.05, ["12 held-out pairs"]), (80, -0.28, ["lowered the reward"]), (80, 0.1, [])],
 )
-def test_a_round_is_held_for_review_when_a_check_fails(loop, pairs, delta, warned):  # noqa: F811
+def test_a_round_is_held_for_review_when_a_check_fails(loop, pairs, delta, warned):
     Round.objects.filter(pk=loop.round.pk).update(eval_settings={})  # the defaults: 50, must rise
     rounds.round_record_reward_model(round_id=loop.round.pk, version=reward_model(pairs, 0.417))
     policy = services.model_version_register(kind="policy", name="p", path="/p")

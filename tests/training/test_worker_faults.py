@@ -20,7 +20,7 @@ from django.db import connection
 from django.utils import timezone
 
 from tests.conftest import client_for
-from tests.training.test_reward_model_job import labelled_marker_campaign, start_gpu_worker
+from tests.helpers.training import labelled_marker_campaign, start_gpu_worker
 from training.jobs import lifecycle
 from training.models import ModelVersion, TrainingJob
 

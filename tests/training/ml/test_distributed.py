@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.ml.test_reward_model import marker_pairs
+from tests.helpers.preference_pairs import marker_pairs
 from training.ml import __main__ as cli
 from training.ml.common import TrainingCancelled
 from training.ml.config import RewardModelConfig

@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from training.ml import ppo
 from training.ml.common import TrainingCancelled
 from training.ml.config import PPOConfig
 from training.ml.ppo import (
@@ -23,6 +24,7 @@ from training.ml.ppo import (
     compute_rewards,
     entropy_from_logits,
     gae,
+    masked_mean,
     ppo_policy_loss,
     ppo_total_loss,
     ppo_value_loss,
@@ -104,6 +106,20 @@ def test_whitened_values_have_mean_0_and_std_1_up_to_eps(values):
     assert float(out.std()) == pytest.approx(math.sqrt(var / (var + eps)), rel=1e-9, abs=1e-7)
     if var > 1e-2:
         assert float(out.std()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_masked_mean_per_row_ignores_padding_and_gives_0_for_an_empty_row():
+    x = t([1.0, 3.0, 50.0], [7.0, 8.0, 9.0])
+    mask = t([1, 1, 0], [0, 0, 0])
+    # row 0: (1 + 3) / 2; row 1 has no valid token: 0, not 0 / 0
+    torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(masked_mean(x, mask), torch.tensor(2.0))
+
+
+def test_whitening_a_single_valid_token_gives_0_not_nan():
+    # one value: no Bessel correction to divide by (n - 1 = 0), the variance is 0
+    out = whiten(t([5.0, 9.0]), t([1, 0]))
+    torch.testing.assert_close(out, t([0.0, 0.0]))
 
 
 def test_whitening_nearly_constant_values_stays_finite_and_below_1():
@@ -321,10 +337,17 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_ppo_smoke_run_trains_and_writes_the_policy_atomically(
-    tiny_model_dir, reward_model_dir, tmp_path
+    tiny_model_dir, reward_model_dir, tmp_path, monkeypatch
 ):
     progress = []
     output_dir = tmp_path / "policy"
+    whitened = []
+
+    def spy_whiten(x, mask, **kwargs):
+        whitened.append(x.shape)
+        return whiten(x, mask, **kwargs)
+
+    monkeypatch.setattr(ppo, "whiten", spy_whiten)
 
     result = run_ppo(
         policy_dir=tiny_model_dir,
@@ -342,6 +365,15 @@ def test_ppo_smoke_run_trains_and_writes_the_policy_atomically(
     for _, _, metrics in progress:
         assert metrics.keys() >= EXPECTED_METRICS
         assert all(math.isfinite(v) for v in metrics.values())
+        assert_metrics_agree(metrics)
+    # whiten_advantages (the default): the advantages of each step, and only they
+    assert len(whitened) == 2
+    # adaptive_kl (the default): step 1's KL is 0, below the target, so beta falls by the
+    # controller's largest step; step 2 runs with it
+    first, second = progress[0][2], progress[1][2]
+    assert first["ppo/beta"] == pytest.approx(0.05)
+    assert first["ppo/beta_next"] == pytest.approx(0.05 * (1 - 0.2 * 4 / 10000))
+    assert second["ppo/beta"] == first["ppo/beta_next"]
     assert result.output_dir == output_dir and result.steps == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # no temp dir left behind
     run_info = json.loads((output_dir / "ppo_run.json").read_text())
@@ -349,6 +381,43 @@ def test_ppo_smoke_run_trains_and_writes_the_policy_atomically(
     before, after = _weights(tiny_model_dir), _weights(output_dir)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (output_dir / "tokenizer.json").exists()
+
+
+def assert_metrics_agree(metrics: dict[str, float]) -> None:
+    """What one step's metrics say about each other, whatever the samples were."""
+    # every token's reward is -beta * kl, and the score is added once per episode
+    assert metrics["ppo/reward_total"] == pytest.approx(
+        metrics["ppo/score"] - metrics["ppo/beta"] * metrics["ppo/kl_ref"], rel=1e-5, abs=1e-6
+    )
+    # update averages over minibatches: fractions, squares and norms stay what they are
+    assert 0 <= metrics["ppo/clipfrac"] <= 1 and 0 <= metrics["ppo/value_clipfrac"] <= 1
+    assert metrics["ppo/value_loss"] >= 0
+    assert metrics["ppo/policy_grad_norm"] >= 0 and metrics["ppo/value_grad_norm"] >= 0
+    # the timings are parts of the step, and generating is part of the rollout
+    assert 0 < metrics["ppo/rollout_seconds"] < metrics["ppo/step_seconds"]
+    assert 0 < metrics["ppo/update_seconds"] < metrics["ppo/step_seconds"]
+    assert metrics["ppo/rollout_tokens_per_s"] >= (
+        metrics["ppo/rollout_tokens"] / metrics["ppo/rollout_seconds"]
+    )
+
+
+def test_ppo_stops_on_a_loss_that_is_not_finite(
+    tiny_model_dir, reward_model_dir, tmp_path, monkeypatch
+):
+    def diverged(*args, **kwargs):
+        return {"ppo/loss": math.nan, "ppo/policy_loss": 0.0, "ppo/value_loss": 0.0}
+
+    monkeypatch.setattr(ppo, "ppo_update", diverged)
+    with pytest.raises(FloatingPointError, match="ppo/loss is nan at step 1"):
+        run_ppo(
+            policy_dir=tiny_model_dir,
+            reference_dir=tiny_model_dir,
+            reward_model_dir=reward_model_dir,
+            prompts=PROMPTS,
+            output_dir=tmp_path / "policy",
+            config=smoke_config(total_steps=1),
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ppo_with_lora_uses_the_base_as_reference_and_saves_a_merged_model(
@@ -361,6 +430,8 @@ def test_ppo_with_lora_uses_the_base_as_reference_and_saves_a_merged_model(
         value_init="zero",
         rollout_batch_size=2,
         samples_per_prompt=2,
+        ppo_epochs=1,
+        mini_batch_size=4,  # one minibatch: the update's statistics are its own
     )
     result = run_ppo(
         policy_dir=tiny_model_dir,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import statistics
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
+from tests.helpers.preference_pairs import WORDS, marker_pairs
 from training.ml.common import TrainingCancelled
 from training.ml.config import RewardModelConfig
 from training.ml.data import collate
@@ -190,33 +190,6 @@ def test_score_is_right_when_pad_equals_eos(backbone):
 
 
 # ---- training --------------------------------------------------------------------------------
-
-WORDS = ("the", "kettle", "water", "bread", "onion", "sky", "rice", "soup", "cat", "sleep", "light")
-WORDS += ("sound", "metal", "rust", "moon", "leaf", "plant", "test", "code", "loop", "list", "file")
-
-
-def marker_pairs(n: int, *, seed: int = 0, rounds: int = 1) -> list[PreferencePair]:
-    """Chosen completions always contain 'banana'; rejected ones never do."""
-    rng = random.Random(seed)
-
-    def words(k: int) -> list[str]:
-        return [rng.choice(WORDS) for _ in range(k)]
-
-    pairs = []
-    for i in range(n):
-        chosen = words(rng.randint(4, 8))
-        chosen.insert(rng.randint(0, len(chosen)), "banana")
-        pairs.append(
-            PreferencePair(
-                prompt=f"Question {i}: tell me about {' '.join(words(3))}.\nAnswer:",
-                chosen=" " + " ".join(chosen),
-                rejected=" " + " ".join(words(rng.randint(4, 8))),
-                prompt_id=i,
-                round=i % rounds,
-            )
-        )
-    return pairs
-
 
 FAST = RewardModelConfig(
     num_epochs=2,

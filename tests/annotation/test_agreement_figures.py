@@ -5,74 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from annotation import agreement_figures, exports, services
+from annotation import agreement_figures, exports
 from annotation.agreement import Bootstrap, agreement_report
-from annotation.models import Campaign
-from annotation.pairs import FAIL, Label
+from annotation.pairs import FAIL
 from tests.conftest import client_for
-from tests.factories import CampaignFactory, UserFactory, make_tasks, task_completion_ids
+from tests.factories import CampaignFactory
+from tests.helpers.campaigns import SMALL, outlier_plans, ranked_campaign
 
 pytestmark = pytest.mark.django_db
 
 FAST = Bootstrap(resamples=200, seed=3)
-
-
-def ranked_campaign(
-    plans: list[dict[str, list[Label]]],
-    *,
-    completions: int,
-    admin,
-    round_number: int = 0,
-    seconds: dict[str, int] | None = None,
-) -> tuple[Campaign, list[list[int]], dict]:
-    """A campaign whose labellers ranked its tasks as planned, through the real services.
-
-    ``plans[t]`` maps a username to the labels of task t's completions in import order; a
-    labeller missing from a task's plan skips it. Returns the campaign, each task's completion
-    ids (import order) and the users by name.
-    """
-    names = sorted({name for plan in plans for name in plan})
-    users = {name: UserFactory(username=name) for name in names}
-    campaign = CampaignFactory(
-        completions_per_task=completions,
-        overlap=len(names),
-        round_number=round_number,
-        created_by=admin,
-    )
-    services.campaign_add_members(campaign=campaign, users=list(users.values()))
-    guideline = services.guideline_publish(campaign=campaign, text="# Rank", created_by=admin)
-    tasks = make_tasks(campaign, len(plans))
-    ids = [task_completion_ids(task) for task in tasks]
-    index = {task.pk: i for i, task in enumerate(tasks)}
-    for name, user in users.items():
-        services.guideline_acknowledge(user=user, guideline=guideline)
-        while (
-            assignment := services.task_assign_next(labeller=user, campaign=campaign)
-        ) is not None:
-            t = index[assignment.task_id]
-            labels = plans[t].get(name)
-            if labels is None:
-                services.assignment_skip(labeller=user, assignment=assignment, reason="not mine")
-                continue
-            services.ranking_submit(
-                labeller=user,
-                assignment=assignment,
-                items=[
-                    {"completion": cid, "rank": label}
-                    for cid, label in zip(ids[t], labels, strict=True)
-                ],
-                time_spent_ms=(seconds or {}).get(name, 30_000),
-            )
-    return campaign, ids, users
-
-
-# Two tasks of three completions, two labellers (alice, bob).
-#   task 1: alice a > b > c, bob a > c > b: they agree on (a,b), (a,c), not on (b,c)
-#   task 2: alice d = e > f (a tie), bob d > e > f: (d,e) tie vs strict, (d,f), (e,f) agree
-SMALL = [
-    {"alice": [1, 2, 3], "bob": [1, 3, 2]},
-    {"alice": [1, 1, 2], "bob": [1, 2, 3]},
-]
 
 
 @pytest.fixture
@@ -235,22 +177,6 @@ def test_empty_campaign_reports_undefined_figures(admin_user):
     assert body["per_task"]["count"] == 0
     table = client_for(admin_user).get(f"/api/campaigns/{campaign.pk}/labellers/").json()
     assert table["labellers"] == []
-
-
-def outlier_plans(tasks: int = 12) -> list[dict[str, list[Label]]]:
-    """carol, dave and erin rank every task the same way (dave swaps two on every fourth task);
-    frank, who misunderstood the guidelines, inverts every ranking."""
-    plans = []
-    for t in range(tasks):
-        truth = [(t + i) % 4 + 1 for i in range(4)]
-        dave = list(truth)
-        if t % 4 == 0:
-            i, j = truth.index(2), truth.index(3)
-            dave[i], dave[j] = 3, 2
-        plans.append(
-            {"carol": truth, "dave": dave, "erin": truth, "frank": [5 - label for label in truth]}
-        )
-    return plans
 
 
 def test_outlier_labeller_is_flagged_with_a_reason_through_the_api(admin_user):
