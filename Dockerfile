@@ -11,6 +11,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md manage.py ./
 COPY config config
+COPY accounts accounts
 COPY annotation annotation
 COPY training training
 COPY templates templates

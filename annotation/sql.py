@@ -6,8 +6,16 @@ Python per statement against well under a millisecond in the database: bench/REA
 "Labelling under load"). So these few statements are written here once, as SQL reviewed like
 any other code, run through ``connection.cursor()``, and their rows turned into model instances
 by ``Model.from_db``, the ORM's hook for rows it did not read itself. Everything else stays on
-the ORM. Measured side by side with the ORM-compiling predecessor in one run
-(``bench/load_labellers.py``, bench/README.md "Plain SQL on the hot path").
+the ORM.
+
+Measured (bench/README.md, "Plain SQL on the hot path, side by side"; 2 shared cores, runs
+alternated): web CPU per next + submit cycle in process (``bench/profile_hot_path.py --cycles
+300``) 17.9 ms with the ORM building every statement (commit c995399), 7.8 ms with its
+predecessor annotation/compiled.py (8347d28) and 7.8 ms with this module, medians of 4 runs each
+on a loaded machine: a 2.3x speed-up over the ORM, none over compiled.py (on a quieter machine,
+10 runs each: 3.78 ms compiled.py, 3.76 ms this module). Under load (``bench/load_labellers.py``,
+3 sync gunicorn workers, PostgreSQL, 12 alternated pairs): K = 32 median throughput ratio 0.96
+of compiled.py's (spread 0.35-1.42x with other work on the cores), K = 1 median p50 +0.3 ms.
 
 Each statement is a :class:`Select`: its SQL with ``{alias}`` where an aliased model's columns
 go and ``{Model}`` where its table does (names come from the models' ``_meta``, so a renamed
@@ -22,8 +30,9 @@ both databases.
 
 :func:`update_row` and :func:`insert_rows` are the writes' counterparts: a single-row
 ``UPDATE`` by primary key and a multi-row ``INSERT``, values prepared by their fields
-(``get_db_prep_save``) as ``save()`` would. They skip signals and ``auto_now``: only for the
-hot path's Task, Assignment and RankingItem rows, which have neither.
+(``get_db_prep_save``) as ``save()`` would. They skip signals and ``auto_now``, so they are
+for the hot path's Task, Assignment and RankingItem rows, which have neither:
+:func:`check_plain_writes` refuses a model with either when a write's SQL is first built.
 """
 
 from __future__ import annotations
@@ -35,9 +44,10 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
+from django.db.models import signals
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 
+from accounts.models import ApiToken
 from annotation.models import (
     Assignment,
     Campaign,
@@ -201,7 +211,7 @@ def _tables() -> dict[str, type[models.Model]]:
     tables = (Assignment, Campaign, Completion, Guideline, Membership, Prompt, Task, TaskCompletion)
     return {
         **{model.__name__: model for model in tables},
-        "Token": Token,
+        "ApiToken": ApiToken,
         "User": apps.get_model(settings.AUTH_USER_MODEL),
     }
 
@@ -332,19 +342,51 @@ version it was handed out under."""
 TOKEN = Select(
     """
     SELECT {k}, {u}
-    FROM {Token} k JOIN {User} u ON k."user_id" = u."id"
-    WHERE k."key" = %(key)s
+    FROM {ApiToken} k JOIN {User} u ON k."user_id" = u."id"
+    WHERE k."key_hash" = %(key_hash)s
     LIMIT 1
     """,
-    k=Token,
+    k=ApiToken,
     u=(settings.AUTH_USER_MODEL, "user"),
 )
-"""An API token with its user."""
+"""An API token, found by the SHA-256 of its key (unique index), with its user; whether it is
+revoked or expired is read from the row (annotation/api/authentication.py), so a dead token
+is told apart from an unknown one in the same single lookup."""
 
 
 # --- writes --------------------------------------------------------------------------------------
 
 _WRITES: dict[tuple, str] = {}
+
+
+def check_plain_writes(model: type[models.Model], *, names: tuple[str, ...] | None = None) -> None:
+    """Refuse a model whose ``save()`` or ``bulk_create`` does more than the plain statements
+    below would: a field ``auto_now`` sets on every save (or, when inserting, ``auto_now_add``
+    on a field the rows leave out), or a ``pre_save``/``post_save`` receiver. Called when a
+    write's SQL is built (once per statement and process), so a field or receiver added later
+    to Task, Assignment or RankingItem fails the first write instead of being silently
+    skipped; tests/annotation/test_sql.py checks the same after a whole next + submit."""
+    skipped = [
+        f"{field.name} (auto_now)"
+        for field in model._meta.concrete_fields
+        if getattr(field, "auto_now", False)
+    ]
+    if names is not None:
+        skipped += [
+            f"{field.name} (auto_now_add)"
+            for field in model._meta.concrete_fields
+            if getattr(field, "auto_now_add", False) and field.name not in names
+        ]
+    skipped += [
+        f"{signal} receivers"
+        for signal in ("pre_save", "post_save")
+        if getattr(signals, signal).has_listeners(model)
+    ]
+    if skipped:
+        raise TypeError(
+            f"annotation.sql writes {model.__name__} without save(), which would skip "
+            f"{', '.join(skipped)}: write it with the ORM"
+        )
 
 
 def update_row(model: type[models.Model], pk: int, **values: Any) -> None:
@@ -354,6 +396,7 @@ def update_row(model: type[models.Model], pk: int, **values: Any) -> None:
     fields = [model._meta.get_field(name) for name in values]
     key = ("update", db.vendor, model, *values)
     if key not in _WRITES:
+        check_plain_writes(model)
         qn = db.ops.quote_name
         assignments = ", ".join(f"{qn(field.column)} = %s" for field in fields)
         _WRITES[key] = (
@@ -377,6 +420,7 @@ def insert_rows(model: type[models.Model], names: tuple[str, ...], rows: list[tu
     fields = [model._meta.get_field(name) for name in names]
     key = ("insert", db.vendor, model, names, len(rows))
     if key not in _WRITES:
+        check_plain_writes(model, names=names)
         qn = db.ops.quote_name
         columns = ", ".join(qn(field.column) for field in fields)
         placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"

@@ -37,11 +37,12 @@ from django.db.models import F  # noqa: E402
 from django.http import HttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.utils import timezone  # noqa: E402
-from rest_framework.authtoken.models import Token  # noqa: E402
 from rest_framework.permissions import AllowAny  # noqa: E402
 from rest_framework.response import Response  # noqa: E402
 from rest_framework.views import APIView  # noqa: E402
 
+from accounts.models import ApiToken  # noqa: E402
+from accounts.services import hash_key  # noqa: E402
 from annotation.models import (  # noqa: E402
     Assignment,
     Completion,
@@ -56,7 +57,7 @@ _users: dict[str, int] = {}
 def _labeller_id(request) -> int:
     key = request.headers.get("Authorization", "").removeprefix("Token ")
     if key not in _users:
-        _users[key] = Token.objects.get(key=key).user_id
+        _users[key] = ApiToken.objects.get(key_hash=hash_key(key)).user_id
     return _users[key]
 
 

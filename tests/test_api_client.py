@@ -17,7 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from rest_framework.authtoken.models import Token
+
+from accounts.services import token_create
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-generator"
 SERVICES = ("campaigns", "assignments", "rankings")
@@ -52,9 +53,7 @@ def test_a_client_generated_from_the_schema_labels_a_task(
     generated_client, live_server, campaign, labeller
 ):
     api = generated_client
-    config = api.APIConfig(
-        base_path=live_server.url, access_token=Token.objects.create(user=labeller).key
-    )
+    config = api.APIConfig(base_path=live_server.url, access_token=token_create(user=labeller)[1])
 
     campaigns = api.campaigns_list(config)
     assert [c.id for c in campaigns] == [campaign.pk]

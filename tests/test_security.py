@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from django.core.cache import cache
+from django.test import Client
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
@@ -168,3 +171,103 @@ def test_successful_login_clears_the_failure_count(client, victim, settings):
         "/accounts/login/", {"username": "victim", "password": "correct horse battery"}
     )
     assert response.status_code == 302
+
+
+# --- login limits per address (config/login_limits.py) --------------------------------------
+
+PROXY = "10.9.0.2"
+
+
+def form_login(client, username: str, password: str = "wrong", **meta):
+    return client.post("/accounts/login/", {"username": username, "password": password}, **meta)
+
+
+def test_spraying_many_usernames_from_one_address_locks_that_address_out(victim, settings):
+    settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 6
+    sprayer = APIClient(REMOTE_ADDR="203.0.113.66")
+    for i in range(6):  # one guess per username: never 5 for any one of them
+        bad = sprayer.post("/api/auth/token/", {"username": f"user{i}", "password": "Summer2024"})
+        assert bad.status_code == 400
+    # Now every username is refused from that address, even with the right password...
+    locked = sprayer.post(
+        "/api/auth/token/", {"username": "victim", "password": "correct horse battery"}
+    )
+    assert locked.status_code == 429 and 0 < int(locked["Retry-After"]) <= 900
+    response = form_login(Client(REMOTE_ADDR="203.0.113.66"), "victim", "correct horse battery")
+    assert "Too many failed attempts. Try again in 15 minutes." in response.content.decode()
+    # ...and from anywhere else the owner still logs in.
+    elsewhere = APIClient(REMOTE_ADDR="198.51.100.20")
+    ok = elsewhere.post(
+        "/api/auth/token/", {"username": "victim", "password": "correct horse battery"}
+    )
+    assert ok.status_code == 200
+
+
+def test_a_successful_login_does_not_reset_the_address_count(victim, settings):
+    settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 4
+    client = Client(REMOTE_ADDR="203.0.113.67")
+    for name in ("a1", "a2", "a3"):
+        form_login(client, name)
+    assert form_login(client, "victim", "correct horse battery").status_code == 302
+    client.logout()
+    form_login(client, "a4")  # the fourth failure from this address
+    response = form_login(client, "victim", "correct horse battery")
+    assert response.status_code == 200 and "Too many failed attempts" in response.content.decode()
+
+
+def test_strangers_behind_the_proxy_are_counted_apart_from_the_owner(victim, settings):
+    """Behind the trusted proxy every request comes from its address: the limits count the
+    client it forwards (config/proxy.py), so a stranger's failures never lock the owner out."""
+    settings.TRUSTED_PROXIES = [PROXY]
+    settings.LOGIN_MAX_FAILURES = 3
+    settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 5
+    stranger = Client(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="203.0.113.9")
+    for i in range(8):  # the owner's name until locked, then others: the address is locked
+        form_login(stranger, "victim" if i < 3 else f"other{i}")
+    response = form_login(stranger, "victim", "correct horse battery")
+    assert "Too many failed attempts" in response.content.decode()
+    owner = Client(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert form_login(owner, "victim", "correct horse battery").status_code == 302
+
+
+def test_a_forged_forwarded_for_from_an_untrusted_peer_is_ignored(victim, settings):
+    settings.TRUSTED_PROXIES = [PROXY]
+    settings.LOGIN_MAX_FAILURES = 3
+    for i in range(3):  # a new claimed address each time: still one peer
+        forged = Client(REMOTE_ADDR="203.0.113.10", HTTP_X_FORWARDED_FOR=f"192.0.2.{i}")
+        form_login(forged, "victim")
+    again = Client(REMOTE_ADDR="203.0.113.10", HTTP_X_FORWARDED_FOR="192.0.2.200")
+    response = form_login(again, "victim", "correct horse battery")
+    assert "Too many failed attempts" in response.content.decode()
+
+
+def test_ipv6_clients_are_counted_by_their_64_block(victim, settings):
+    settings.LOGIN_MAX_FAILURES = 3
+    for i in range(3):
+        form_login(Client(REMOTE_ADDR=f"2001:db8:1:2::{i + 1:x}"), "victim")
+    blocked = form_login(
+        Client(REMOTE_ADDR="2001:db8:1:2::ffff"), "victim", "correct horse battery"
+    )
+    assert "Too many failed attempts" in blocked.content.decode()
+    other_block = form_login(
+        Client(REMOTE_ADDR="2001:db8:1:3::1"), "victim", "correct horse battery"
+    )
+    assert other_block.status_code == 302
+
+
+def test_retry_after_says_when_the_lockout_ends(victim, settings, monkeypatch):
+    from config import login_limits
+
+    settings.LOGIN_MAX_FAILURES = 2
+    api = APIClient()
+    for _ in range(2):
+        api.post("/api/auth/token/", {"username": "victim", "password": "nope"})
+    real = time.time
+    monkeypatch.setattr(login_limits, "time", SimpleNamespace(time=lambda: real() + 600))
+    locked = api.post("/api/auth/token/", {"username": "victim", "password": "nope"})
+    assert locked.status_code == 429 and 295 <= int(locked["Retry-After"]) <= 300
+    assert locked.json()["detail"] == "Too many failed attempts. Try again in 5 minutes."
+    # It ends when it said it would.
+    monkeypatch.setattr(login_limits, "time", SimpleNamespace(time=lambda: real() + 901))
+    ok = api.post("/api/auth/token/", {"username": "victim", "password": "correct horse battery"})
+    assert ok.status_code == 200

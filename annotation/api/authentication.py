@@ -1,20 +1,24 @@
-"""Token authentication with its lookup written in SQL (``annotation.sql.TOKEN``).
+"""Token authentication: one indexed lookup per request, written in SQL (``annotation.sql.TOKEN``).
 
-Every labeller request from a script or integration carries a token; DRF's own class builds
-and compiles the same ``Token`` + ``User`` query on each of them. Same answers, same errors.
+A key is looked up by its SHA-256 (only the hash is stored: accounts/models.py ``ApiToken``),
+with its user, in one statement; revoked, expired and unknown keys are refused (403, DRF's
+messages), and so is an inactive user's. When the token was last used is written at most once
+a minute (``accounts.services.token_record_use``), so a script's requests are reads.
 ``Authorization: Token <key>`` (DRF's spelling) and ``Authorization: Bearer <key>`` (what
 clients generated from the OpenAPI schema send) both work.
 """
 
 from __future__ import annotations
 
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 
+from accounts.services import hash_key, token_record_use
 from annotation import sql
 
 
-class TokenAuthentication(authentication.TokenAuthentication):
+class TokenAuthentication(authentication.BaseAuthentication):
     keywords = (b"token", b"bearer")
 
     def authenticate(self, request):
@@ -36,9 +40,15 @@ class TokenAuthentication(authentication.TokenAuthentication):
         return self.authenticate_credentials(key)
 
     def authenticate_credentials(self, key: str):
-        token = sql.TOKEN.first(key=key)
+        token = sql.TOKEN.first(key_hash=hash_key(key))
         if token is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
-        if not token.user.is_active:
+        if not token.user.is_active:  # (its tokens were revoked too)
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
+        if token.revoked_at is not None:
+            raise exceptions.AuthenticationFailed(_("Invalid token."))
+        now = timezone.now()
+        if token.expires_at <= now:
+            raise exceptions.AuthenticationFailed(_("Token has expired."))
+        token_record_use(token=token, now=now)
         return (token.user, token)

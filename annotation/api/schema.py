@@ -48,11 +48,13 @@ REASONS = {
     "404": "Not found (or not yours), or a page past the end.",
     "409": "Conflicts with the current state: `code` says how.",
     "503": "The database is unreachable; retry after `Retry-After` seconds.",
-    "429": "Too many failed logins for this name from this address: retry after "
-    "`Retry-After` seconds.",
+    "429": "Too many failed logins for this name from this address, or for any name from "
+    "this address: retry after `Retry-After` seconds.",
 }
-# Answers only some operations give, by operationId.
-EXTRA = {"auth_token_create": ["429"]}
+# Answers only some operations give, by operationId: the public login refuses an account that
+# must first choose its own password (403 `password_change_required`) and a locked-out name or
+# address (429); revoking needs the token (403 without one).
+EXTRA = {"auth_token_create": ["403", "429"], "auth_token_destroy": ["403"]}
 
 
 class TokenScheme(OpenApiAuthenticationExtension):
@@ -67,8 +69,12 @@ class TokenScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": "POST /api/auth/token/ {username, password} gives the key; send "
-            "`Authorization: Bearer <key>` (or DRF's `Authorization: Token <key>`).",
+            "description": "POST /api/auth/token/ {username, password} gives a key, shown "
+            "once (the server keeps only its hash); send `Authorization: Bearer <key>` (or "
+            "DRF's `Authorization: Token <key>`). A key expires (`expires` in the answer; "
+            "API_TOKEN_TTL_SECONDS), and is revoked by DELETE /api/auth/token/ (the key sent), "
+            "DELETE /api/auth/token/all/ (all of the caller's), an admin, a password change "
+            "or the account's deactivation.",
         }
 
 
