@@ -59,9 +59,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # API tokens (hashed, expiring, revocable) and the first-login password rule. DRF's
+    # rest_framework.authtoken is gone: accounts' migration 0002 moved its keys, hashed.
+    "accounts",
     "annotation",
     "training",
 ]
@@ -83,6 +85,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # An invited account goes nowhere but the password change until it has chosen its own.
+    "accounts.middleware.PasswordChangeRequiredMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -116,10 +120,30 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-AUTHENTICATION_BACKENDS = ["config.login_limits.RateLimitedModelBackend"]
-# Failed logins for one username from one address before a lockout, and its length.
+AUTHENTICATION_BACKENDS = [
+    "config.login_limits.RateLimitedModelBackend",
+    # Object permissions from team and campaign roles (annotation/permissions.py).
+    "annotation.permissions.RoleBackend",
+]
+# Failed logins for one username from one address before a lockout, failed logins from one
+# address whatever the usernames before that address is locked out, and the window and the
+# lockout's length (config/login_limits.py).
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
+LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("LOGIN_MAX_FAILURES_PER_ADDRESS", 20)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 15 * 60)
+# How long an API token lives (accounts/services.py).
+API_TOKEN_TTL_SECONDS = env_int("API_TOKEN_TTL_SECONDS", 30 * 24 * 60 * 60)
+# Email (SMTP). Password reset by email exists only when EMAIL_HOST is set (accounts/views.py).
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)
+if EMAIL_USE_SSL and EMAIL_USE_TLS:
+    raise ImproperlyConfiguredEnv("EMAIL_USE_SSL and EMAIL_USE_TLS: set one of them, not both")
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "webmaster@localhost")
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -157,12 +181,21 @@ REST_FRAMEWORK = {
         "annotation.api.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON bodies within limits of size and depth, with text the database stores (400 if not).
+    "DEFAULT_PARSER_CLASSES": [
+        "annotation.api.parsers.LimitedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "EXCEPTION_HANDLER": "annotation.api.exceptions.exception_handler",
 }
+# Debug pages (DEBUG is on in development) mask broker, cache and database URLs and any URL's
+# password, besides Django's API|TOKEN|KEY|SECRET|PASS|SIGNATURE names.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.debug.SecretsExceptionReporterFilter"
 SPECTACULAR_SETTINGS = {
     "TITLE": "RLHF annotation API",
     "DESCRIPTION": "Ranking campaigns, task assignment, rankings and training jobs.",
@@ -197,6 +230,8 @@ LEASE_SWEEP_SECONDS = env_int("LEASE_SWEEP_SECONDS", 60)
 # Import limits: a file larger than this is refused before parsing.
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024)
 IMPORT_MAX_TEXT_CHARS = env_int("IMPORT_MAX_TEXT_CHARS", 50_000)
+# Uploads larger than this are imported by a worker (default queue), not in the web request.
+IMPORT_BACKGROUND_BYTES = env_int("IMPORT_BACKGROUND_BYTES", 2 * 1024 * 1024)
 
 # --- Cache (login limits; shared between web processes when Redis is there) ---------------------
 if os.environ.get("REDIS_URL"):

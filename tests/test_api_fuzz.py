@@ -14,7 +14,6 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -22,6 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from accounts.services import token_create
 from annotation import services
 from config.wsgi import application
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
@@ -66,7 +66,7 @@ def world(db, keep_test_connection):
         "assignments": assignment.pk,
         "rankings": ranking.pk,
     }
-    tokens = [Token.objects.create(user=admin).key, Token.objects.create(user=labeller).key]
+    tokens = [token_create(user=admin)[1], token_create(user=labeller)[1]]
     return ids, tokens
 
 
@@ -80,6 +80,9 @@ def real_ids(path: str, params: dict, ids: dict) -> dict:
 @schema.parametrize()
 @settings(
     max_examples=12,
+    # The same cases on every run: CI must not pass or fail by the draw (a wider, random
+    # campaign is bench/README.md's "hostile input").
+    derandomize=True,
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,

@@ -2,19 +2,23 @@
 
 ``{"detail": "<sentence>", "code": "<machine code>", "errors": {"<field path>": ["<reason>"]}}``
 with field paths such as ``items[2].rank``. Service errors carry their own status code (400,
-403, 404, 409); DRF's validation errors are flattened into the same shape.
+403, 404, 409); DRF's validation errors are flattened into the same shape, and so are bodies
+the parsers refuse (``errors`` naming the place, or ``body``).
 """
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from annotation.api.parsers import InvalidBody
 from annotation.errors import ServiceError
-from annotation.importing import ImportFailed
+from annotation.importing import TOO_DEEP, ImportFailed
 
 
 def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -47,7 +51,16 @@ def _import_errors(exc: ImportFailed) -> dict[str, list[str]]:
     return errors
 
 
+def _raised_while_parsing(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of DRF reading a request body: a view with DRF's own parsers
+    (the token endpoint's) lets JSON's ``RecursionError`` through."""
+    parse = Request._parse.__code__
+    return any(frame.f_code is parse for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, RecursionError) and _raised_while_parsing(exc):
+        exc = InvalidBody(f"the body {TOO_DEEP}", code="too_deep")
     if isinstance(exc, ServiceError):
         headers = {"Retry-After": "1"} if exc.status_code == 503 else None
         return Response(exc.as_dict(), status=exc.status_code, headers=headers)
@@ -72,6 +85,13 @@ def exception_handler(exc, context):
             "detail": f"{first[0]}: {first[1][0]}",
             "code": "invalid",
             "errors": errors,
+        }
+    elif response is not None and isinstance(exc, ParseError):
+        detail = str(exc.detail)
+        response.data = {
+            "detail": detail,
+            "code": getattr(exc.detail, "code", "parse_error"),
+            "errors": getattr(exc, "errors", {"body": [detail]}),
         }
     elif response is not None and isinstance(response.data, dict) and "detail" in response.data:
         response.data = {

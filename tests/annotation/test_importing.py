@@ -163,3 +163,82 @@ def test_import_creates_prompts_completions_and_tasks():
     task = Task.objects.get()
     assert task.target_overlap == 3 and task.completions.count() == 2
     assert set(Completion.objects.values_list("source", flat=True)) == {"import:batch.jsonl"}
+
+
+# --- Values that cannot be stored (issue 16): refused with their line and field ----------------
+
+DEEP = "[" * 50_000 + "]" * 50_000  # RecursionError in json.loads
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "reason"),
+    [
+        ('{"id": "a\\u0000", "prompt": "p"}', "id", "contains a NUL character"),
+        (
+            '{"prompt": "p", "completions": [{"text": "a", "source": "\\ud800"}, "b"]}',
+            "completions[0].source",
+            "contains a lone surrogate (U+D800)",
+        ),
+        ('{"prompt": "p", "metadata": {"x": NaN}}', "metadata.x", "is NaN"),
+        ('{"prompt": "p", "metadata": {"x": [1, -Infinity]}}', "metadata.x[1]", "is -Infinity"),
+        ('{"prompt": "p", "metadata": {"x": 2e400}}', "metadata.x", "is Infinity"),
+        (
+            '{"prompt": "p", "metadata": {"n": ' + "1" * 4301 + "}}",
+            "metadata.n",
+            "is a number of 4,301 digits; the limit is 4,300",
+        ),
+        ('{"prompt": "p", "metadata": ' + DEEP + "}", "line", "is nested more than 32 levels"),
+        (
+            '{"prompt": "p", "metadata": ' + "[" * 33 + "]" * 33 + "}",
+            "metadata" + "[0]" * 31,
+            "is nested more than 32 levels",
+        ),
+        ('{"prompt": "p", "\\udfffx": 1}', "line", "has a key that contains a lone surrogate"),
+        (
+            '{"prompt": "p", "metadata": {"\\u0000": 1}}',
+            "metadata",
+            "has a key that contains a NUL",
+        ),
+    ],
+)
+def test_jsonl_values_that_cannot_be_stored_are_refused_with_line_and_field(line, field, reason):
+    good = {"prompt": "fine", "completions": ["x", "y"]}
+    errors = errors_of(jsonl(good, line), max_bytes=1_000_000)
+    assert len(errors) == 1, errors
+    assert errors[0][:2] == (2, field) and errors[0][2].startswith(reason), errors
+
+
+def test_jsonl_lines_end_at_newline_only():
+    """U+2028, U+2029 and U+0085 are valid inside JSON strings; str.splitlines split at them."""
+    data = (
+        '{"prompt": "a\u2028b", "completions": ["c\u2029d", "e\x85f"]}\r\n'
+        '{"prompt": "g", "metadata": {"note": "\u2028"}}\n'
+        '{"prompt": ""}\n'
+    ).encode()
+    assert errors_of(data) == [(3, "prompt", "is empty")]
+    records = parse_import(data.rsplit(b"\n", 2)[0], fmt="jsonl", **LIMITS)
+    assert [r.text for r in records] == ["a\u2028b", "g"]
+    assert [c.text for c in records[0].completions] == ["c\u2029d", "e\x85f"]
+
+
+def test_csv_cells_are_checked_like_jsonl_values():
+    data = (
+        "id,prompt,metadata,gold,completion_1,completion_2,source_2\n"
+        "a\x00,p1,,,x,y,\n"
+        'b,"p\u2028two",,,x,y,s\x00\n'
+        'c,p3,"{""x"": NaN}",,x,y,\n'
+        f"d,p4,,{'[' * 20_000}{']' * 20_000},x,y,\n"
+        'e,"p\u2029five","{""\u0085"": ""\\ud800""}",,x,y,\n'
+    ).encode()
+    assert errors_of(data, fmt="csv", max_bytes=1_000_000) == [
+        (2, "id", "contains a NUL character"),
+        (3, "completion_2.source", "contains a NUL character"),
+        (4, "metadata.x", "is NaN; only finite numbers can be stored"),
+        (5, "gold", "is nested more than 32 levels deep"),
+        (6, "metadata.\x85", "contains a lone surrogate (U+D800)"),
+    ]
+
+
+def test_error_messages_show_nul_and_surrogates_as_escapes():
+    errors = errors_of(b"prompt,co\x00l\nq,r\n", fmt="csv")
+    assert errors == [(1, "header", "unknown column(s): co\\x00l")]
