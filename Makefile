@@ -96,6 +96,7 @@ demo: install docs
 	  OMP_NUM_THREADS=2 $(PY) manage.py build_tiny_model --pretrain-dir $(DOCS) --pretrain-steps $(PRETRAIN_STEPS); \
 	else $(PY) manage.py build_tiny_model; fi
 	$(PY) manage.py load_demo
+	$(PY) manage.py demo_round
 	@echo "Starting web, Celery worker (queues default and gpu) and beat."
 	@pids=""; \
 	stop() { trap - INT TERM EXIT; kill $$pids 2>/dev/null; wait $$pids 2>/dev/null; echo "demo stopped"; }; \

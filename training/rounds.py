@@ -2,7 +2,7 @@
 
 A round (``Round``) moves collecting → trained → completed: its reward model and its updated
 policy are recorded in the transaction that marks their job succeeded; "start the next round"
-(a generate job) opens the next campaign and the next Round in one transaction.
+(a generate job) opens the next campaign, as a draft, and the next Round in one transaction.
 
 Locks: the Round row while a job records its result there or opens the next round (then the new
 campaign's row).
@@ -105,6 +105,81 @@ def round_busy(rnd: Round) -> TrainingJob | None:
         .order_by("pk")
         .first()
     )
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """What a round is doing now, for people: its stored status while no job works on it, else
+    what its job is doing (``Round.status`` only moves when a step's result is recorded)."""
+
+    key: str
+    """collecting, waiting, queued, training, generating, trained, needs_review, completed,
+    failed or cancelled"""
+    label: str
+    badge: str
+    """the CSS badge class that colours it"""
+    job: TrainingJob | None = None
+    """the job it comes from: the unfinished one, or the last one that failed or was
+    cancelled"""
+
+
+_STORED_BADGE = {
+    Round.Status.COLLECTING: "badge-round-collecting",
+    Round.Status.TRAINED: "badge-round-trained",
+    Round.Status.NEEDS_REVIEW: "badge-round-needs_review",
+    Round.Status.COMPLETED: "badge-round-completed",
+}
+
+
+def round_state(rnd: Round, jobs: Sequence[TrainingJob] | None = None) -> RoundState:
+    """The round's state at every step of its work, from its status and ``jobs`` (the round's
+    jobs, a chained job's steps included, oldest first; read when not given):
+
+    * completed: the next campaign is open, whatever ran before;
+    * a job of the round unfinished: "Waiting for the queue" (the broker did not take it yet),
+      "Queued", "Training" (reward model, PPO or DPO) or "Generating" (the next campaign's
+      completions), from the job, or for a whole round from the step it is on;
+    * else the newest job the admin started failed or was cancelled: "Failed", "Cancelled";
+    * else the stored status: "Collecting labels", "Policy updated", "Needs review".
+    """
+    if rnd.status == Round.Status.COMPLETED:
+        return RoundState("completed", rnd.get_status_display(), _STORED_BADGE[rnd.status])
+    if jobs is None:
+        jobs = list(TrainingJob.objects.filter(round=rnd).order_by("created_at", "id"))
+    top = [j for j in jobs if j.parent_id is None]
+    active = next((j for j in reversed(top) if not j.finished), None)
+    if active is not None:
+        return _working(active, [j for j in jobs if j.parent_id == active.pk])
+    last = top[-1] if top else None
+    if last is not None and last.status in (
+        TrainingJob.Status.FAILED,
+        TrainingJob.Status.CANCELLED,
+    ):
+        return RoundState(last.status, last.get_status_display(), f"badge-{last.status}", last)
+    return RoundState(rnd.status, rnd.get_status_display(), _STORED_BADGE[rnd.status])
+
+
+_GENERATING = RoundState("generating", "Generating", "badge-running")
+_TRAINING = RoundState("training", "Training", "badge-running")
+
+
+def _working(job: TrainingJob, steps: Sequence[TrainingJob]) -> RoundState:
+    """The state of a round while ``job`` (top-level, unfinished) works on it."""
+    if job.waiting_for_queue:
+        return RoundState("waiting", "Waiting for the queue", "badge-queued", job)
+    if job.status == TrainingJob.Status.QUEUED:
+        return RoundState("queued", "Queued", "badge-queued", job)
+    kind = job.kind
+    if kind == TrainingJob.Kind.ROUND:
+        current = next((s for s in steps if not s.finished), None)
+        if current is not None:
+            kind = current.kind
+        else:  # between two steps: the next is the update, else generation
+            done = {s.kind for s in steps if s.status == TrainingJob.Status.SUCCEEDED}
+            updated = done & {TrainingJob.Kind.PPO, TrainingJob.Kind.DPO}
+            kind = TrainingJob.Kind.GENERATE if updated else TrainingJob.Kind.REWARD_MODEL
+    state = _GENERATING if kind == TrainingJob.Kind.GENERATE else _TRAINING
+    return dataclasses.replace(state, job=job)
 
 
 def lock_idle_round(rnd: Round) -> Round:

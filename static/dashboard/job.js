@@ -37,6 +37,8 @@ const el = {
   cancel: document.getElementById("cancel"),
   retryForm: document.getElementById("retry-form"),
   pollError: document.getElementById("poll-error"),
+  waiting: document.getElementById("job-waiting"),
+  enqueueError: document.getElementById("job-enqueue-error"),
   steps: document.getElementById("job-steps"),
 };
 
@@ -57,9 +59,17 @@ function time(value) {
   return value ? new Date(value).toLocaleTimeString() : "";
 }
 
+// A queued job the broker has not taken yet (it was unreachable) waits for the queue: the sweep
+// queues it once the broker answers.
+function statusText(job) {
+  if (job.cancel_requested && !FINISHED.has(job.status)) return "Cancelling";
+  if (job.waiting_for_queue) return "Waiting for the queue";
+  return STATUS_TEXT[job.status] || job.status;
+}
+
 function renderJob(job) {
   state.job = job;
-  el.status.textContent = job.cancel_requested && !FINISHED.has(job.status) ? "Cancelling" : STATUS_TEXT[job.status] || job.status;
+  el.status.textContent = statusText(job);
   el.status.className = `badge badge-${job.status}`;
   const total = job.progress_total || 0;
   el.progress.max = Math.max(total, 1);
@@ -80,6 +90,8 @@ function renderJob(job) {
     el.resultLink.textContent = `model version #${job.result_version}`;
     el.resultLink.href = el.resultLink.href.replace(/#version-.*$/, `#version-${job.result_version}`);
   }
+  el.waiting.hidden = !job.waiting_for_queue;
+  if (job.waiting_for_queue) el.enqueueError.textContent = job.enqueue_error;
   el.error.hidden = !job.error;
   if (el.errorText.textContent !== job.error) el.errorText.textContent = job.error;
   if (el.log.textContent !== job.log_tail) {

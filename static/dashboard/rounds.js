@@ -1,7 +1,8 @@
 // "Models & rounds": each round with a job in progress follows it live. The card's
 // <p class="round-live" data-job-url=…> is polled every data-poll-ms while the job is queued or
-// running; its progress bar, status and (for a whole round) current step are updated. When the
-// job ends the page reloads, so the card shows what the job produced (the chain, the
+// running; its progress bar, status and (for a whole round) current step are updated, and the
+// round's badge says what the job is doing (as training.rounds.round_state does on the server).
+// When the job ends the page reloads, so the card shows what the job produced (the chain, the
 // evaluation, the next campaign) as the server renders it.
 import { make, request } from "./common.js";
 
@@ -14,7 +15,8 @@ function percent(job) {
 
 /** What the live line says: the job's status and progress, and the step a whole round is on. */
 export function describe(job) {
-  const parts = [`${STATUS_TEXT[job.status] || job.status}`];
+  const status = job.waiting_for_queue ? "Waiting for the queue" : STATUS_TEXT[job.status] || job.status;
+  const parts = [status];
   if (job.progress_total) parts.push(`${percent(job)}%`);
   const current = (job.steps || []).find((step) => !FINISHED.has(step.status));
   if (current) {
@@ -25,8 +27,26 @@ export function describe(job) {
   return parts.join(" · ");
 }
 
+/** The round's state while its unfinished job works on it: waiting, queued, training or
+ * generating (a whole round: from the step it is on). */
+export function roundState(job) {
+  if (job.waiting_for_queue) return { key: "waiting", label: "Waiting for the queue", badge: "badge-queued" };
+  if (job.status === "queued") return { key: "queued", label: "Queued", badge: "badge-queued" };
+  let kind = job.kind;
+  if (kind === "round") {
+    const steps = job.steps || [];
+    const current = steps.find((step) => !FINISHED.has(step.status));
+    const updated = steps.some((step) => step.status === "succeeded" && (step.kind === "ppo" || step.kind === "dpo"));
+    kind = current ? current.kind : updated ? "generate" : "reward_model";
+  }
+  if (kind === "generate") return { key: "generating", label: "Generating", badge: "badge-running" };
+  return { key: "training", label: "Training", badge: "badge-running" };
+}
+
 function follow(line) {
   const bar = line.querySelector("progress");
+  const card = line.closest(".round");
+  const badge = card && card.querySelector(".round-state");
   const text = line.querySelector(".round-live-text");
   const poll = Number(line.dataset.pollMs) || 2000;
   let failures = 0;
@@ -44,6 +64,12 @@ function follow(line) {
       if (FINISHED.has(job.status)) {
         window.location.reload();
         return;
+      }
+      if (badge) {
+        const state = roundState(job);
+        badge.className = `badge ${state.badge} round-state`;
+        badge.dataset.state = state.key;
+        badge.textContent = state.label;
       }
     } catch (error) {
       failures += 1;

@@ -25,10 +25,10 @@ from playwright.sync_api import expect
 
 from annotation import services as annotation_services
 from annotation.models import Campaign, Prompt, Ranking
-from tests.dashboard.test_pages import jsonl as jsonl_bytes
-from tests.dashboard.test_pages import rank_every_task
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
-from tests.training.test_reward_model_job import REPO, labelled_marker_campaign
+from tests.helpers.campaigns import jsonl as jsonl_bytes
+from tests.helpers.campaigns import rank_every_task
+from tests.helpers.training import REPO, labelled_marker_campaign
 from training.jobs import lifecycle
 from training.jobs import reward_model as reward_model_kind
 from training.models import ModelVersion, Round, TrainingJob
@@ -107,6 +107,30 @@ def jobs_run(monkeypatch, settings, tmp_path, live_server):
     httpd.connections_override = before
     for thread in threads:
         thread.join(timeout=60)
+
+
+@pytest.fixture
+def gate(jobs_run, monkeypatch):
+    """Jobs reach their runner (the worker, or the thread) only once the test opens the gate
+    (``gate.set()``): until then a job is certainly still queued, however fast the machine, so a
+    page can be checked in that state. Opened at the end in any case."""
+    opened = threading.Event()
+    enqueue = lifecycle.enqueue  # jobs_run's
+
+    def held(job_id: int) -> bool:
+        def release() -> None:
+            opened.wait(JOB_TIMEOUT_MS / 1000)
+            try:
+                enqueue(job_id)
+            finally:
+                connections.close_all()
+
+        threading.Thread(target=release, name=f"gate-{job_id}", daemon=True).start()
+        return True
+
+    monkeypatch.setattr(lifecycle, "enqueue", held)
+    yield opened
+    opened.set()
 
 
 def _take_turns(monkeypatch, lock) -> None:
@@ -266,7 +290,7 @@ def test_create_campaign_import_publish_guidelines_and_activate(page, log_in, ad
 
     # Members: an existing account, and an invitation with a one-time password.
     page.locator(".tabs").get_by_role("link", name="Overview").click()
-    page.get_by_label("Add labellers").fill("alice")
+    page.get_by_label("Add members").fill("alice")
     page.get_by_role("button", name="Add", exact=True).click()
     expect(page.locator("#members")).to_contain_text("alice")
     page.get_by_label("Username").fill("newbie")
@@ -347,7 +371,7 @@ def test_reward_model_job_runs_to_success_with_charts(
 
 
 def test_a_round_held_for_review_then_started_anyway_from_the_dashboard(
-    page, log_in, admin, jobs_run, tiny_model_dir, output_dir
+    page, log_in, admin, jobs_run, gate, tiny_model_dir, output_dir
 ):
     """60 one-pair rankings hold out about 6 pairs, fewer than the 50 the round asks by default:
     the form says so before the job runs, the round stops after the update with the reason on
@@ -391,12 +415,15 @@ def test_a_round_held_for_review_then_started_anyway_from_the_dashboard(
     expect(page).to_have_url(re.compile(r"/dashboard/training/jobs/\d+/$"))
     job_url = page.url
 
-    # The round's card follows the job live, then reloads with what it produced.
+    # The round's card follows the job live, then reloads with what it produced. The job waits
+    # at the gate until the card was seen following it.
     page.get_by_role("link", name="Models & rounds").click()
     card = page.locator(f"#round-{rnd.pk}")
-    live = card.locator(".round-live")  # the round takes tens of seconds: still running
+    live = card.locator(".round-live")
     expect(live.locator("progress")).to_be_visible()
-    expect(live.locator(".round-live-text")).to_contain_text(re.compile("Queued|Running"))
+    expect(live.locator(".round-live-text")).to_contain_text("Queued")
+    expect(card.locator(".round-state")).to_have_text("Queued")
+    gate.set()
     expect(card.locator(".badge").first).to_have_text("Needs review", timeout=JOB_TIMEOUT_MS)
     expect(card.locator(".round-live")).to_have_count(0)
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,38 +19,18 @@ from annotation import services as annotation_services
 from annotation.errors import Conflict, InvalidInput
 from annotation.models import Campaign, Completion, Prompt
 from tests.conftest import client_for
+from tests.helpers.rounds import EVAL, PROMPTS
 from training import exports, rounds, selectors, services
 from training.jobs import KINDS, generate, lifecycle
 from training.jobs.base import config_from_dict
 from training.jobs.round import RoundConfig
 from training.ml.config import PPOConfig, SamplingConfig
 from training.ml.generation import Completion as Sampled
-from training.ml.synthetic import SyntheticLabeller
 from training.models import ModelVersion, Round, TrainingJob
 from training.rounds import GeneratedCompletion
 
 pytestmark = pytest.mark.django_db
 
-PROMPTS = [
-    "Why does bread go stale?",
-    "Tell me about houseplants.",
-    "How does a kettle know when to stop?",
-    "Why do we yawn?",
-    "What is rain made of?",
-    "Tell me about rivers.",
-    "How do bicycles stay up?",
-    "Why is the sky blue?",
-]
-EVAL = {
-    "eval_fraction": 0.25,
-    "samples_per_prompt": 2,
-    "temperature": 1.0,
-    "max_new_tokens": 6,
-    "gold_score": True,
-    # structure tests on a handful of prompts: no round is held for review (test_round_trust)
-    "min_held_out_pairs": 0,
-    "reward_must_not_fall": False,
-}
 TINY_PPO = {
     "total_steps": 2,
     "rollout_batch_size": 4,
@@ -67,70 +45,6 @@ TINY_PPO = {
 TINY_RM = {"num_epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_length": 48}
 TINY_DPO = {"batch_size": 4, "learning_rate": 1e-4, "max_completion_tokens": 16, "device": "cpu"}
 TINY_SAMPLING = {"max_new_tokens": 6, "temperature": 1.0, "device": "cpu"}
-
-
-@pytest.fixture
-def loop(admin_user, labeller, tiny_model_dir, settings, tmp_path):
-    """Round 0 of a labelled campaign (N = 3, 8 prompts) whose completions 'came from' the
-    tiny base model, ranked by a synthetic labeller through the services."""
-    settings.MODEL_STORE_DIR = tmp_path / "models"
-    settings.TRAINING_HEARTBEAT_SECONDS = 3600  # no heartbeat thread racing SQLite's lock
-    base = services.model_version_register(kind="base", name="tiny", path=str(tiny_model_dir))
-    campaign = annotation_services.campaign_create(
-        created_by=admin_user,
-        name="Round zero",
-        description="kettles",
-        completions_per_task=3,
-        overlap=1,
-        allow_ties=False,
-        allow_fail=False,
-    )
-    annotation_services.campaign_add_members(campaign=campaign, users=[labeller])
-    guideline = annotation_services.guideline_publish(
-        campaign=campaign, text="# Prefer kind, clear answers", created_by=admin_user
-    )
-    annotation_services.guideline_acknowledge(user=labeller, guideline=guideline)
-    annotation_services.campaign_set_status(campaign=campaign, status="active")
-    prompts = Prompt.objects.bulk_create(
-        [Prompt(campaign=campaign, text=p, external_id=f"p{i}") for i, p in enumerate(PROMPTS)]
-    )
-    rng = random.Random(0)
-    words = ["the", "and", "good", "water", "thank", "you", "stone", "cloud", "quick", "lamp"]
-    rounds.generated_tasks_store(
-        campaign=campaign,
-        prompt_ids=[p.pk for p in prompts],
-        completions=[
-            [
-                GeneratedCompletion(
-                    text=" ".join(rng.choice(words) for _ in range(6)) + f" {i}{j}",
-                    source="policy:tiny",
-                    model_version_id=base.pk,
-                )
-                for j in range(3)
-            ]
-            for i in range(len(prompts))
-        ],
-    )
-    label(campaign, labeller)
-    rnd = rounds.round_start(
-        campaign=campaign, policy=base, eval_settings=EVAL, created_by=admin_user
-    )
-    return SimpleNamespace(base=base, campaign=campaign, round=rnd, admin=admin_user)
-
-
-def label(campaign: Campaign, labeller, seed: int = 0) -> int:
-    synthetic = SyntheticLabeller(noise=0.1, seed=seed)
-    count = 0
-    while a := annotation_services.task_assign_next(labeller=labeller, campaign=campaign):
-        by_id = sorted(a.display_order)
-        texts = dict(Completion.objects.filter(pk__in=by_id).values_list("pk", "text"))
-        labels = synthetic.rank([texts[c] for c in by_id])
-        items = [{"completion": c, "rank": r} for c, r in zip(by_id, labels, strict=True)]
-        annotation_services.ranking_submit(
-            labeller=labeller, assignment=a, items=items, time_spent_ms=100
-        )
-        count += 1
-    return count
 
 
 @pytest.fixture
@@ -172,7 +86,7 @@ def test_round_start_numbers_the_round_after_its_campaign_and_refuses_a_second(l
     assert exc.value.field == "campaign"
     with pytest.raises(InvalidInput) as exc:
         rounds.round_start(
-            campaign=Campaign.objects.create(name="x"),
+            campaign=Campaign.objects.create(name="x", team=loop.campaign.team),
             policy=loop.base,
             eval_settings={"temperature": 0},
             created_by=None,

@@ -44,6 +44,9 @@ class AcquisitionSpec(Spec):
     reward_model_version: int
     batch_size: int = 32
 
+    def campaigns(self) -> list[int]:
+        return [self.campaign_id]
+
 
 class AcquisitionJob(JobKind):
     kind = TrainingJob.Kind.ACQUISITION

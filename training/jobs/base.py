@@ -48,6 +48,16 @@ class Spec:
     retry_of: int | None = None
     """the failed or cancelled job this one retries"""
 
+    def campaigns(self) -> list[int]:
+        """The campaigns whose rankings or prompts the job reads (none named: the job's own
+        ``campaign``, e.g. a round's)."""
+        return []
+
+    def starting_path(self) -> str:
+        """The model directory or hub id the job starts from when it has no base version
+        ("": the default base model, or none needed)."""
+        return ""
+
     def to_params(self) -> dict[str, Any]:
         """The JSON stored in ``TrainingJob.params``."""
         return {f.name: to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -2,8 +2,9 @@
 
 Without a round: into the target campaign (default: the one campaign named, whose prompts
 without a task get one). With a trained round: into the next round's new campaign (same
-settings, members and guidelines), which opens and starts the next Round. Either way the tasks
-are written in the transaction that marks the job succeeded: they exist iff it succeeded.
+settings, members and guidelines), created as a draft, and the next Round starts on it; the
+admin reads the round's report, then activates the campaign. Either way the tasks are written in
+the transaction that marks the job succeeded: they exist iff it succeeded.
 """
 
 from __future__ import annotations
@@ -84,14 +85,23 @@ class GenerateSpec(Spec):
         sources = [s if isinstance(s, Source) else Source(**s) for s in spec.sources]
         return dataclasses.replace(spec, sources=sources)
 
+    def campaigns(self) -> list[int]:
+        return list(self.campaign_ids)
+
+    def starting_path(self) -> str:
+        """The new policy's path when it was given as a path, not a version."""
+        policy = next((s for s in self.sources if s.role == "policy"), None)
+        return policy.path if policy is not None and policy.model_version is None else ""
+
 
 class GenerateJob(JobKind):
     kind = TrainingJob.Kind.GENERATE
     title = "Start the next round: generate completions"
     blurb = (
         "Sample K completions per prompt from a policy. With a trained round: into the next "
-        "round's new campaign (same settings, members and guidelines), which opens. Without: as "
-        "tasks of the target campaign."
+        "round's new campaign (same settings, members and guidelines), created as a draft that "
+        "you activate after reading the round's report. Without: as tasks of the target "
+        "campaign."
     )
     Request = Request
     Spec = GenerateSpec

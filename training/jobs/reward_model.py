@@ -52,6 +52,12 @@ class RewardModelSpec(Spec):
     round: int | None = None
     config: RewardModelConfig = field(default_factory=RewardModelConfig)
 
+    def campaigns(self) -> list[int]:
+        return list(self.campaign_ids)
+
+    def starting_path(self) -> str:
+        return self.base_model_path
+
 
 class RewardModelJob(JobKind):
     kind = TrainingJob.Kind.REWARD_MODEL

@@ -36,6 +36,12 @@ class UpdateSpec(Spec):
     round: int | None = None
     evaluation: EvalSettings = field(default_factory=EvalSettings)
 
+    def campaigns(self) -> list[int]:
+        return list(self.campaign_ids)
+
+    def starting_path(self) -> str:
+        return self.base_model_path
+
 
 def eval_prompts(spec: UpdateSpec, campaign_ids: list[int]) -> tuple[Prompts, Prompts]:
     """``(train, held_out)`` prompts of ``campaign_ids``; each content once among the

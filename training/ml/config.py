@@ -21,10 +21,12 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import json
 import textwrap
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 TieLoss = Literal["soft_label", "squared", "drop"]
@@ -377,3 +379,39 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is list:
         return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
     return True
+
+
+# --- What a model recommends ----------------------------------------------------------------
+
+RECOMMENDED_FILE = "training_defaults.json"
+"""A model directory may hold the hyper-parameters its author recommends for training from it,
+as a Hugging Face model holds its sampling defaults in ``generation_config.json``:
+``{"PPOConfig": {"learning_rate": 1e-4, ...}, ...}``, by config class, overrides of the class's
+defaults. The dashboard's job forms are prefilled with them (and show every one of them); the
+tiny model writes its own (``training.ml.tiny``)."""
+
+
+CONFIG_CLASSES = (RewardModelConfig, PPOConfig, DPOConfig, SamplingConfig)
+"""The config classes a model may recommend values of."""
+
+
+def recommended_overrides(model_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The overrides ``model_dir`` recommends, by config class name, each checked against its
+    class (:func:`config_from_dict`); {} for a hub id, a missing file or one that does not
+    parse, and a class whose values its class refuses is left out."""
+    path = Path(model_dir) / RECOMMENDED_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    classes = {cls.__name__: cls for cls in CONFIG_CLASSES}
+    recommended = {}
+    for name, values in data.items():
+        try:
+            config_from_dict(classes[name], values)
+        except (KeyError, ValueError):
+            continue
+        recommended[name] = dict(values)
+    return recommended

@@ -34,6 +34,7 @@ import hashlib
 import html.parser
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -46,6 +47,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from training.ml.common import ProgressFn, publish_dir, staging_dir_for
+from training.ml.config import RECOMMENDED_FILE
 from training.ml.device import autocast, pick_device, quiet_transformers, seeded
 
 PAD_TOKEN = "<|pad|>"
@@ -361,6 +363,35 @@ def _read_marker(directory: Path) -> dict | None:
         return None
 
 
+RECOMMENDED: dict[str, dict] = {
+    "RewardModelConfig": {"num_epochs": 3, "learning_rate": 1e-3, "batch_size": 16,
+                          "max_length": 256},
+    "PPOConfig": {"total_steps": 20, "learning_rate": 1e-4, "max_new_tokens": 32,
+                  "missing_eos_penalty": None},
+}  # fmt: skip
+"""The hyper-parameters this model recommends (``training_defaults.json``, prefilled on the
+dashboard's forms), where the defaults, meant for pretrained models of millions of parameters
+and more, train nothing in a 64-wide model: its reward model needs a learning rate of 1e-3 and a
+few epochs (with the defaults it stays at chance, ~0.45 held-out accuracy on the demo), PPO
+1e-4. The rest keeps a CPU round on the demo to a few minutes: 20 PPO steps of 32 tokens, and
+no penalty for a completion without EOS, which the tiny model rarely writes within 32 tokens
+(with it PPO learns to stop early, and shorter answers score lower). Measured on the demo
+campaign (README "Training")."""
+
+
+def write_recommended(model_dir: Path) -> None:
+    """Write :data:`RECOMMENDED` as the model's ``training_defaults.json`` (atomically; left
+    alone when it already says that)."""
+    path = model_dir / RECOMMENDED_FILE
+    text = json.dumps(RECOMMENDED, indent=2, sort_keys=True) + "\n"
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8") == text:
+            return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def build_tiny_model(
     output_dir: str | Path,
     *,
@@ -399,6 +430,7 @@ def build_tiny_model(
     }
     existing = _read_marker(output_dir)
     if existing is not None and existing.get("params") == params:
+        write_recommended(output_dir)  # a model built before the file existed gets it too
         return output_dir
 
     tmp = staging_dir_for(output_dir)
@@ -417,6 +449,7 @@ def build_tiny_model(
             tokenizer.save_pretrained(tmp)
         marker = {"params": params, "vocab_size_actual": len(tokenizer), "metrics": metrics}
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        write_recommended(tmp)
         # A concurrent builder may have finished first with the same parameters: keep theirs.
         existing = _read_marker(output_dir)
         if existing is not None and existing.get("params") == params:

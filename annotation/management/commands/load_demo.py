@@ -2,6 +2,12 @@
 
 ``make demo`` loads first, starts the server and the worker, then runs this again with
 ``--wait`` so the logins are the last thing on the screen, once the server answers.
+``--labels`` also ranks every demo task as both labellers, from the author's judgement of each
+completion (``metadata.quality`` in ``annotation/demo/campaign.jsonl``), so the quality pages and
+a training round can be tried without labelling 54 tasks by hand first.
+
+The demo campaign becomes round 0 of the RLHF loop with ``manage.py demo_round`` (the training
+app's command: this app never imports that one), which ``make demo`` runs after this.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from annotation import services
-from annotation.models import Campaign
+from annotation.models import Assignment, Campaign, Completion
 from config.celery import app
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 CAMPAIGN_NAME = "Demo: helpful answers, round 0"
+SMALL_CAMPAIGN_NAME = "Demo: three answers each"
+DEMO_CAMPAIGNS = (CAMPAIGN_NAME, SMALL_CAMPAIGN_NAME)
 ACCOUNTS = [
     ("admin", "demo-admin", True),
     ("alice", "demo-alice", False),
@@ -35,6 +43,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--url", default="http://127.0.0.1:8000/", help="URL to print")
         parser.add_argument(
+            "--labels",
+            action="store_true",
+            help="rank every demo task as alice and bob, from the author's judgements",
+        )
+        parser.add_argument(
             "--wait",
             type=float,
             default=0,
@@ -42,7 +55,7 @@ class Command(BaseCommand):
             help="wait up to this long for URL/healthz to answer, then print the logins",
         )
 
-    def handle(self, *args, url: str, wait: float, **options) -> None:
+    def handle(self, *args, url: str, wait: float, labels: bool = False, **options) -> None:
         if wait:  # after the server was started: nothing to load, only the logins to print
             deadline = time.monotonic() + wait
             self._wait_for(url, deadline)
@@ -56,6 +69,9 @@ class Command(BaseCommand):
         else:
             self._load_all()
             self.stdout.write("demo campaigns and accounts loaded")
+            if labels:
+                count = self._label_all()
+                self.stdout.write(f"{count} demo rankings added (alice and bob)")
 
     def _wait_for(self, url: str, deadline: float) -> None:
         health = url.rstrip("/") + "/healthz"
@@ -105,7 +121,7 @@ class Command(BaseCommand):
             self._load(campaign, lines, 4, users)
             small = services.campaign_create(
                 created_by=users["admin"],
-                name="Demo: three answers each",
+                name=SMALL_CAMPAIGN_NAME,
                 description="The same guidelines, three completions per prompt.",
                 completions_per_task=3,
                 overlap=2,
@@ -126,3 +142,60 @@ class Command(BaseCommand):
             created_by=users["admin"],
         )
         services.campaign_set_status(campaign=campaign, status=Campaign.Status.ACTIVE)
+
+    @transaction.atomic
+    def _label_all(self) -> int:
+        """Rank every open demo task as alice and bob (what is already ranked stays)."""
+        User = get_user_model()
+        count = 0
+        for campaign in Campaign.objects.filter(name__in=DEMO_CAMPAIGNS).order_by("pk"):
+            guideline = campaign.guidelines.order_by("-version").first()
+            for username in ("alice", "bob"):
+                user = User.objects.get(username=username)
+                if guideline is not None:
+                    services.guideline_acknowledge(user=user, guideline=guideline)
+                while task := services.task_assign_next(labeller=user, campaign=campaign):
+                    services.ranking_submit(
+                        labeller=user,
+                        assignment=task,
+                        items=demo_ranking(task, second=username == "bob"),
+                        time_spent_ms=20_000 + 997 * (count % 30),
+                    )
+                    count += 1
+        return count
+
+
+QUALITY_ORDER = {"good": 0, "ok": 1, "poor": 2}
+"""The author's judgements, best first; ``fail`` completions are marked F."""
+
+
+def demo_ranking(assignment: Assignment, *, second: bool) -> list[dict]:
+    """A labeller's ranking of a demo task from the author's judgement of each completion:
+    good before ok before poor, fail marked F (where the campaign allows F, else last). Equal
+    judgements are ordered as the file lists them, by the ``second`` labeller the other way
+    round, and the first ties the two the author marked ``near_tie`` (where ties are allowed):
+    the labellers agree on the judgements and differ, as people do, on the near-equal ones.
+    The same labels on every machine (no shuffle decides them)."""
+    campaign = assignment.campaign
+    order = sorted(assignment.display_order)  # the file's order: ids follow the import
+    metadata = dict(Completion.objects.filter(pk__in=order).values_list("pk", "metadata"))
+    quality = {pk: metadata[pk].get("quality", "ok") for pk in order}
+    failed = [pk for pk in order if quality[pk] == "fail" and campaign.allow_fail]
+    ranked = sorted(
+        (pk for pk in order if pk not in failed),
+        key=lambda pk: (QUALITY_ORDER.get(quality[pk], len(QUALITY_ORDER)), -pk if second else pk),
+    )
+    items, rank, previous = [], 0, None
+    for position, pk in enumerate(ranked, 1):
+        tied = (
+            not second
+            and campaign.allow_ties
+            and previous is not None
+            and metadata[pk].get("near_tie")
+            and metadata[previous].get("near_tie")
+            and quality[pk] == quality[previous]
+        )
+        rank = rank if tied else position
+        items.append({"completion": pk, "rank": rank})
+        previous = pk
+    return items + [{"completion": pk, "rank": "F"} for pk in failed]
