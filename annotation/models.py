@@ -4,6 +4,10 @@ Invariants are enforced by the database as well as by the services: one ranking 
 labeller, one assignment per task and labeller, a task never holds more active assignments than
 its target overlap, ranks within 1..9 or marked fail, and so on. Writes go through
 ``annotation.services``; reads that need access checks through ``annotation.selectors``.
+
+Labels are never destroyed by routine administration: every path from a user, a campaign, a
+prompt or a completion to a ranking is ``PROTECT``, so deleting any of them while labels hang
+off it fails instead of taking the labels along (users are deactivated, campaigns closed).
 """
 
 from __future__ import annotations
@@ -14,6 +18,47 @@ from django.db.models import F, Q
 
 MIN_COMPLETIONS = 2
 MAX_COMPLETIONS = 9
+
+
+class Team(models.Model):
+    """Who owns campaigns: a lab, a project or a customer. Its managers run its campaigns and
+    see nobody else's; its trainers also start training on them (``annotation.permissions``)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="TeamMembership", related_name="teams", blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TeamMembership(models.Model):
+    class Role(models.TextChoices):
+        MANAGER = "manager", "Manager: runs every campaign of the team"
+        TRAINER = "trainer", "Trainer: a manager who also starts training jobs and rounds"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MANAGER)
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "user"], name="team_membership_unique"),
+            models.CheckConstraint(
+                condition=Q(role__in=["manager", "trainer"]), name="team_membership_role_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role}) in {self.team}"
 
 
 class Campaign(models.Model):
@@ -36,6 +81,12 @@ class Campaign(models.Model):
         Status.CLOSED: frozenset(),
     }
 
+    team = models.ForeignKey(
+        Team,
+        on_delete=models.PROTECT,
+        related_name="campaigns",
+        help_text="The team whose managers run this campaign.",
+    )
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
@@ -109,6 +160,11 @@ class Campaign(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Beside Django's add/change/view: what roles grant (annotation.permissions).
+        permissions = [
+            ("export_campaign", "Can export a campaign's rankings, pairs and agreement figures"),
+            ("review_campaign", "Can review and adjudicate a campaign's tasks"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(completions_per_task__gte=MIN_COMPLETIONS)
@@ -150,12 +206,19 @@ class Campaign(models.Model):
 
 
 class Membership(models.Model):
-    """A labeller's place in a campaign; its row is the per-labeller lock for assignment."""
+    """Someone's place in a campaign, with their role there; its row is the per-labeller lock
+    for assignment. Every role labels; reviewers also review, managers also run the campaign."""
+
+    class Role(models.TextChoices):
+        LABELLER = "labeller", "Labeller"
+        REVIEWER = "reviewer", "Reviewer: labels, and reviews and adjudicates tasks"
+        MANAGER = "manager", "Manager: labels, reviews and runs this campaign"
 
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.LABELLER)
     added_at = models.DateTimeField(auto_now_add=True)
     onboarding_passed_at = models.DateTimeField(
         null=True,
@@ -178,6 +241,10 @@ class Membership(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["campaign", "user"], name="membership_unique"),
+            models.CheckConstraint(
+                condition=Q(role__in=["labeller", "reviewer", "manager"]),
+                name="membership_role_valid",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -231,7 +298,7 @@ class Prompt(models.Model):
 
     campaign = models.ForeignKey(
         Campaign,
-        on_delete=models.CASCADE,
+        on_delete=models.PROTECT,
         related_name="prompts",
         help_text="The campaign the prompt was imported into.",
     )
@@ -252,7 +319,7 @@ class Prompt(models.Model):
 
 
 class Completion(models.Model):
-    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="completions")
+    prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="completions")
     text = models.TextField()
     source = models.CharField(
         max_length=200,
@@ -287,8 +354,8 @@ class Task(models.Model):
     refuses a value above ``target_overlap``: a task can never be over-assigned.
     """
 
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="tasks")
-    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="tasks")
     completions = models.ManyToManyField(Completion, through="TaskCompletion", related_name="tasks")
     target_overlap = models.PositiveSmallIntegerField()
     active_count = models.PositiveSmallIntegerField(default=0)
@@ -352,9 +419,9 @@ class Task(models.Model):
 
 
 class TaskCompletion(models.Model):
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="task_completions")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="task_completions")
     completion = models.ForeignKey(
-        Completion, on_delete=models.CASCADE, related_name="task_completions"
+        Completion, on_delete=models.PROTECT, related_name="task_completions"
     )
     position = models.PositiveSmallIntegerField(help_text="Order in the imported file.")
 
@@ -378,10 +445,10 @@ class Assignment(models.Model):
         SKIPPED = "skipped", "Skipped"
         EXPIRED = "expired", "Expired"
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="assignments")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="assignments")
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="assignments")
     labeller = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="assignments"
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ASSIGNED)
     display_order = models.JSONField(
@@ -431,11 +498,11 @@ class Assignment(models.Model):
 class Ranking(models.Model):
     """A labeller's submitted ranking of one task; its items hold one label per completion."""
 
-    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="ranking")
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="rankings")
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="rankings")
+    assignment = models.OneToOneField(Assignment, on_delete=models.PROTECT, related_name="ranking")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="rankings")
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="rankings")
     labeller = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rankings"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings"
     )
     guideline = models.ForeignKey(
         Guideline,
@@ -465,7 +532,7 @@ class RankingItem(models.Model):
 
     ranking = models.ForeignKey(Ranking, on_delete=models.CASCADE, related_name="items")
     completion = models.ForeignKey(
-        Completion, on_delete=models.CASCADE, related_name="ranking_items"
+        Completion, on_delete=models.PROTECT, related_name="ranking_items"
     )
     rank = models.PositiveSmallIntegerField(null=True, blank=True)
     failed = models.BooleanField(default=False)
@@ -494,3 +561,65 @@ class RankingItem(models.Model):
     @property
     def label(self) -> int | str:
         return "F" if self.failed else int(self.rank)
+
+
+class ImportJob(models.Model):
+    """A large import, run by a worker instead of the web request (``IMPORT_BACKGROUND_BYTES``).
+
+    The uploaded file is kept in the row (web and worker share only the database) until the
+    import is done; the import itself is all or nothing, as in the request.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Stage(models.TextChoices):
+        WAITING = "waiting", "Waiting for a worker"
+        PARSING = "parsing", "Reading and checking every line"
+        STORING = "storing", "Storing prompts, completions and tasks"
+        DONE = "done", "Done"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="import_jobs")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    filename = models.CharField(max_length=255)
+    format = models.CharField(max_length=8, blank=True)
+    size = models.PositiveBigIntegerField()
+    data = models.BinaryField(editable=False, help_text="The upload, cleared once done.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.WAITING)
+    records = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompts read from the file (once parsed)."
+    )
+    result = models.JSONField(default=dict, blank=True, help_text="What was stored.")
+    errors = models.JSONField(
+        default=list, blank=True, help_text="Line-numbered errors: [{line, field, message}]."
+    )
+    error = models.TextField(blank=True, help_text="An unexpected failure, for the operator.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "succeeded", "failed"]),
+                name="import_job_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"import #{self.pk} {self.filename} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+    @property
+    def result_or_none(self) -> dict | None:
+        return self.result or None

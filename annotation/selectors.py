@@ -2,7 +2,9 @@
 
 A labeller sees the campaigns they are a member of, and only their own assignments and
 rankings; anything else is reported as not found (404), never as forbidden, so ids of other
-people's work reveal nothing. Admins (staff) see everything.
+people's work reveal nothing. Managers and reviewers see the campaigns their roles reach
+(``annotation.permissions``) and every ranking in them; an action their role does not give on
+a campaign they can see is forbidden (403).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, 
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from annotation.errors import NotFound
+from annotation import permissions
+from annotation.errors import NotFound, PermissionDenied
 from annotation.models import (
     Assignment,
     Campaign,
@@ -30,34 +33,27 @@ from annotation.models import (
 User = AbstractBaseUser
 
 
-def is_admin(user: User) -> bool:
-    return bool(user.is_authenticated and user.is_staff)
-
-
 def campaign_list_for(*, user: User) -> QuerySet[Campaign]:
-    campaigns = Campaign.objects.all()
-    if not is_admin(user):
-        campaigns = campaigns.filter(
-            Exists(Membership.objects.filter(campaign=OuterRef("pk"), user=user))
-        ).exclude(status=Campaign.Status.DRAFT)
-    return campaigns.order_by("-created_at", "-id")
+    """The campaigns ``user`` sees: those they run or review, and those they label (not
+    drafts)."""
+    return permissions.visible_campaigns(user).order_by("-created_at", "-id")
 
 
-def campaign_get_for(*, user: User, campaign_id: int) -> Campaign:
-    """A campaign the user may see; 404 for anyone else's (drafts are admin-only)."""
+def campaign_get_for(*, user: User, campaign_id: int, perm: str | None = None) -> Campaign:
+    """A campaign the user may see, 404 for anyone else's (drafts only for those who run it);
+    with ``perm``, 403 unless their roles give it there."""
     campaign = campaign_list_for(user=user).filter(pk=campaign_id).first()
     if campaign is None:
         raise NotFound("campaign not found")
+    if perm is not None:
+        require(user=user, perm=perm, campaign=campaign)
     return campaign
 
 
-def campaign_get_for_admin(*, user: User, campaign_id: int) -> Campaign:
-    if not is_admin(user):
-        raise NotFound("campaign not found")
-    campaign = Campaign.objects.filter(pk=campaign_id).first()
-    if campaign is None:
-        raise NotFound("campaign not found")
-    return campaign
+def require(*, user: User, perm: str, campaign: Campaign) -> None:
+    """``PermissionDenied`` (403) unless ``user`` holds ``perm`` on ``campaign``."""
+    if not permissions.can(user, perm, campaign):
+        raise PermissionDenied(f"your role in this campaign does not allow this ({perm})")
 
 
 def current_guideline(*, campaign: Campaign) -> Guideline | None:
@@ -100,8 +96,12 @@ def assignment_completions(*, assignment: Assignment) -> list[tuple[int, str]]:
 
 
 def ranking_list_for(*, user: User, campaign_id: int | None = None) -> QuerySet[Ranking]:
-    """Admins: all rankings. Labellers: their own only."""
-    rankings = Ranking.objects.all() if is_admin(user) else Ranking.objects.filter(labeller=user)
+    """Everyone their own rankings, and every ranking of the campaigns they run or review."""
+    if not user.is_authenticated:
+        return Ranking.objects.none()
+    rankings = Ranking.objects.filter(
+        Q(labeller=user) | Q(campaign__in=permissions.campaigns_where(user, permissions.VIEW))
+    )
     if campaign_id is not None:
         rankings = rankings.filter(campaign_id=campaign_id)
     return rankings.select_related("guideline").prefetch_related(
@@ -171,9 +171,15 @@ def campaign_progress(*, campaign: Campaign) -> CampaignProgress:
 
 
 def labeller_progress(
-    *, campaign: Campaign, users: list[User] | None = None
+    *, campaign: Campaign, users: list[User] | None = None, as_labeller: bool = False
 ) -> list[LabellerProgress]:
-    """Per labeller: done, skipped, open and how many tasks they could still be given."""
+    """Per labeller: done, skipped, open and how many tasks they could still be given.
+
+    For those who run the campaign, ``remaining`` counts real tasks only (gold tasks are not
+    work left). What a labeller is shown of their own progress (``as_labeller``) counts the gold
+    tasks they may still be served as well, while real work is left: otherwise ``remaining``
+    would drop after a real task and stay put after a gold one, telling gold tasks apart.
+    """
     member_ids = list(campaign.memberships.values_list("user_id", flat=True))
     if users is not None:
         member_ids = [u.pk for u in users if u.pk in set(member_ids)]
@@ -192,8 +198,8 @@ def labeller_progress(
             ),
         )
     }
-    # Gold tasks are not work left: they are served between real ones while real work lasts.
     unfinished_tasks = campaign.tasks.filter(is_gold=False, submitted_count__lt=F("target_overlap"))
+    serves_gold = campaign.gold_rate > 0 or campaign.onboarding_gold_tasks > 0
     result = []
     usernames = dict(
         Membership.objects.filter(campaign=campaign, user_id__in=member_ids).values_list(
@@ -202,15 +208,16 @@ def labeller_progress(
     )
     for user_id in member_ids:
         row = counts.get(user_id, {})
-        remaining = unfinished_tasks.exclude(
-            Exists(
-                Assignment.objects.filter(
-                    task=OuterRef("pk"),
-                    labeller_id=user_id,
-                    status__in=[Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED],
-                )
+        done = Exists(
+            Assignment.objects.filter(
+                task=OuterRef("pk"),
+                labeller_id=user_id,
+                status__in=[Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED],
             )
-        ).count()
+        )
+        remaining = unfinished_tasks.exclude(done).count()
+        if as_labeller and serves_gold and remaining:
+            remaining += campaign.tasks.filter(is_gold=True).exclude(done).count()
         result.append(
             LabellerProgress(
                 user_id=user_id,

@@ -56,7 +56,9 @@ def home(request: HttpRequest) -> HttpResponse:
     """The campaigns this user labels for, with their own progress."""
     rows = []
     for campaign in selectors.campaign_list_for(user=request.user):
-        mine = selectors.labeller_progress(campaign=campaign, users=[request.user])
+        mine = selectors.labeller_progress(
+            campaign=campaign, users=[request.user], as_labeller=True
+        )
         guideline = selectors.current_guideline(campaign=campaign)
         rows.append(
             {

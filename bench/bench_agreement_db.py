@@ -52,7 +52,7 @@ from django.urls import resolve  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from rest_framework.test import APIRequestFactory, force_authenticate  # noqa: E402
 
-from annotation import agreement, agreement_figures, exports  # noqa: E402
+from annotation import agreement, agreement_figures, exports, services  # noqa: E402
 from annotation.agreement import Bootstrap  # noqa: E402
 from annotation.models import (  # noqa: E402
     Assignment,
@@ -117,6 +117,7 @@ def create_campaign(args) -> Campaign:
     labeller_pk = {i: user_ids[f"bench-labeller-{i}"] for i in range(1, args.pool + 1)}
 
     campaign = Campaign.objects.create(
+        team=services.team_default(),
         name=campaign_name(args),
         status=Campaign.Status.ACTIVE,
         completions_per_task=args.completions,

@@ -1,5 +1,5 @@
-"""What the dashboards of both apps share: staff-only access, id bounds, service errors on
-forms, and the panels one app adds to another's pages.
+"""What the dashboards of both apps share: who gets in, id bounds, service errors on forms,
+and the panels one app adds to another's pages.
 
 A page of the annotation dashboard (the base app) shows what the training app adds to it
 without importing it: ``DASHBOARD_PANELS`` in settings names, per page, the functions that
@@ -20,25 +20,40 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
-from annotation import selectors
+from annotation import permissions
 from annotation.errors import ServiceError
 
 MAX_ID = 2**62
 """Ids above this cannot exist (and overflow PostgreSQL's bigint): such a URL is a 404."""
 
 
-def staff_required(view):
-    """Anonymous users go to the login page; signed-in users who are not staff get 403."""
+def _access(check, refusal: str):
+    """A view decorator: anonymous users go to the login page; signed-in users for whom
+    ``check(user)`` is false get 403. Each page then checks the role its action needs on its
+    campaign or team."""
 
-    @wraps(view)
-    def wrapped(request: HttpRequest, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not selectors.is_admin(request.user):
-            raise DjangoPermissionDenied("the dashboard is for campaign admins")
-        return view(request, *args, **kwargs)
+    def decorator(view):
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            if not check(request.user):
+                raise DjangoPermissionDenied(refusal)
+            return view(request, *args, **kwargs)
 
-    return wrapped
+        return wrapped
+
+    return decorator
+
+
+dashboard_required = _access(
+    permissions.runs_anything, "the dashboard is for those who run or review campaigns"
+)
+"""Campaign pages: a team role, a campaign one manages or reviews, or a permission."""
+training_required = _access(
+    permissions.sees_training, "training is for a team's managers and trainers"
+)
+"""Training pages: a team role, or the permission everywhere."""
 
 
 def add_service_error(form: forms.Form, exc: ServiceError) -> None:

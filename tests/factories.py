@@ -1,4 +1,4 @@
-"""factory_boy factories for the annotation models."""
+"""factory_boy factories for the annotation and training models."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import factory
 from django.contrib.auth import get_user_model
 
 from annotation import services
-from annotation.models import Campaign, Completion, Prompt, Task, TaskCompletion
+from annotation.models import (
+    Campaign,
+    Completion,
+    Prompt,
+    Task,
+    TaskCompletion,
+    Team,
+    TeamMembership,
+)
+from training.models import ModelVersion, Round, TrainingJob
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -19,14 +28,38 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 
 class AdminFactory(UserFactory):
+    """What the tests call an admin: a trainer (manager who also trains) of the default team,
+    which every CampaignFactory campaign belongs to; staff too, for Django's admin site."""
+
+    class Meta:
+        skip_postgeneration_save = True
+
     username = factory.Sequence(lambda n: f"admin{n}")
     is_staff = True
+
+    @factory.post_generation
+    def team_role(self, create, extracted, **kwargs):
+        if create:
+            TeamMembership.objects.get_or_create(
+                team=services.team_default(),
+                user=self,
+                defaults={"role": extracted or TeamMembership.Role.TRAINER},
+            )
+
+
+class TeamFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Team
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"Team {n}")
 
 
 class CampaignFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Campaign
 
+    team = factory.LazyFunction(services.team_default)
     name = factory.Sequence(lambda n: f"Campaign {n}")
     status = Campaign.Status.ACTIVE
     completions_per_task = 4
@@ -62,3 +95,39 @@ def task_completion_ids(task: Task) -> list[int]:
         .order_by("position")
         .values_list("completion_id", flat=True)
     )
+
+
+class ModelVersionFactory(factory.django.DjangoModelFactory):
+    """A policy version whose path is a placeholder: nothing loads it unless a test writes a
+    model there (pass ``path``)."""
+
+    class Meta:
+        model = ModelVersion
+
+    kind = ModelVersion.Kind.POLICY
+    name = factory.Sequence(lambda n: f"version-{n}")
+    path = factory.LazyAttribute(lambda version: f"/nowhere/{version.name}")
+
+
+class TrainingJobFactory(factory.django.DjangoModelFactory):
+    """A queued reward-model job over its campaign's pairs (a row only: nothing is enqueued)."""
+
+    class Meta:
+        model = TrainingJob
+
+    kind = TrainingJob.Kind.REWARD_MODEL
+    campaign = factory.SubFactory(CampaignFactory)
+    team = factory.SelfAttribute("campaign.team")
+    params = factory.LazyAttribute(lambda job: {"campaign_ids": [job.campaign.pk]})
+
+
+class RoundFactory(factory.django.DjangoModelFactory):
+    """A collecting round on its own campaign; the reference is the policy that generated it."""
+
+    class Meta:
+        model = Round
+
+    campaign = factory.SubFactory(CampaignFactory)
+    number = factory.SelfAttribute("campaign.round_number")
+    reference = factory.SubFactory(ModelVersionFactory, kind=ModelVersion.Kind.BASE)
+    policy_before = factory.SelfAttribute("reference")

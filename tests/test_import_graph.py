@@ -15,7 +15,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("annotation", "training", "config")
+PACKAGES = ("accounts", "annotation", "training", "config")
 
 
 def _modules() -> dict[str, Path]:

@@ -33,8 +33,9 @@ from training.jobs import KINDS, lifecycle
 for name in KINDS:
     serializers.job_create_serializer(name)().fields
 serializers.job_create_schema()
+from django.contrib.auth.models import AnonymousUser
 for kind in forms.KINDS:
-    forms.TrainingJobForm(kind=kind)
+    forms.TrainingJobForm(kind=kind, user=AnonymousUser())
 from config.celery import app
 app.loader.import_default_modules()
 heavy = sorted(name for name in ("torch", "transformers", "peft") if name in sys.modules)

@@ -37,6 +37,15 @@ class ModelVersion(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
     )
+    team = models.ForeignKey(
+        "annotation.Team",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The team whose labels trained it, who alone see it; none: shared by every "
+        "team (base models registered by a platform admin).",
+    )
     metrics = models.JSONField(default=dict, blank=True)
     reward_offset = models.FloatField(null=True, blank=True)
     reward_scale = models.FloatField(null=True, blank=True)
@@ -78,6 +87,14 @@ class TrainingJob(models.Model):
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    team = models.ForeignKey(
+        "annotation.Team",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The team of the campaigns the job reads or writes; its trainers run it.",
+    )
     params = models.JSONField(default=dict, blank=True)
     campaign = models.ForeignKey(
         "annotation.Campaign",
@@ -150,6 +167,9 @@ class TrainingJob(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [
+            ("run_training", "Can start, cancel and retry training jobs and rounds"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=["queued", "running", "succeeded", "failed", "cancelled"]),

@@ -1,22 +1,42 @@
-"""Reads for training. The API restricts all of them to admins."""
+"""Reads for training, access-checked: a team's managers and trainers see its jobs, rounds and
+models (``annotation.permissions``); models with no team are shared by all; anything else
+answers 404."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.contrib.auth.models import AbstractBaseUser as User
+from django.db.models import Q, QuerySet
 
-from annotation.errors import NotFound
+from annotation import permissions
+from annotation.errors import InvalidInput, NotFound, PermissionDenied
+from annotation.models import Team
 from training.models import JobMetric, ModelVersion, Round, TrainingJob
 
 
-def training_job_list() -> QuerySet[TrainingJob]:
-    return TrainingJob.objects.select_related("created_by").order_by("-created_at", "-id")
+def _teams(user: User) -> QuerySet[Team]:
+    return permissions.teams_where(user, permissions.VIEW_JOBS)
 
 
-def training_job_get(*, job_id: int) -> TrainingJob:
-    job = training_job_list().filter(pk=job_id).first()
+def training_job_list(*, user: User) -> QuerySet[TrainingJob]:
+    jobs = TrainingJob.objects.select_related("created_by").order_by("-created_at", "-id")
+    if permissions.can(user, permissions.VIEW_JOBS):
+        return jobs
+    return jobs.filter(team__in=_teams(user))
+
+
+def training_job_get(*, user: User, job_id: int) -> TrainingJob:
+    job = training_job_list(user=user).filter(pk=job_id).first()
     if job is None:
         raise NotFound("training job not found")
     return job
+
+
+def require_trainer(*, user: User, team: Team | None) -> None:
+    """``PermissionDenied`` unless ``user`` may start, cancel or retry training in ``team``."""
+    if not permissions.can(user, permissions.TRAIN, team):
+        raise PermissionDenied(
+            "starting training needs the trainer role in the campaigns' team", code="not_trainer"
+        )
 
 
 def job_metrics(*, job: TrainingJob, after_step: int | None = None) -> QuerySet[JobMetric]:
@@ -26,21 +46,47 @@ def job_metrics(*, job: TrainingJob, after_step: int | None = None) -> QuerySet[
     return rows.order_by("step", "id")
 
 
-def model_version_list(*, kind: str | None = None) -> QuerySet[ModelVersion]:
+def team_for_model(*, user: User, team_id: int | None) -> Team | None:
+    """The team a model registered by ``user`` belongs to: ``team_id`` if they train there;
+    else the one team they train in; none (shared by every team) for someone allowed to train
+    everywhere. 403 for someone who trains nowhere, 400 naming ``team`` otherwise."""
+    teams = permissions.teams_where(user, permissions.TRAIN)
+    if team_id is not None:
+        team = teams.filter(pk=team_id).first()
+        if team is None:
+            raise InvalidInput("no team with this id where you train", field="team")
+        return team
+    if permissions.can(user, permissions.TRAIN):
+        return None
+    mine = list(teams[:2])
+    if not mine:
+        raise PermissionDenied("registering models needs the trainer role in a team")
+    if len(mine) > 1:
+        raise InvalidInput("you train in several teams: say which one", field="team")
+    return mine[0]
+
+
+def model_version_list(*, user: User, kind: str | None = None) -> QuerySet[ModelVersion]:
+    """The shared models and those of the user's teams."""
     versions = ModelVersion.objects.order_by("-created_at", "-id")
+    if not permissions.can(user, permissions.VIEW_JOBS):
+        versions = versions.filter(Q(team__isnull=True) | Q(team__in=_teams(user)))
     if kind:
         versions = versions.filter(kind=kind)
     return versions
 
 
-def round_list() -> QuerySet[Round]:
-    return Round.objects.select_related(
+def round_list(*, user: User) -> QuerySet[Round]:
+    rounds = Round.objects.select_related(
         "campaign", "next_campaign", "reference", "policy_before", "reward_model", "policy_after"
     ).order_by("-created_at", "-id")
+    if permissions.can(user, permissions.VIEW_JOBS):
+        return rounds
+    return rounds.filter(campaign__team__in=_teams(user))
 
 
-def round_get(*, round_id: int) -> Round:
-    rnd = round_list().filter(pk=round_id).first()
+def round_get(*, user: User, round_id: int) -> Round:
+    rnd = round_list(user=user).filter(pk=round_id).first()
     if rnd is None:
         raise NotFound("round not found")
     return rnd

@@ -11,6 +11,7 @@ from pathlib import Path
 from django.conf import settings
 
 from annotation.errors import InvalidInput
+from annotation.models import Team
 from training.models import ModelVersion, TrainingJob
 
 
@@ -25,8 +26,10 @@ def model_version_register(
     metrics: dict | None = None,
     reward_offset: float | None = None,
     reward_scale: float | None = None,
+    team: Team | None = None,
 ) -> ModelVersion:
-    """Record a complete model (a directory in the store, a local directory or a hub id)."""
+    """Record a complete model (a directory in the store, a local directory or a hub id). It
+    belongs to ``team`` (a job's model: the job's team), or to every team with none."""
     if kind not in ModelVersion.Kind.values:
         raise InvalidInput(f"unknown kind {kind!r}", field="kind")
     if not path.strip():
@@ -38,6 +41,7 @@ def model_version_register(
         base=base,
         parent=parent,
         created_by_job=job,
+        team=team if team is not None else (job.team if job is not None else None),
         metrics=metrics or {},
         reward_offset=reward_offset,
         reward_scale=reward_scale,

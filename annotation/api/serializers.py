@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -15,12 +18,58 @@ from annotation.models import (
     Campaign,
     Completion,
     Guideline,
+    ImportJob,
+    Membership,
     Ranking,
 )
 from annotation.pairs import FAIL
 from annotation.selectors import assignment_completions
 
 MAX_ID = 2**62  # ids above this cannot exist; refusing them early keeps them out of SQL
+
+
+class InputSerializer(serializers.Serializer):
+    """A request body: a key it does not know answers 400 naming it (a misspelt or read-only
+    field must not pass as "nothing to change"), and a list longer than its field's
+    ``max_length`` is refused before any of its items is checked."""
+
+    unknown_field_message = "unknown field"
+    ignored_fields = frozenset({"csrfmiddlewaretoken"})  # a form post carries it beside its fields
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = set(self.fields) | self.ignored_fields
+            errors = {name: [self.unknown_field_message] for name in sorted(set(data) - known)}
+            for name, field in self.fields.items():
+                limit = getattr(field, "max_length", None)
+                if isinstance(field, serializers.ListField) and limit is not None:
+                    value = data.get(name)
+                    if isinstance(value, list) and len(value) > limit:
+                        errors[name] = [f"Ensure this field has no more than {limit} elements."]
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+
+class QuerySerializer(serializers.Serializer):
+    """Query parameters. Others are ignored (``page``, ``format``, a cache buster); a NUL
+    character in one of these answers 400 naming it before any field or query reads it."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            nul = sorted(
+                name for name in self.fields if any("\x00" in v for v in _values(data, name))
+            )
+            if nul:
+                raise serializers.ValidationError(
+                    {name: ["contains a NUL character"] for name in nul}
+                )
+        return super().to_internal_value(data)
+
+
+def _values(data: Mapping, name: str) -> list[str]:
+    values = data.getlist(name) if hasattr(data, "getlist") else [data.get(name)]
+    return [v for v in values if isinstance(v, str)]
 
 
 class ObjectIdField(serializers.PrimaryKeyRelatedField):
@@ -49,6 +98,7 @@ class CampaignSerializer(serializers.ModelSerializer):
         model = Campaign
         fields = [
             "id",
+            "team",
             "name",
             "description",
             "status",
@@ -84,7 +134,7 @@ class CampaignAdminSerializer(CampaignSerializer):
         read_only_fields = fields
 
 
-class CampaignQualitySettings(serializers.Serializer):
+class CampaignQualitySettings(InputSerializer):
     """The gold / onboarding / adaptive overlap / task order settings, shared by create and
     update (update makes every field optional)."""
 
@@ -125,6 +175,13 @@ class CampaignQualitySettings(serializers.Serializer):
 
 
 class CampaignCreateSerializer(CampaignQualitySettings):
+    team = serializers.IntegerField(
+        min_value=1,
+        max_value=2**62,
+        required=False,
+        help_text="The team that runs the campaign (one you manage); needed only when you "
+        "manage several.",
+    )
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     completions_per_task = serializers.IntegerField(
@@ -147,13 +204,19 @@ class CampaignUpdateSerializer(CampaignQualitySettings):
     allow_fail = serializers.BooleanField(required=False)
 
 
-class CampaignStatusSerializer(serializers.Serializer):
+class CampaignStatusSerializer(InputSerializer):
     status = serializers.ChoiceField(choices=Campaign.Status.choices)
 
 
-class MembersSerializer(serializers.Serializer):
+class MembersSerializer(InputSerializer):
     usernames = serializers.ListField(
         child=serializers.CharField(max_length=150), allow_empty=False, max_length=1000
+    )
+    role = serializers.ChoiceField(
+        choices=Membership.Role.choices,
+        required=False,
+        help_text="Adding: the role these users get (new members default to labeller); "
+        "members already there take this role when it is given.",
     )
 
     def validate_usernames(self, usernames: list[str]) -> list:
@@ -164,7 +227,7 @@ class MembersSerializer(serializers.Serializer):
         return users
 
 
-class ImportSerializer(serializers.Serializer):
+class ImportSerializer(InputSerializer):
     file = serializers.FileField()
     format = serializers.ChoiceField(choices=["jsonl", "csv"], required=False)
 
@@ -173,6 +236,38 @@ class ImportResultSerializer(serializers.Serializer):
     prompts = serializers.IntegerField()
     tasks = serializers.IntegerField()
     completions = serializers.IntegerField()
+
+
+class ImportErrorSerializer(serializers.Serializer):
+    line = serializers.IntegerField()
+    field = serializers.CharField(allow_null=True)
+    message = serializers.CharField()
+
+
+class ImportJobSerializer(serializers.ModelSerializer):
+    """A large import run by a worker: its stage, then what was stored or why nothing was."""
+
+    campaign = serializers.IntegerField(source="campaign_id", read_only=True)
+    result = ImportResultSerializer(read_only=True, allow_null=True, source="result_or_none")
+    errors = ImportErrorSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = ImportJob
+        fields = [
+            "id",
+            "campaign",
+            "filename",
+            "size",
+            "status",
+            "stage",
+            "records",
+            "result",
+            "errors",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
 
 
 # --- Guidelines ---------------------------------------------------------------------------------
@@ -185,11 +280,11 @@ class GuidelineSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class GuidelinePublishSerializer(serializers.Serializer):
+class GuidelinePublishSerializer(InputSerializer):
     text = serializers.CharField(max_length=200_000, trim_whitespace=False)
 
 
-class AcknowledgeSerializer(serializers.Serializer):
+class AcknowledgeSerializer(InputSerializer):
     version = serializers.IntegerField(min_value=1, max_value=MAX_ID)
 
 
@@ -212,9 +307,11 @@ class AssignmentPromptSerializer(serializers.Serializer):
 
 class AssignmentSerializer(serializers.ModelSerializer):
     """An assignment as the labeller page shows it. The fields document the shape (OpenAPI);
-    :func:`assignment_body` builds it, since this is the labelling hot path."""
+    :func:`assignment_body` builds it, since this is the labelling hot path.
 
-    task = serializers.IntegerField(source="task_id", read_only=True)
+    No task id: a gold task's id is the same for every labeller and follows the import order,
+    so it would tell gold tasks from real ones; the assignment's own id names the work."""
+
     campaign = serializers.IntegerField(source="campaign_id", read_only=True)
     prompt = AssignmentPromptSerializer(read_only=True)
     completions = LabellerCompletionSerializer(many=True, read_only=True)
@@ -226,7 +323,6 @@ class AssignmentSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "campaign",
-            "task",
             "status",
             "assigned_at",
             "lease_expires_at",
@@ -258,7 +354,6 @@ def assignment_body(assignment: Assignment) -> dict:
     return {
         "id": assignment.pk,
         "campaign": assignment.campaign_id,
-        "task": assignment.task_id,
         "status": assignment.status,
         "assigned_at": _when(assignment.assigned_at),
         "lease_expires_at": _when(assignment.lease_expires_at),
@@ -274,7 +369,8 @@ def assignment_body(assignment: Assignment) -> dict:
 
 
 class AssignmentSummarySerializer(serializers.ModelSerializer):
-    task = serializers.IntegerField(source="task_id", read_only=True)
+    """One of your assignments (no task id: see :class:`AssignmentSerializer`)."""
+
     campaign = serializers.IntegerField(source="campaign_id", read_only=True)
 
     class Meta:
@@ -282,7 +378,6 @@ class AssignmentSummarySerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "campaign",
-            "task",
             "status",
             "assigned_at",
             "lease_expires_at",
@@ -308,13 +403,14 @@ class LabelField(serializers.Field):
         return value
 
 
-class RankingItemInputSerializer(serializers.Serializer):
+class RankingItemInputSerializer(InputSerializer):
     completion = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     rank = LabelField()
 
 
-class RankingInputSerializer(serializers.Serializer):
-    items = RankingItemInputSerializer(many=True, allow_empty=False)
+class RankingInputSerializer(InputSerializer):
+    # At most one item per completion, refused before any item is checked.
+    items = RankingItemInputSerializer(many=True, allow_empty=False, max_length=MAX_COMPLETIONS)
     time_spent_ms = serializers.IntegerField(min_value=0, max_value=7 * 24 * 3600 * 1000)
     comment = serializers.CharField(
         required=False,
@@ -336,8 +432,17 @@ class RankingItemSerializer(serializers.Serializer):
 
 
 class RankingSerializer(serializers.ModelSerializer):
+    """A ranking. ``task`` only for those who view its campaign (context ``viewed``: the ids of
+    those campaigns), null for a labeller reading their own: task ids would tell gold tasks
+    apart (see :class:`AssignmentSerializer`)."""
+
     assignment = serializers.IntegerField(source="assignment_id", read_only=True)
-    task = serializers.IntegerField(source="task_id", read_only=True)
+    task = serializers.IntegerField(
+        source="task_id",
+        read_only=True,
+        allow_null=True,
+        help_text="Null for its labeller; the task for those who run or review the campaign.",
+    )
     campaign = serializers.IntegerField(source="campaign_id", read_only=True)
     labeller = serializers.IntegerField(source="labeller_id", read_only=True)
     guideline_version = serializers.IntegerField(
@@ -361,15 +466,21 @@ class RankingSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    def to_representation(self, instance: Ranking) -> dict:
+        data = super().to_representation(instance)
+        if instance.campaign_id not in self.context.get("viewed", ()):
+            data["task"] = None
+        return data
+
 
 def ranking_body(result) -> dict:
-    """A just-submitted ranking in RankingSerializer's shape, built from what the service
-    returned rather than read back from the database."""
+    """A just-submitted ranking in RankingSerializer's shape as its labeller sees it (no task
+    id), built from what the service returned rather than read back from the database."""
     ranking = result.ranking
     return {
         "id": ranking.pk,
         "assignment": ranking.assignment_id,
-        "task": ranking.task_id,
+        "task": None,
         "campaign": ranking.campaign_id,
         "labeller": ranking.labeller_id,
         "guideline_version": result.guideline_version,
@@ -380,7 +491,7 @@ def ranking_body(result) -> dict:
     }
 
 
-class SkipSerializer(serializers.Serializer):
+class SkipSerializer(InputSerializer):
     reason = serializers.CharField(max_length=2000)
 
 
@@ -413,7 +524,7 @@ class LabellerProgressSerializer(serializers.Serializer):
 # --- Agreement, labeller quality and exports ----------------------------------------------------
 
 
-class AgreementQuerySerializer(serializers.Serializer):
+class AgreementQuerySerializer(QuerySerializer):
     fail_policy = serializers.ChoiceField(
         choices=FAIL_POLICIES,
         default="rank_last",
@@ -430,13 +541,13 @@ class AgreementQuerySerializer(serializers.Serializer):
     page_size = serializers.IntegerField(min_value=1, max_value=1000, default=100)
 
 
-class LabellerQuerySerializer(serializers.Serializer):
+class LabellerQuerySerializer(QuerySerializer):
     fail_policy = serializers.ChoiceField(choices=FAIL_POLICIES, default="rank_last")
     resamples = serializers.IntegerField(min_value=0, max_value=10_000, default=1000)
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
 
 
-class PairsQuerySerializer(serializers.Serializer):
+class PairsQuerySerializer(QuerySerializer):
     ties = serializers.BooleanField(
         default=False, help_text="Export tied completions as pairs marked tie (margin 0)."
     )
@@ -453,13 +564,13 @@ class PairsQuerySerializer(serializers.Serializer):
     )
 
 
-class CampaignFilterSerializer(serializers.Serializer):
+class CampaignFilterSerializer(QuerySerializer):
     campaign = serializers.IntegerField(
         required=False, min_value=1, max_value=MAX_ID, help_text="Only this campaign's."
     )
 
 
-class RankingsExportQuerySerializer(serializers.Serializer):
+class RankingsExportQuerySerializer(QuerySerializer):
     format = serializers.ChoiceField(choices=["jsonl", "csv"], default="jsonl")
 
 
@@ -562,10 +673,10 @@ class LabellerTableSerializer(serializers.Serializer):
 # --- Gold tasks and task order ------------------------------------------------------------------
 
 
-class GoldReferenceInputSerializer(serializers.Serializer):
+class GoldReferenceInputSerializer(InputSerializer):
     """A gold task's reference ranking, shaped like a submitted ranking."""
 
-    items = RankingItemInputSerializer(many=True, allow_empty=False)
+    items = RankingItemInputSerializer(many=True, allow_empty=False, max_length=MAX_COMPLETIONS)
 
 
 class GoldTaskSerializer(serializers.Serializer):
@@ -583,7 +694,7 @@ class GoldTaskSerializer(serializers.Serializer):
         ]
 
 
-class GoldQuerySerializer(serializers.Serializer):
+class GoldQuerySerializer(QuerySerializer):
     fail_policy = serializers.ChoiceField(choices=FAIL_POLICIES, default="rank_last")
     resamples = serializers.IntegerField(min_value=0, max_value=10_000, default=1000)
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)

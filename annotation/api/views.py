@@ -11,26 +11,25 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotation import agreement_figures, exports, selectors, services
+from annotation import agreement_figures, exports, permissions, selectors, services
 from annotation.agreement import Bootstrap, FlagRule
 from annotation.api import serializers as s
+from annotation.api.parsers import LimitedJSONParser
 from annotation.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
-from annotation.models import Guideline
+from annotation.models import Guideline, ImportJob
 
 
-def _require_admin(request: Request) -> None:
-    if not selectors.is_admin(request.user):
-        raise PermissionDenied("only campaign admins can do this")
-
-
-def _campaign_serializer(request: Request) -> type[s.CampaignSerializer]:
-    """Admins see the gold, onboarding, overlap and task-order settings; labellers do not."""
-    return s.CampaignAdminSerializer if selectors.is_admin(request.user) else s.CampaignSerializer
+def _campaign_body(request: Request, campaign) -> dict:
+    """Those who run or review a campaign see its gold, onboarding, overlap and task-order
+    settings; labellers do not."""
+    if permissions.can(request.user, permissions.VIEW, campaign):
+        return s.CampaignAdminSerializer(campaign).data
+    return s.CampaignSerializer(campaign).data
 
 
 def _with_guideline_version(campaigns):
@@ -58,8 +57,9 @@ class CampaignViewSet(viewsets.ViewSet):
 
     lookup_value_regex = "[0-9]+"
 
-    def _campaign(self, request: Request, pk) -> object:
-        return selectors.campaign_get_for(user=request.user, campaign_id=_int(pk, "id"))
+    def _campaign(self, request: Request, pk, perm: str | None = None) -> object:
+        """The campaign (404 if unseen); with ``perm``, 403 unless the user's roles give it."""
+        return selectors.campaign_get_for(user=request.user, campaign_id=_int(pk, "id"), perm=perm)
 
     def _annotated(self, request: Request, pk):
         campaign = (
@@ -74,16 +74,18 @@ class CampaignViewSet(viewsets.ViewSet):
     @extend_schema(responses=s.CampaignSerializer(many=True))
     def list(self, request: Request) -> Response:
         campaigns = _with_guideline_version(selectors.campaign_list_for(user=request.user))
-        return Response(_campaign_serializer(request)(campaigns, many=True).data)
+        return Response([_campaign_body(request, campaign) for campaign in campaigns])
 
     @extend_schema(responses=s.CampaignSerializer)
     def retrieve(self, request: Request, pk=None) -> Response:
-        return Response(_campaign_serializer(request)(self._annotated(request, pk)).data)
+        return Response(_campaign_body(request, self._annotated(request, pk)))
 
     @extend_schema(request=s.CampaignCreateSerializer, responses={201: s.CampaignAdminSerializer})
     def create(self, request: Request) -> Response:
-        _require_admin(request)
+        if not permissions.creates_campaigns(request.user):
+            raise PermissionDenied("only team managers create campaigns")
         data = _valid(s.CampaignCreateSerializer, request)
+        data["team"] = services.campaign_team_choose(user=request.user, team_id=data.get("team"))
         campaign = services.campaign_create(created_by=request.user, **data)
         return Response(
             s.CampaignAdminSerializer(self._annotated(request, campaign.pk)).data,
@@ -92,8 +94,7 @@ class CampaignViewSet(viewsets.ViewSet):
 
     @extend_schema(request=s.CampaignUpdateSerializer, responses=s.CampaignAdminSerializer)
     def partial_update(self, request: Request, pk=None) -> Response:
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        campaign = self._campaign(request, pk, permissions.CHANGE)
         data = _valid(s.CampaignUpdateSerializer, request)
         services.campaign_update(campaign=campaign, **data)
         return Response(s.CampaignAdminSerializer(self._annotated(request, pk)).data)
@@ -101,8 +102,7 @@ class CampaignViewSet(viewsets.ViewSet):
     @extend_schema(request=s.CampaignStatusSerializer, responses=s.CampaignAdminSerializer)
     @action(detail=True, methods=["post"], url_path="status")
     def set_status(self, request: Request, pk=None) -> Response:
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        campaign = self._campaign(request, pk, permissions.CHANGE)
         data = _valid(s.CampaignStatusSerializer, request)
         services.campaign_set_status(campaign=campaign, status=data["status"])
         return Response(s.CampaignAdminSerializer(self._annotated(request, pk)).data)
@@ -115,14 +115,14 @@ class CampaignViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["post", "delete"])
     def members(self, request: Request, pk=None) -> Response:
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
-        users = _valid(s.MembersSerializer, request)["usernames"]
+        campaign = self._campaign(request, pk, permissions.CHANGE)
+        data = _valid(s.MembersSerializer, request)
+        users = data["usernames"]
         if request.method == "DELETE":
             for user in users:
                 services.campaign_remove_member(campaign=campaign, user=user)
             return Response(status=status.HTTP_204_NO_CONTENT)
-        added = services.campaign_add_members(campaign=campaign, users=users)
+        added = services.campaign_add_members(campaign=campaign, users=users, role=data.get("role"))
         return Response({"added": added})
 
     @extend_schema(methods=["GET"], responses=s.GuidelineSerializer(many=True), request=None)
@@ -136,7 +136,7 @@ class CampaignViewSet(viewsets.ViewSet):
         """All guideline versions, newest first; admins publish a new one with POST."""
         campaign = self._campaign(request, pk)
         if request.method == "POST":
-            _require_admin(request)
+            selectors.require(user=request.user, perm=permissions.CHANGE, campaign=campaign)
             data = _valid(s.GuidelinePublishSerializer, request)
             guideline = services.guideline_publish(
                 campaign=campaign, text=data["text"], created_by=request.user
@@ -162,7 +162,8 @@ class CampaignViewSet(viewsets.ViewSet):
         return Response({"acknowledged": current.version})
 
     @extend_schema(
-        request={"multipart/form-data": s.ImportSerializer}, responses=s.ImportResultSerializer
+        request={"multipart/form-data": s.ImportSerializer},
+        responses={201: s.ImportResultSerializer, 202: s.ImportJobSerializer},
     )
     @action(
         detail=True,
@@ -171,18 +172,42 @@ class CampaignViewSet(viewsets.ViewSet):
         parser_classes=[MultiPartParser, FormParser],
     )
     def import_file(self, request: Request, pk=None) -> Response:
-        """Import prompts and completions from a JSONL or CSV file; all or nothing."""
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        """Import prompts and completions from a JSONL or CSV file; all or nothing. A file
+        larger than ``IMPORT_BACKGROUND_BYTES`` is imported by a worker: 202 with the job, whose
+        stage and outcome ``GET .../imports/{job}/`` reports (``Location``)."""
+        campaign = self._campaign(request, pk, permissions.CHANGE)
         data = _valid(s.ImportSerializer, request)
         upload = data["file"]
-        result = services.campaign_import_file(
+        outcome = services.campaign_import_upload(
             campaign=campaign,
             file=upload,
             filename=upload.name or "upload",
             fmt=data.get("format"),
+            created_by=request.user,
         )
-        return Response(s.ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)
+        if isinstance(outcome, ImportJob):
+            location = f"/api/campaigns/{campaign.pk}/imports/{outcome.pk}/"
+            return Response(
+                s.ImportJobSerializer(outcome).data,
+                status=status.HTTP_202_ACCEPTED,
+                headers={"Location": location},
+            )
+        return Response(s.ImportResultSerializer(outcome).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=s.ImportJobSerializer)
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"imports/(?P<job_id>[0-9]+)",
+        url_name="import-job",
+    )
+    def import_job(self, request: Request, pk=None, job_id=None) -> Response:
+        """A large import's stage, then what it stored or its line-numbered errors."""
+        campaign = self._campaign(request, pk, permissions.CHANGE)
+        job = campaign.import_jobs.filter(pk=_int(job_id, "job")).first()
+        if job is None:
+            raise NotFound("import not found")
+        return Response(s.ImportJobSerializer(job).data)
 
     @extend_schema(
         request=None,
@@ -191,7 +216,7 @@ class CampaignViewSet(viewsets.ViewSet):
             204: OpenApiResponse(description="No task left for you in this campaign."),
         },
     )
-    @action(detail=True, methods=["post"], url_path="next-task", parser_classes=[JSONParser])
+    @action(detail=True, methods=["post"], url_path="next-task", parser_classes=[LimitedJSONParser])
     def next_task(self, request: Request, pk=None) -> Response:
         """Your open task, or a new one; 204 when nothing is left for you."""
         # The hot path: the service checks access itself (404 for a campaign you may not
@@ -204,9 +229,10 @@ class CampaignViewSet(viewsets.ViewSet):
     @extend_schema(responses={200: OpenApiResponse(description="Campaign and labeller progress")})
     @action(detail=True, methods=["get"])
     def progress(self, request: Request, pk=None) -> Response:
-        """Admins: the campaign and every labeller. Labellers: their own line only."""
+        """Those who run or review the campaign: it and every labeller. Labellers: their own
+        line only."""
         campaign = self._campaign(request, pk)
-        if selectors.is_admin(request.user):
+        if permissions.can(request.user, permissions.VIEW, campaign):
             return Response(
                 {
                     "campaign": s.CampaignProgressSerializer(
@@ -217,7 +243,9 @@ class CampaignViewSet(viewsets.ViewSet):
                     ).data,
                 }
             )
-        mine = selectors.labeller_progress(campaign=campaign, users=[request.user])
+        mine = selectors.labeller_progress(
+            campaign=campaign, users=[request.user], as_labeller=True
+        )
         return Response({"labellers": s.LabellerProgressSerializer(mine, many=True).data})
 
     @extend_schema(parameters=[s.AgreementQuerySerializer], responses=s.AgreementResponseSerializer)
@@ -226,8 +254,7 @@ class CampaignViewSet(viewsets.ViewSet):
         """Admins: the campaign's agreement figures, each with n and a 95% bootstrap interval
         over tasks; pairwise agreement says its form and chance level. ``?tasks=1`` adds the
         per-task figures (pairwise agreement, Kendall's W), one page at a time."""
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        campaign = self._campaign(request, pk, permissions.VIEW)
         query = _query(s.AgreementQuerySerializer, request)
         figures = agreement_figures.campaign_agreement(
             campaign=campaign,
@@ -257,8 +284,7 @@ class CampaignViewSet(viewsets.ViewSet):
         """Admins: per labeller, agreement with the others' leave-one-out consensus (n, 95% CI),
         tasks, F rate, tie rate, median time per task, and a flag with its reason; flagged
         labellers first, then the lowest agreement first."""
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        campaign = self._campaign(request, pk, permissions.VIEW)
         query = _query(s.LabellerQuerySerializer, request)
         bootstrap = Bootstrap(resamples=query["resamples"], seed=query["seed"])
         rule = FlagRule()
@@ -281,8 +307,7 @@ class CampaignViewSet(viewsets.ViewSet):
         n, 95% interval over gold tasks), its drift per block of gold tasks or per week, the
         latest block (flagged below the campaign's onboarding threshold) and the onboarding
         outcome."""
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        campaign = self._campaign(request, pk, permissions.VIEW)
         query = _query(s.GoldQuerySerializer, request)
         table = agreement_figures.gold_table(
             campaign=campaign,
@@ -300,19 +325,18 @@ class CampaignViewSet(viewsets.ViewSet):
         request=s.GoldReferenceInputSerializer,
         responses=s.GoldTaskSerializer,
     )
-    @extend_schema(methods=["DELETE"], request=None, responses=s.GoldTaskSerializer)
+    @extend_schema(methods=["DELETE"], request=None, responses={200: s.GoldTaskSerializer})
     @action(
         detail=True,
         methods=["post", "delete"],
         url_path=r"tasks/(?P<task_id>[0-9]+)/gold",
         url_name="task-gold",
-        parser_classes=[JSONParser],
+        parser_classes=[LimitedJSONParser],
     )
     def task_gold(self, request: Request, pk=None, task_id=None) -> Response:
         """Admins: make a task gold with its reference ranking (POST, shaped like a ranking
         submit; again to replace the reference) or an ordinary task again (DELETE)."""
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        campaign = self._campaign(request, pk, permissions.CHANGE)
         tasks = selectors.task_list_for_admin(campaign=campaign)
         task = tasks.filter(pk=_int(task_id, "task")).first()
         if task is None:
@@ -333,8 +357,7 @@ class CampaignViewSet(viewsets.ViewSet):
         """Admins: preference pairs as streamed JSONL (prompt, chosen, rejected, margin and
         provenance; the same keys on every line), every labeller's as they are or aggregated
         per task."""
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        campaign = self._campaign(request, pk, permissions.EXPORT)
         query = _query(s.PairsQuerySerializer, request)
         rows = exports.ranking_rows(campaign_ids=[campaign.pk])
         chunks = exports.pairs_jsonl(rows, exports.texts_for(rows), **query)
@@ -363,8 +386,7 @@ class CampaignViewSet(viewsets.ViewSet):
     def rankings_export(self, request: Request, pk=None) -> StreamingHttpResponse:
         """Admins: every ranking, one row each, with its provenance and the label of each
         completion; JSONL or CSV (cells that a spreadsheet would run as formulas are quoted)."""
-        campaign = self._campaign(request, pk)
-        _require_admin(request)
+        campaign = self._campaign(request, pk, permissions.EXPORT)
         fmt = _query(s.RankingsExportQuerySerializer, request)["format"]
         export = exports.ranking_export(campaign_ids=[campaign.pk])
         if fmt == "csv":
@@ -423,7 +445,7 @@ class AssignmentViewSet(viewsets.ViewSet):
         responses={201: s.RankingSerializer, 200: s.RankingSerializer},
     )
     @extend_schema(methods=["GET"], responses=s.RankingSerializer, request=None)
-    @action(detail=True, methods=["get", "post"], parser_classes=[JSONParser])
+    @action(detail=True, methods=["get", "post"], parser_classes=[LimitedJSONParser])
     def ranking(self, request: Request, pk=None) -> Response:
         """Submit your ranking (idempotent: the same ranking again answers 200) or read it."""
         assignment_id = _int(pk, "id")
@@ -436,7 +458,7 @@ class AssignmentViewSet(viewsets.ViewSet):
             )
             if ranking is None:
                 raise NotFound("this assignment has no ranking yet")
-            return Response(s.RankingSerializer(ranking).data)
+            return Response(s.RankingSerializer(ranking, context=_viewed(request)).data)
         serializer = s.RankingInputSerializer(data=request.data)
         if not serializer.is_valid():
             # Someone else's assignment answers 404 whatever the body says.
@@ -462,7 +484,7 @@ class AssignmentViewSet(viewsets.ViewSet):
         )
 
     @extend_schema(request=s.SkipSerializer, responses=s.AssignmentSummarySerializer)
-    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
+    @action(detail=True, methods=["post"], parser_classes=[LimitedJSONParser])
     def skip(self, request: Request, pk=None) -> Response:
         assignment = selectors.assignment_get_for_labeller(
             labeller=request.user, assignment_id=_int(pk, "id")
@@ -488,12 +510,12 @@ class RankingViewSet(viewsets.ViewSet):
         rankings = selectors.ranking_list_for(user=request.user, campaign_id=campaign).order_by(
             "id"
         )
-        return _paginated(request, self, rankings, s.RankingSerializer)
+        return _paginated(request, self, rankings, s.RankingSerializer, context=_viewed(request))
 
     @extend_schema(responses=s.RankingSerializer)
     def retrieve(self, request: Request, pk=None) -> Response:
         ranking = selectors.ranking_get_for(user=request.user, ranking_id=_int(pk, "id"))
-        return Response(s.RankingSerializer(ranking).data)
+        return Response(s.RankingSerializer(ranking, context=_viewed(request)).data)
 
 
 def _next_for(request: Request, campaign) -> dict:
@@ -507,12 +529,19 @@ def _next_for(request: Request, campaign) -> dict:
     return {"assignment": s.assignment_body(nxt), "reason": None, "detail": ""}
 
 
-def _paginated(request: Request, view, queryset, serializer_class) -> Response:
+def _paginated(request: Request, view, queryset, serializer_class, context=None) -> Response:
     """A page of ``queryset`` as ``{count, next, previous, results}`` (``?page=``): the view's
     ``pagination_class``, which is also what the schema describes."""
     paginator = view.pagination_class()
     page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+    data = serializer_class(page, many=True, context=context or {}).data
+    return paginator.get_paginated_response(data)
+
+
+def _viewed(request: Request) -> dict:
+    """Serializer context: the campaigns whose task ids the user may see (those they view)."""
+    campaigns = permissions.campaigns_where(request.user, permissions.VIEW)
+    return {"viewed": set(campaigns.values_list("pk", flat=True))}
 
 
 def _query(serializer_class, request: Request) -> dict:

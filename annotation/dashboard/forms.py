@@ -10,7 +10,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 
 from annotation.exports import AGGREGATES, FAIL_POLICIES
-from annotation.models import Campaign
+from annotation.models import Campaign, Membership, Team
 
 
 class CampaignForm(forms.Form):
@@ -59,8 +59,15 @@ class CampaignForm(forms.Form):
         "order_seed",
     )
 
-    def __init__(self, *args, editing: bool = False, **kwargs) -> None:
+    def __init__(self, *args, editing: bool = False, teams=None, **kwargs) -> None:
+        """``teams``: where a new campaign may go; the field shows only with a choice to make
+        (one team is taken as it is, none is the services' default team)."""
         super().__init__(*args, **kwargs)
+        if teams is not None and len(teams) > 1:
+            self.fields["team"] = forms.ModelChoiceField(
+                queryset=Team.objects.filter(pk__in=[t.pk for t in teams]),
+                help_text="The team whose managers run the campaign.",
+            )
         for name in self.ADVANCED:
             model_field = Campaign._meta.get_field(name)
             self.fields[name].help_text = model_field.help_text
@@ -93,8 +100,15 @@ class StatusForm(forms.Form):
 
 class MembersForm(forms.Form):
     usernames = forms.CharField(
-        label="Add labellers",
+        label="Add members",
         help_text="Existing accounts: usernames separated by commas or spaces.",
+    )
+    role = forms.ChoiceField(
+        choices=Membership.Role.choices,
+        initial=Membership.Role.LABELLER,
+        required=False,
+        help_text="Everyone labels; reviewers also review tasks; managers also run the campaign. "
+        "Members already here take this role.",
     )
 
     def clean_usernames(self) -> list:

@@ -1,4 +1,5 @@
-"""Dashboard pages for campaigns and their quality. Staff only.
+"""Dashboard pages for campaigns and their quality, for those who run or review them: each page
+asks the role its action needs (``annotation.permissions``: view, change, export).
 
 Every write goes through ``annotation.services`` (the same calls as the API), every figure
 through ``annotation.agreement_figures`` / ``annotation.agreement`` / ``annotation.consensus``;
@@ -15,6 +16,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -29,15 +31,16 @@ from annotation import (
     consensus,
     exports,
     importing,
+    permissions,
     selectors,
     services,
 )
 from annotation.dashboard import forms
 from annotation.errors import NotFound, ServiceError
-from annotation.models import Campaign, TaskCompletion
+from annotation.models import Campaign, ImportJob, Membership, TaskCompletion
 from annotation.pairs import FAIL
 from annotation.rendering import render_markdown
-from config.dashboard import MAX_ID, add_service_error, panels, staff_required
+from config.dashboard import MAX_ID, add_service_error, dashboard_required, panels
 
 ACTIVE_WINDOW = timedelta(hours=24)
 PAGE_SIZE = 50
@@ -46,13 +49,34 @@ PAGE_SIZE = 50
 # --- Access -------------------------------------------------------------------------------------
 
 
-def _campaign(request: HttpRequest, campaign_id: int) -> Campaign:
+def _campaign(request: HttpRequest, campaign_id: int, perm: str = permissions.VIEW) -> Campaign:
+    """The campaign if the user's roles give ``perm`` on it; 404 when they cannot see it (or see
+    it only as a labeller), 403 when they see it but their role does not reach ``perm``."""
     if campaign_id > MAX_ID:
         raise Http404("campaign not found")
     try:
-        return selectors.campaign_get_for_admin(user=request.user, campaign_id=campaign_id)
+        campaign = selectors.campaign_get_for(user=request.user, campaign_id=campaign_id)
     except NotFound as exc:
         raise Http404(exc.message) from exc
+    if not permissions.can(request.user, permissions.VIEW, campaign):
+        raise Http404("campaign not found")
+    if not permissions.can(request.user, perm, campaign):
+        raise DjangoPermissionDenied("your role in this campaign does not allow this")
+    campaign.allowed = allowed(request.user, campaign)  # what the templates offer
+    return campaign
+
+
+def allowed(user, campaign: Campaign) -> dict[str, bool]:
+    """What the page may offer ``user`` on ``campaign`` (the views check again on POST)."""
+    return {
+        name: permissions.can(user, perm, campaign)
+        for name, perm in (
+            ("change", permissions.CHANGE),
+            ("export", permissions.EXPORT),
+            ("review", permissions.REVIEW),
+            ("train", permissions.TRAIN),
+        )
+    }
 
 
 def _posted(request: HttpRequest):
@@ -67,14 +91,16 @@ def _percent(part: int, whole: int) -> int:
 # --- Campaign list ------------------------------------------------------------------------------
 
 
-@staff_required
+@dashboard_required
 @require_GET
 def campaign_list(request: HttpRequest) -> HttpResponse:
     """Every campaign: status, round, progress, today's rankings, active labellers, agreement."""
     now = timezone.now()
     start_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = []
-    for campaign in selectors.campaign_list_for(user=request.user):
+    for campaign in permissions.campaigns_where(request.user, permissions.VIEW).order_by(
+        "-created_at", "-id"
+    ):
         progress = selectors.campaign_progress(campaign=campaign)
         rankings = selectors.ranking_list_for(user=request.user, campaign_id=campaign.pk)
         rows.append(
@@ -94,16 +120,28 @@ def campaign_list(request: HttpRequest) -> HttpResponse:
                 ),
             }
         )
-    return render(request, "dashboard/campaign_list.html", {"rows": rows})
+    return render(
+        request,
+        "dashboard/campaign_list.html",
+        {"rows": rows, "creates_campaigns": permissions.creates_campaigns(request.user)},
+    )
 
 
-@staff_required
+@dashboard_required
 @require_http_methods(["GET", "POST"])
 def campaign_create(request: HttpRequest) -> HttpResponse:
-    form = forms.CampaignForm(_posted(request))
+    if not permissions.creates_campaigns(request.user):
+        raise DjangoPermissionDenied("only team managers create campaigns")
+    teams = list(permissions.teams_where(request.user, permissions.ADD))
+    form = forms.CampaignForm(_posted(request), teams=teams)
     if request.method == "POST" and form.is_valid():
+        data = dict(form.cleaned_data)
+        chosen = data.pop("team", None)
         try:
-            campaign = services.campaign_create(created_by=request.user, **form.cleaned_data)
+            team = services.campaign_team_choose(
+                user=request.user, team_id=chosen.pk if chosen else None
+            )
+            campaign = services.campaign_create(created_by=request.user, team=team, **data)
         except ServiceError as exc:
             add_service_error(form, exc)
         else:
@@ -124,6 +162,10 @@ def _detail(request: HttpRequest, campaign: Campaign, *, status: int = 200, **fo
     progress = selectors.campaign_progress(campaign=campaign)
     guideline = selectors.current_guideline(campaign=campaign)
     labellers = selectors.labeller_progress(campaign=campaign)
+    roles = {
+        user_id: Membership.Role(role).name.lower()
+        for user_id, role in campaign.memberships.values_list("user_id", "role")
+    }
     acknowledged = set(
         campaign.memberships.filter(acknowledged_guideline=guideline).values_list(
             "user_id", flat=True
@@ -138,7 +180,12 @@ def _detail(request: HttpRequest, campaign: Campaign, *, status: int = 200, **fo
         "rankings_percent": _percent(progress.rankings, progress.target_rankings),
         "guideline": guideline,
         "labellers": [
-            {"row": row, "acknowledged": row.user_id in acknowledged} for row in labellers
+            {
+                "row": row,
+                "acknowledged": row.user_id in acknowledged,
+                "role": roles.get(row.user_id, ""),
+            }
+            for row in labellers
         ],
         "transitions": [
             (status_value, Campaign.Status(status_value).label)
@@ -157,17 +204,17 @@ def _detail(request: HttpRequest, campaign: Campaign, *, status: int = 200, **fo
     return render(request, "dashboard/campaign_detail.html", context, status=status)
 
 
-@staff_required
+@dashboard_required
 @require_GET
 def campaign_detail(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """A campaign's overview: progress, labellers, status, members, exports, links."""
     return _detail(request, _campaign(request, campaign_id))
 
 
-@staff_required
+@dashboard_required
 @require_http_methods(["GET", "POST"])
 def campaign_edit(request: HttpRequest, campaign_id: int) -> HttpResponse:
-    campaign = _campaign(request, campaign_id)
+    campaign = _campaign(request, campaign_id, permissions.CHANGE)
     initial = {name: getattr(campaign, name) for name in forms.CampaignForm.base_fields}
     form = forms.CampaignForm(_posted(request), initial=initial, editing=True)
     if request.method == "POST" and form.is_valid():
@@ -186,11 +233,11 @@ def campaign_edit(request: HttpRequest, campaign_id: int) -> HttpResponse:
     )
 
 
-@staff_required
+@dashboard_required
 @require_POST
 def campaign_status(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """Pause, resume, activate or close (services.campaign_set_status guards the moves)."""
-    campaign = _campaign(request, campaign_id)
+    campaign = _campaign(request, campaign_id, permissions.CHANGE)
     form = forms.StatusForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Unknown status.")
@@ -206,22 +253,26 @@ def campaign_status(request: HttpRequest, campaign_id: int) -> HttpResponse:
     return redirect("dashboard:campaign", campaign_id=campaign.pk)
 
 
-@staff_required
+@dashboard_required
 @require_POST
 def members_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
-    campaign = _campaign(request, campaign_id)
+    campaign = _campaign(request, campaign_id, permissions.CHANGE)
     form = forms.MembersForm(request.POST)
     if not form.is_valid():
         return _detail(request, campaign, members_form=form, status=400)
-    added = services.campaign_add_members(campaign=campaign, users=form.cleaned_data["usernames"])
-    messages.success(request, f"Added {added} labeller{'s' if added != 1 else ''}.")
+    added = services.campaign_add_members(
+        campaign=campaign,
+        users=form.cleaned_data["usernames"],
+        role=form.cleaned_data["role"] or None,
+    )
+    messages.success(request, f"Added {added} member{'s' if added != 1 else ''}.")
     return redirect("dashboard:campaign", campaign_id=campaign.pk)
 
 
-@staff_required
+@dashboard_required
 @require_POST
 def member_remove(request: HttpRequest, campaign_id: int) -> HttpResponse:
-    campaign = _campaign(request, campaign_id)
+    campaign = _campaign(request, campaign_id, permissions.CHANGE)
     form = forms.RemoveMemberForm(request.POST)
     user = None
     if form.is_valid():
@@ -234,11 +285,11 @@ def member_remove(request: HttpRequest, campaign_id: int) -> HttpResponse:
     return redirect("dashboard:campaign", campaign_id=campaign.pk)
 
 
-@staff_required
+@dashboard_required
 @require_POST
 def labeller_invite(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """Create a labeller account and show its one-time password, once (never stored in clear)."""
-    campaign = _campaign(request, campaign_id)
+    campaign = _campaign(request, campaign_id, permissions.CHANGE)
     form = forms.InviteForm(request.POST)
     if form.is_valid():
         try:
@@ -264,11 +315,13 @@ def labeller_invite(request: HttpRequest, campaign_id: int) -> HttpResponse:
 # --- Guidelines ---------------------------------------------------------------------------------
 
 
-@staff_required
+@dashboard_required
 @require_http_methods(["GET", "POST"])
 def guidelines(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """The markdown editor with a live preview, and every published version."""
-    campaign = _campaign(request, campaign_id)
+    campaign = _campaign(
+        request, campaign_id, permissions.CHANGE if request.method == "POST" else permissions.VIEW
+    )
     current = selectors.current_guideline(campaign=campaign)
     form = forms.GuidelineForm(_posted(request), initial={"text": current.text if current else ""})
     if request.method == "POST" and form.is_valid():
@@ -307,7 +360,7 @@ def guidelines(request: HttpRequest, campaign_id: int) -> HttpResponse:
     )
 
 
-@staff_required
+@dashboard_required
 @require_POST
 def guidelines_preview(request: HttpRequest) -> JsonResponse:
     """Markdown in, sanitised HTML out (annotation.rendering, as labellers will see it)."""
@@ -320,21 +373,23 @@ def guidelines_preview(request: HttpRequest) -> JsonResponse:
 # --- Import -------------------------------------------------------------------------------------
 
 
-@staff_required
+@dashboard_required
 @require_http_methods(["GET", "POST"])
 def campaign_import(request: HttpRequest, campaign_id: int) -> HttpResponse:
-    """Upload JSONL/CSV (services.campaign_import: all or nothing, errors by line)."""
-    campaign = _campaign(request, campaign_id)
+    """Upload JSONL/CSV (services.campaign_import_upload: all or nothing, errors by line). A
+    large file is imported by a worker: the page then follows the job (``?job=``) until done."""
+    campaign = _campaign(request, campaign_id, permissions.CHANGE)
     form = forms.ImportForm(_posted(request), request.FILES or None)
-    line_errors: list[importing.LineError] = []
+    line_errors: list = []
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         try:
-            result = services.campaign_import(
+            outcome = services.campaign_import_upload(
                 campaign=campaign,
-                data=upload.read(),
+                file=upload,
                 filename=upload.name or "upload",
                 fmt=form.cleaned_data["format"] or None,
+                created_by=request.user,
             )
         except importing.ImportFailed as exc:
             line_errors = exc.errors
@@ -342,18 +397,28 @@ def campaign_import(request: HttpRequest, campaign_id: int) -> HttpResponse:
         except ServiceError as exc:
             add_service_error(form, exc)
         else:
+            if isinstance(outcome, ImportJob):
+                url = reverse("dashboard:import", args=[campaign.pk])
+                return redirect(f"{url}?job={outcome.pk}")
             messages.success(
                 request,
-                f"Imported {result.prompts} prompts, {result.completions} completions and "
-                f"{result.tasks} tasks from {upload.name}.",
+                f"Imported {outcome.prompts} prompts, {outcome.completions} completions and "
+                f"{outcome.tasks} tasks from {upload.name}.",
             )
             return redirect("dashboard:campaign", campaign_id=campaign.pk)
+    job = None
+    job_id = request.GET.get("job", "")
+    if job_id.isdigit() and int(job_id) <= MAX_ID:
+        job = campaign.import_jobs.filter(pk=int(job_id)).first()
+        if job is not None and job.status == ImportJob.Status.FAILED:
+            line_errors = job.errors
     return render(
         request,
         "dashboard/import.html",
         {
             "campaign": campaign,
             "form": form,
+            "job": job,
             "line_errors": line_errors[:500],
             "more_errors": max(0, len(line_errors) - 500),
             "progress": selectors.campaign_progress(campaign=campaign),
@@ -381,7 +446,7 @@ def _trend_json(points: list[agreement_figures.TrendPoint]) -> list[dict[str, An
     ]
 
 
-@staff_required
+@dashboard_required
 @require_GET
 def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """Agreement figures (form, chance, n, 95% CI), their trend, and the labeller table."""
@@ -490,7 +555,7 @@ def _task_rows(task_ids: list[int]) -> dict[int, list[tuple[int, int, str, str]]
     return slots
 
 
-@staff_required
+@dashboard_required
 @require_GET
 def labeller_detail(request: HttpRequest, campaign_id: int, user_id: int) -> HttpResponse:
     """One labeller's rankings next to the other labellers' consensus on the same tasks."""
@@ -553,7 +618,7 @@ def labeller_detail(request: HttpRequest, campaign_id: int, user_id: int) -> Htt
     )
 
 
-@staff_required
+@dashboard_required
 @require_GET
 def task_list(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """The campaign's tasks with their rankings count and per-task agreement."""
@@ -574,7 +639,7 @@ def task_list(request: HttpRequest, campaign_id: int) -> HttpResponse:
     )
 
 
-@staff_required
+@dashboard_required
 @require_GET
 def task_detail(request: HttpRequest, campaign_id: int, task_id: int) -> HttpResponse:
     """A task's completions with every labeller's ranking side by side and the consensus."""
@@ -589,12 +654,12 @@ def _task(campaign: Campaign, task_id: int):
     return task
 
 
-@staff_required
+@dashboard_required
 @require_POST
 def task_gold(request: HttpRequest, campaign_id: int, task_id: int) -> HttpResponse:
     """Make the task a gold task with the reference ranking posted (``rank-<completion id>``
     per completion: 1..N or F), or an ordinary task again (``action=unmark``)."""
-    campaign = _campaign(request, campaign_id)
+    campaign = _campaign(request, campaign_id, permissions.CHANGE)
     task = _task(campaign, task_id)
     try:
         if request.POST.get("action") == "unmark":

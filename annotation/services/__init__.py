@@ -29,8 +29,10 @@ from annotation.services.campaigns import (
     campaign_create,
     campaign_remove_member,
     campaign_set_status,
+    campaign_team_choose,
     campaign_update,
     labeller_invite,
+    team_default,
 )
 from annotation.services.gold import task_mark_gold, task_unmark_gold
 from annotation.services.guidelines import guideline_acknowledge, guideline_publish
@@ -38,6 +40,8 @@ from annotation.services.imports import (
     ImportResult,
     campaign_import,
     campaign_import_file,
+    campaign_import_upload,
+    import_job_run,
     task_statistics_refresh,
     tasks_create,
 )
@@ -61,11 +65,14 @@ __all__ = [
     "campaign_create",
     "campaign_import",
     "campaign_import_file",
+    "campaign_import_upload",
     "campaign_remove_member",
     "campaign_set_status",
+    "campaign_team_choose",
     "campaign_update",
     "guideline_acknowledge",
     "guideline_publish",
+    "import_job_run",
     "initial_overlap",
     "labeller_invite",
     "normalise_items",
@@ -78,4 +85,5 @@ __all__ = [
     "task_statistics_refresh",
     "task_unmark_gold",
     "tasks_create",
+    "team_default",
 ]

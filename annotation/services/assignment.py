@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from annotation import agreement_figures, selectors, sql
+from annotation import agreement_figures, permissions, selectors, sql
 from annotation.errors import Busy, Conflict, NotFound, PermissionDenied
 from annotation.models import (
     Assignment,
@@ -74,14 +74,16 @@ def _require_member(*, campaign_id: int, labeller: User) -> Membership:
     """Lock and return the labeller's membership row, with its campaign (this serialises the
     labeller's own assignment requests).
 
-    404 for a campaign the labeller may not see (drafts are admin-only); ``not_a_member`` for
-    one they see without being a member (an admin, say).
+    404 for a campaign the labeller may not see (drafts only for those who run it);
+    ``not_a_member`` for one they see without being a member (a team manager, say).
     """
     membership = sql.MEMBERSHIP_LOCK.first(campaign_id=campaign_id, user_id=labeller.pk)
     if membership is None:
         selectors.campaign_get_for(user=labeller, campaign_id=campaign_id)  # 404 if unseen
         raise PermissionDenied("you are not a member of this campaign", code="not_a_member")
-    if membership.campaign.status == Campaign.Status.DRAFT and not selectors.is_admin(labeller):
+    if membership.campaign.status == Campaign.Status.DRAFT and not permissions.can(
+        labeller, permissions.VIEW, membership.campaign
+    ):
         raise NotFound("campaign not found")
     return membership
 

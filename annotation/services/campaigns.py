@@ -18,13 +18,16 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.errors import Conflict, InvalidInput
+from accounts.services import account_require_password_change
+from annotation import permissions
+from annotation.errors import Conflict, InvalidInput, PermissionDenied
 from annotation.models import (
     MAX_COMPLETIONS,
     MIN_COMPLETIONS,
     Assignment,
     Campaign,
     Membership,
+    Team,
 )
 from annotation.services.assignment import assignment_release
 from annotation.services.overlap import retarget_tasks
@@ -82,11 +85,43 @@ def _check_campaign_settings(
         raise InvalidInput("must be between 0 and 2^31 - 1", field="order_seed")
 
 
+DEFAULT_TEAM = "Default team"
+
+
+def team_default() -> Team:
+    """The team of an installation that never named one: campaigns created without a team
+    (the demo, scripts, a superuser's first campaign) go there."""
+    team, _ = Team.objects.get_or_create(name=DEFAULT_TEAM)
+    return team
+
+
+def campaign_team_choose(*, user: User, team_id: int | None) -> Team:
+    """The team a new campaign of ``user`` goes to: ``team_id`` if they manage it, else the one
+    team they manage (a superuser on an installation without teams: :func:`team_default`).
+    403 for someone who may create campaigns nowhere; 400 naming ``team`` for a team that is not
+    theirs, or for no team named while they manage several."""
+    if not permissions.creates_campaigns(user):
+        raise PermissionDenied("only team managers create campaigns")
+    teams = permissions.teams_where(user, permissions.ADD)
+    if team_id is not None:
+        team = teams.filter(pk=team_id).first()
+        if team is None:
+            raise InvalidInput("no team with this id that you manage", field="team")
+        return team
+    mine = list(teams[:2])
+    if len(mine) == 1:
+        return mine[0]
+    if not mine:
+        return team_default()
+    raise InvalidInput("you manage several teams: say which one", field="team")
+
+
 @transaction.atomic
 def campaign_create(
     *,
     created_by: User | None,
     name: str,
+    team: Team | None = None,
     description: str = "",
     completions_per_task: int = 4,
     overlap: int = 3,
@@ -101,8 +136,9 @@ def campaign_create(
     task_order: str = Campaign.TaskOrder.SEQUENTIAL,
     order_seed: int = 0,
 ) -> Campaign:
-    """Create a draft campaign. ``overlap_min`` (k_min) turns on adaptive overlap up to
-    ``overlap`` (k_max); see :class:`annotation.models.Campaign` for the other settings."""
+    """Create a draft campaign in ``team`` (:func:`team_default` when none is given).
+    ``overlap_min`` (k_min) turns on adaptive overlap up to ``overlap`` (k_max); see
+    :class:`annotation.models.Campaign` for the other settings."""
     quality_settings = {
         "overlap_min": overlap_min,
         "reopen_below": reopen_below,
@@ -116,6 +152,7 @@ def campaign_create(
         completions_per_task=completions_per_task, overlap=overlap, **quality_settings
     )
     return Campaign.objects.create(
+        team=team or team_default(),
         name=name,
         description=description,
         completions_per_task=completions_per_task,
@@ -193,11 +230,30 @@ def campaign_set_status(*, campaign: Campaign, status: str) -> Campaign:
 
 
 @transaction.atomic
-def campaign_add_members(*, campaign: Campaign, users: Iterable[User]) -> int:
-    """Add labellers; members already there are left as they are. Returns how many were added."""
+def campaign_add_members(
+    *, campaign: Campaign, users: Iterable[User], role: str | None = None
+) -> int:
+    """Add members with ``role`` (labeller when none is given). Members already there keep
+    their place; with a ``role`` they take it. Returns how many were added.
+
+    Refuses deactivated accounts: their rankings stay, but they take no new work."""
+    users = list(users)
+    if role is not None and role not in Membership.Role.values:
+        raise InvalidInput(f"unknown role {role!r}", field="role")
+    inactive = sorted(u.get_username() for u in users if not u.is_active)
+    if inactive:
+        raise InvalidInput(f"deactivated account(s): {', '.join(inactive)}", field="usernames")
     existing = set(campaign.memberships.values_list("user_id", flat=True))
-    new = [Membership(campaign=campaign, user=u) for u in users if u.pk not in existing]
+    new = [
+        Membership(campaign=campaign, user=u, role=role or Membership.Role.LABELLER)
+        for u in users
+        if u.pk not in existing
+    ]
     Membership.objects.bulk_create(new, ignore_conflicts=True)
+    if role is not None:
+        campaign.memberships.filter(user__in=[u.pk for u in users if u.pk in existing]).update(
+            role=role
+        )
     return len(new)
 
 
@@ -222,8 +278,10 @@ def labeller_invite(*, campaign: Campaign, username: str, email: str = "") -> tu
     """Create a labeller account with a random one-time password and add it to the campaign.
 
     Returns ``(user, password)``; the password is stored only as its hash, so the caller shows
-    it once and it cannot be read back. The labeller logs in with it and changes it
-    (``/accounts/password_change/``). Refuses an invalid or taken username and an invalid email.
+    it once and it cannot be read back. The labeller logs in with it and must then choose their
+    own (every page sends them to ``/accounts/password_change/`` until they have, and the API
+    refuses them: accounts/middleware.py). Refuses an invalid or taken username and an invalid
+    email.
     """
     user_model = get_user_model()
     username = (username or "").strip()
@@ -247,5 +305,6 @@ def labeller_invite(*, campaign: Campaign, username: str, email: str = "") -> tu
         raise Conflict(f"the username {username!r} is taken", field="username")
     password = secrets.token_urlsafe(INVITE_PASSWORD_BYTES)
     user = user_model.objects.create_user(username=username, email=email, password=password)
+    account_require_password_change(user=user)
     Membership.objects.create(campaign=campaign, user=user)
     return user, password

@@ -17,10 +17,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation import sql
-from annotation.errors import Conflict, InvalidInput, NotFound
+from annotation.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from annotation.models import (
     Assignment,
     Campaign,
+    Membership,
     Ranking,
     RankingItem,
     Task,
@@ -157,6 +158,13 @@ def ranking_submit(
 
     task = assignment.task  # locked with the assignment
     if status == Assignment.Status.EXPIRED:
+        # Removing a member ends their open lease, so a late submit is the only way back in
+        # for someone no longer a member: refused here (no extra statement on the live path).
+        if not Membership.objects.filter(campaign=campaign, user=labeller).exists():
+            raise PermissionDenied(
+                "you are no longer a member of this campaign; the ranking was not stored",
+                code="not_a_member",
+            )
         if task.is_gold:  # no cap: there is always room on a gold task
             task.target_overlap = max(task.target_overlap, task.active_count + 1)
         elif task.active_count >= task.target_overlap:

@@ -277,7 +277,9 @@ function showTask(assignment, { initial = false } = {}) {
   state.shownAt = performance.now();
 
   const n = assignment.completions.length;
-  el.taskId.textContent = `· task ${assignment.task}`;
+  // The assignment's number, the labeller's own: a task id would be the same for every labeller
+  // of a gold task and would tell gold tasks apart by the order they were imported in.
+  el.taskId.textContent = `· #${assignment.id}`;
   renderPrompt(assignment.prompt);
   el.cards.replaceChildren(...assignment.completions.map(buildCard));
   el.slots.replaceChildren(...Array.from({ length: n }, (_, i) => buildSlot(i + 1, n)));
@@ -295,7 +297,7 @@ function showTask(assignment, { initial = false } = {}) {
 
   const path = url("assignment", assignment.id);
   if (window.location.pathname !== path) window.history.replaceState(null, "", path);
-  document.title = `Rank · task ${assignment.task} · ${config.campaign.name}`;
+  document.title = `Rank · #${assignment.id} · ${config.campaign.name}`;
 
   update();
   markExpandable();

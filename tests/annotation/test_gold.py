@@ -16,12 +16,17 @@ from annotation import agreement_figures, exports, selectors, services
 from annotation.errors import Conflict, PermissionDenied
 from annotation.importing import ImportFailed, parse_import
 from annotation.models import Assignment, Completion, Membership, Ranking, Task
-from tests.annotation.test_concurrency import _run_all
 from tests.conftest import client_for
-from tests.factories import CampaignFactory, UserFactory, make_tasks, task_completion_ids
+from tests.factories import (
+    CampaignFactory,
+    ModelVersionFactory,
+    UserFactory,
+    make_tasks,
+    task_completion_ids,
+)
+from tests.helpers.threads import run_all
 from training import exports as training_exports
 from training.ml.synthetic import GOLD_WORDS, SyntheticLabeller, synthetic_ranking
-from training.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
 
@@ -292,7 +297,7 @@ def test_gold_assignment_looks_like_any_other(always_gold, labeller):
     campaign = setup_campaign(real=1, gold=1, labellers=[labeller], overlap=1, gold_rate=0.5)
     client = client_for(labeller)
     gold = client.post(f"/api/campaigns/{campaign.pk}/next-task/").json()
-    assert Task.objects.get(pk=gold["task"]).is_gold
+    assert Assignment.objects.get(pk=gold["id"]).task.is_gold
     items = [{"completion": c["id"], "rank": i + 1} for i, c in enumerate(gold["completions"])]
     submitted = client.post(
         f"/api/assignments/{gold['id']}/ranking/?next=1",
@@ -300,11 +305,12 @@ def test_gold_assignment_looks_like_any_other(always_gold, labeller):
         format="json",
     ).json()
     real = submitted["next"]["assignment"]
-    assert not Task.objects.get(pk=real["task"]).is_gold
+    assert not Assignment.objects.get(pk=real["id"]).task.is_gold
     assert set(gold) == set(real)
     assert "gold" not in json.dumps(gold).lower()
     mine = client.get(f"/api/rankings/?campaign={campaign.pk}").json()["results"]
-    assert {r["task"] for r in mine} == {gold["task"]}
+    assert [r["assignment"] for r in mine] == [gold["id"]]
+    assert all(r["task"] is None for r in mine)  # task ids follow the import order
     assert "gold" not in json.dumps(mine).lower()
 
 
@@ -362,7 +368,7 @@ def test_gold_prompts_are_not_policy_prompts_or_normalisation_samples(admin_user
     assert sorted(r.prompt for r in records) == [
         f"Prompt {t}: say something nice" for t in (0, 1, 2)
     ]
-    version = ModelVersion.objects.create(kind="policy", name="p0", path="/nowhere")
+    version = ModelVersionFactory()
     Completion.objects.filter(prompt__campaign=campaign).update(model_version=version)
     samples = training_exports.reference_samples(
         campaign_ids=[campaign.pk], model_version_id=version.pk
@@ -573,7 +579,7 @@ def test_gold_mixing_keeps_every_count_right_under_concurrency():
             )
             assert result.status_code == 201, result.content
 
-    _run_all(label, users)
+    run_all(label, users)
     for task in Task.objects.filter(campaign=campaign):
         ranked = Ranking.objects.filter(task=task).count()
         assert task.submitted_count == task.active_count == ranked <= task.target_overlap
@@ -607,3 +613,45 @@ def test_a_late_ranking_of_a_gold_task_is_kept_even_when_others_took_it(always_g
     assert result.created
     task = Task.objects.get(pk=late.task_id)
     assert task.active_count == 2 <= task.target_overlap and task.submitted_count == 1
+
+
+def test_a_labeller_cannot_tell_gold_from_real_tasks_through_the_api(alternate_gold, labeller):
+    """Everything a labeller's client sees while ranking (the task it is handed, the answer to
+    its submit, its progress before and after) is recorded per task, then every field is tried
+    as a tell: none may split the gold tasks from the real ones."""
+    campaign = setup_campaign(real=6, gold=6, labellers=[labeller], overlap=1, gold_rate=0.5)
+    client = client_for(labeller)
+    remaining = client.get(f"/api/campaigns/{campaign.pk}/progress/").json()["labellers"][0][
+        "remaining"
+    ]
+    seen = []
+    task = client.post(f"/api/campaigns/{campaign.pk}/next-task/").json()
+    while task:
+        items = [{"completion": c["id"], "rank": i + 1} for i, c in enumerate(task["completions"])]
+        response = client.post(
+            f"/api/assignments/{task['id']}/ranking/?next=1",
+            {"items": items, "time_spent_ms": 5},
+            format="json",
+        )
+        progress = client.get(f"/api/campaigns/{campaign.pk}/progress/").json()["labellers"][0]
+        body = response.json()
+        gold = Assignment.objects.get(pk=task["id"]).task.is_gold
+        seen.append(
+            {
+                "gold": gold,
+                "status": response.status_code,
+                "task_keys": tuple(sorted(task)),
+                "ranking_keys": tuple(sorted(k for k in body if k != "next")),
+                "drop": remaining - progress["remaining"],
+                "last": progress["remaining"] == 0,
+            }
+        )
+        remaining = progress["remaining"]
+        task = body["next"]["assignment"]
+    golds = [s for s in seen if s["gold"]]
+    reals = [s for s in seen if not s["gold"]]
+    assert golds and reals  # both kinds were served
+    for tell in ("status", "task_keys", "ranking_keys"):
+        assert {s[tell] for s in golds} == {s[tell] for s in reals}, tell
+    # Every submit but the very last takes exactly one off what is left, gold or real.
+    assert {s["drop"] for s in seen if not s["last"]} == {1}

@@ -14,6 +14,7 @@ from annotation import services
 from annotation.models import Assignment, Campaign, Completion, GuidelineAcknowledgement
 from annotation.rendering import render_markdown
 from tests.factories import CampaignFactory, PromptFactory, UserFactory
+from tests.helpers.url_matrices import PAGE_MATRIX, PAGES, ROLES
 
 pytestmark = pytest.mark.django_db
 
@@ -35,23 +36,8 @@ def page_config(response) -> dict:
 
 
 # --- who may open which page --------------------------------------------------------------------
-
-PAGES = [
-    "/",
-    "/campaigns/{c}/guidelines/",
-    "/campaigns/{c}/label/",
-    "/assignments/{a}/",
-]
-ROLES = ("anonymous", "outsider", "labeller", "other", "admin")
-# Expected status per role, for GET. 302 to the login page for anonymous visitors; other
-# people's assignments and campaigns one is not in answer 404, never 403 with data. The
-# labeller's "label" redirects to their open assignment; an admin who is not a member is told.
-PAGE_MATRIX = {
-    "/": (302, 200, 200, 200, 200),
-    "/campaigns/{c}/guidelines/": (302, 404, 200, 200, 200),
-    "/campaigns/{c}/label/": (302, 404, 302, 302, 403),
-    "/assignments/{a}/": (302, 404, 200, 404, 404),
-}
+# The matrix (each page, the status of each role) is tests/helpers/url_matrices.py, which
+# tests/test_url_coverage.py also reads.
 
 
 @pytest.mark.parametrize("template", PAGES)

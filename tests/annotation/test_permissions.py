@@ -13,6 +13,7 @@ from annotation import services
 from annotation.models import Campaign
 from tests.conftest import client_for
 from tests.factories import CampaignFactory
+from tests.helpers.url_matrices import ADMIN_ONLY, ADMIN_READS, LABELLER_WRITES, READS, ROLES
 
 pytestmark = pytest.mark.django_db
 
@@ -50,70 +51,8 @@ def call(user, method, url, data=None, fmt="json"):
     )
 
 
-# (method, url, body, expected status for: anonymous, outsider, labeller, other, admin)
-ADMIN_ONLY = [
-    ("post", "/api/campaigns/", {"name": "New"}, (403, 403, 403, 403, 201)),
-    ("patch", "/api/campaigns/{c}/", {"name": "Renamed"}, (403, 404, 403, 403, 200)),
-    ("post", "/api/campaigns/{c}/status/", {"status": "paused"}, (403, 404, 403, 403, 200)),
-    ("post", "/api/campaigns/{c}/members/", {"usernames": ["mallory"]}, (403, 404, 403, 403, 200)),
-    ("delete", "/api/campaigns/{c}/members/", {"usernames": ["bob"]}, (403, 404, 403, 403, 204)),
-    ("post", "/api/campaigns/{c}/guidelines/", {"text": "v2"}, (403, 404, 403, 403, 201)),
-    # Without a file: the admin is told which field is missing; nobody else gets that far.
-    ("post", "/api/campaigns/{c}/import/", None, (403, 404, 403, 403, 400)),
-    ("post", "/api/campaigns/{c}/tasks/{t}/gold/", {"items": []}, (403, 404, 403, 403, 400)),
-    ("delete", "/api/campaigns/{c}/tasks/{t}/gold/", None, (403, 404, 403, 403, 200)),
-    ("post", "/api/campaigns/{c}/acquisition/", {}, (403, 404, 403, 403, 409)),
-]
-READS = [
-    ("get", "/api/", None, (403, 200, 200, 200, 200)),  # DRF's index of the endpoints
-    ("get", "/api/campaigns/{c}/", None, (403, 404, 200, 200, 200)),
-    ("get", "/api/campaigns/{d}/", None, (403, 404, 404, 404, 200)),
-    ("get", "/api/campaigns/{c}/guidelines/", None, (403, 404, 200, 200, 200)),
-    ("get", "/api/campaigns/{c}/progress/", None, (403, 404, 200, 200, 200)),
-    ("get", "/api/assignments/{a}/", None, (403, 404, 200, 404, 404)),
-    ("get", "/api/assignments/{a}/ranking/", None, (403, 404, 200, 404, 404)),
-    ("get", "/api/rankings/{r}/", None, (403, 404, 200, 404, 200)),
-    # Lists: everyone their own (an outsider's is empty; tests below check the scoping).
-    ("get", "/api/assignments/", None, (403, 200, 200, 200, 200)),
-    ("get", "/api/rankings/", None, (403, 200, 200, 200, 200)),
-]
-LABELLER_WRITES = [
-    ("post", "/api/campaigns/{c}/next-task/", None, (403, 404, 200, 200, 403)),
-    (
-        "post",
-        "/api/campaigns/{c}/guidelines/acknowledge/",
-        {"version": 1},
-        (403, 404, 200, 200, 200),
-    ),
-    ("post", "/api/assignments/{a}/skip/", {"reason": "x"}, (403, 404, 409, 404, 404)),
-    (
-        "post",
-        "/api/assignments/{a}/ranking/",
-        {"items": [], "time_spent_ms": 1},
-        (403, 404, 400, 404, 404),
-    ),
-]
-# Agreement, labeller quality and exports: admins only; labellers 403, outsiders 404.
-ADMIN_READS = [
-    ("get", "/api/campaigns/{c}/agreement/", None, (403, 404, 403, 403, 200)),
-    ("get", "/api/campaigns/{c}/agreement/?tasks=1", None, (403, 404, 403, 403, 200)),
-    ("get", "/api/campaigns/{c}/labellers/", None, (403, 404, 403, 403, 200)),
-    ("get", "/api/campaigns/{c}/gold/", None, (403, 404, 403, 403, 200)),
-    ("get", "/api/campaigns/{c}/pairs/", None, (403, 404, 403, 403, 200)),
-    (
-        "get",
-        "/api/campaigns/{c}/pairs/?ties=1&fail_policy=rank_last&aggregate=ranked_pairs",
-        None,
-        (403, 404, 403, 403, 200),
-    ),
-    ("get", "/api/campaigns/{c}/rankings/export/", None, (403, 404, 403, 403, 200)),
-    ("get", "/api/campaigns/{c}/rankings/export/?format=csv", None, (403, 404, 403, 403, 200)),
-    ("get", "/api/campaigns/{d}/agreement/", None, (403, 404, 404, 404, 200)),
-    ("get", "/api/campaigns/{d}/pairs/", None, (403, 404, 404, 404, 200)),
-]
-ROLES = ("anonymous", "outsider", "labeller", "other", "admin")
-
-
+# The matrix (method, URL, body, the status of each role) is tests/helpers/url_matrices.py, which
+# tests/test_url_coverage.py also reads.
 @pytest.mark.parametrize(
     ("method", "template", "body", "expected"),
     ADMIN_ONLY + READS + LABELLER_WRITES + ADMIN_READS,
@@ -243,24 +182,28 @@ def test_token_auth_for_scripts(world):
     ],
 )
 def test_a_bad_or_revoked_token_is_refused_at_once(world, header, detail):
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
+    from accounts.models import ApiToken
+    from accounts.services import token_create, token_revoke
+
     alice = world["users"]["labeller"]
-    token = Token.objects.create(user=alice)
+    token, key = token_create(user=alice)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     assert client.get("/api/campaigns/").status_code == 200  # looked up: now compiled
     if header == "inactive":
         alice.is_active = False
         alice.save(update_fields=["is_active"])
-        header = f"Token {token.key}"
+        header = f"Token {key}"
     client.credentials(HTTP_AUTHORIZATION=header)
     response = client.get("/api/campaigns/")
     # 403, not 401: session authentication comes first, and DRF answers with its scheme.
     assert (response.status_code, response.json()["detail"]) == (403, detail)
-    token.delete()  # revoked: the next request is refused, nothing is cached
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    alice.is_active = True
+    alice.save(update_fields=["is_active"])
+    token_revoke(token=token, reason=ApiToken.RevokedReason.OWNER)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")  # revoked: refused, nothing cached
     assert client.get("/api/campaigns/").json()["detail"] == "Invalid token."
 
 

@@ -6,7 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from annotation import services
-from annotation.models import Ranking, RankingItem, Task
+from annotation.models import Assignment, Ranking, RankingItem, Task
 
 pytestmark = pytest.mark.django_db
 
@@ -234,7 +234,7 @@ def test_submit_with_next_hands_out_the_next_task_in_one_request(labeller_client
     assert response.status_code == 201
     nxt = response.json()["next"]
     assert nxt["reason"] is None
-    assert nxt["assignment"]["task"] != assignment.task_id
+    assert Assignment.objects.get(pk=nxt["assignment"]["id"]).task_id != assignment.task_id
     assert len(nxt["assignment"]["completions"]) == 4
 
 

@@ -9,12 +9,14 @@ import re
 
 import pytest
 from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.test import Client
 from rest_framework.test import APIClient
 
 from annotation import agreement_figures, services
 from annotation.models import Campaign, Guideline, Membership, Prompt, Ranking, Task
 from tests.factories import AdminFactory, CampaignFactory, UserFactory, make_tasks
+from tests.helpers.campaigns import jsonl, rank_every_task
 from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, TrainingJob
 
@@ -37,19 +39,6 @@ def field_error(response, field: str) -> str:
     """The error text shown under a form field ("" when none)."""
     match = re.search(rf'<p class="field-error" id="id_{field}_error">([^<]*)</p>', body(response))
     return html.unescape(match[1]) if match else ""
-
-
-def rank_every_task(campaign, labeller, labels) -> None:
-    """The labeller ranks every task they can get; ``labels(ids in import order)`` gives the
-    {completion: label} of a task."""
-    from tests.factories import task_completion_ids
-
-    while assignment := services.task_assign_next(labeller=labeller, campaign=campaign):
-        ids = task_completion_ids(assignment.task)
-        items = [{"completion": c, "rank": label} for c, label in labels(ids).items()]
-        services.ranking_submit(
-            labeller=labeller, assignment=assignment, items=items, time_spent_ms=3000
-        )
 
 
 @pytest.fixture
@@ -110,7 +99,10 @@ def post_urls(campaign, job) -> list[str]:
 @pytest.fixture
 def job(admin_user, campaign):
     return TrainingJob.objects.create(
-        kind="reward_model", params={"campaign_ids": [campaign.pk]}, created_by=admin_user
+        kind="reward_model",
+        team=campaign.team,
+        params={"campaign_ids": [campaign.pk]},
+        created_by=admin_user,
     )
 
 
@@ -381,10 +373,6 @@ def test_preview_renders_sanitised_html(admin_user):
 # --- import -------------------------------------------------------------------------------------
 
 
-def jsonl(records) -> bytes:
-    return "\n".join(json.dumps(r) for r in records).encode()
-
-
 def upload(name: str, data: bytes):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
@@ -626,11 +614,11 @@ def test_job_form_is_prefilled_with_the_config_defaults(admin_user, campaign):
     assert 'name="update"' in whole
 
 
-def test_round_form_sends_config_by_section_and_places_errors_by_section(campaign):
+def test_round_form_sends_config_by_section_and_places_errors_by_section(campaign, admin_user):
     from annotation.errors import InvalidInput
     from training.dashboard.forms import TrainingJobForm
 
-    page = TrainingJobForm(kind="round")
+    page = TrainingJobForm(kind="round", user=admin_user)
     data = {name: field.initial for name, field in page.fields.items() if field.initial is not None}
     data.update(
         {
@@ -642,7 +630,7 @@ def test_round_form_sends_config_by_section_and_places_errors_by_section(campaig
             "ties": "",
         }
     )
-    form = TrainingJobForm(data, kind="round")
+    form = TrainingJobForm(data, kind="round", user=admin_user)
     assert form.is_valid(), form.errors
     arguments = form.request_fields()
     assert arguments["campaign_ids"] == [campaign.pk] and arguments["update"] == "dpo"
@@ -823,7 +811,7 @@ def form_data(kind: str, **changes) -> dict:
     from training.dashboard.forms import TrainingJobForm
 
     data = {}
-    for name, field in TrainingJobForm(kind=kind).fields.items():
+    for name, field in TrainingJobForm(kind=kind, user=AnonymousUser()).fields.items():
         if field.initial is True:
             data[name] = "on"
         elif field.initial is not None and field.initial is not False:

@@ -9,7 +9,7 @@ from typing import Any
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
-from annotation.api.serializers import MAX_ID, ObjectIdField
+from annotation.api.serializers import MAX_ID, InputSerializer, ObjectIdField, QuerySerializer
 from annotation.models import Campaign
 from training.jobs import KINDS
 from training.jobs.base import JobKind
@@ -42,11 +42,18 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ModelVersionRegisterSerializer(serializers.Serializer):
+class ModelVersionRegisterSerializer(InputSerializer):
     kind = serializers.ChoiceField(choices=ModelVersion.Kind.choices)
     name = serializers.CharField(max_length=200)
     path = serializers.CharField(
         max_length=1000, help_text="A local model directory or a Hugging Face model id."
+    )
+    team = serializers.IntegerField(
+        min_value=1,
+        max_value=2**62,
+        required=False,
+        help_text="The team the model belongs to (one where you train); without it, the one "
+        "team you train in, or every team for those allowed to train everywhere.",
     )
 
 
@@ -121,13 +128,13 @@ class JobMetricSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ModelVersionQuerySerializer(serializers.Serializer):
+class ModelVersionQuerySerializer(QuerySerializer):
     kind = serializers.ChoiceField(
         choices=ModelVersion.Kind.choices, required=False, help_text="Only versions of this kind."
     )
 
 
-class MetricsQuerySerializer(serializers.Serializer):
+class MetricsQuerySerializer(QuerySerializer):
     after = serializers.IntegerField(
         required=False,
         min_value=0,
@@ -219,17 +226,10 @@ def _value_field(hint: Any, default: Any, optional: bool, common: dict) -> seria
     return serializers.JSONField(allow_null=optional, **common)
 
 
-class _StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know (a typo must not pass as a default)."""
+class _StrictSerializer(InputSerializer):
+    """A job kind's fields: another kind's (or a typo) must not pass as a default."""
 
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {name: ["unknown field for this kind"] for name in unknown}
-                )
-        return super().to_internal_value(data)
+    unknown_field_message = "unknown field for this kind"
 
 
 @functools.cache
@@ -323,7 +323,7 @@ def job_create_serializer(
     return type(f"{name}{suffix}Serializer", (_StrictSerializer,), fields)
 
 
-class AcquisitionInputSerializer(serializers.Serializer):
+class AcquisitionInputSerializer(InputSerializer):
     reward_model_version = serializers.IntegerField(
         min_value=1,
         max_value=MAX_ID,
@@ -333,6 +333,8 @@ class AcquisitionInputSerializer(serializers.Serializer):
 
 
 class JobKindSerializer(serializers.Serializer):
+    """Reads only ``kind`` out of a whole job body (the kind's serializer checks the rest)."""
+
     kind = serializers.ChoiceField(choices=TrainingJob.Kind.choices)
 
 
@@ -415,7 +417,7 @@ class RoundSerializer(serializers.ModelSerializer):
         return RoundJobSerializer(jobs, many=True).data
 
 
-class RoundCreateSerializer(serializers.Serializer):
+class RoundCreateSerializer(InputSerializer):
     campaign = ObjectIdField(queryset=Campaign.objects.all())
     policy = ObjectIdField(
         queryset=ModelVersion.objects.exclude(kind="reward"),

@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 from django import forms
 
+from annotation import permissions
 from annotation.errors import ServiceError
 from annotation.exports import FAIL_POLICIES
 from annotation.models import Campaign
+from training import selectors
 from training.jobs import KINDS as JOB_KINDS
 from training.jobs.base import ConfigSection, JobKind
 from training.ml.config import field_docs
@@ -74,17 +76,41 @@ def section_prefix(section: ConfigSection) -> str:
     return CONFIG_PREFIX + (f"{section.key}__" if section.key else "")
 
 
-def config_form_fields(section: ConfigSection) -> dict[str, forms.Field]:
-    """Form fields for a section's hyper-parameters, prefilled with the class's defaults."""
+def config_form_fields(
+    section: ConfigSection, recommended: dict[str, Any] | None = None, *, by: str = ""
+) -> dict[str, forms.Field]:
+    """Form fields for a section's hyper-parameters, prefilled with the class's defaults, or with
+    the values the model ``by`` recommends (``recommended``: overrides of the section's class;
+    each is shown, a parameter the section does not show included, its help naming the
+    default)."""
     cls = section.cls
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     prefix = section_prefix(section)
-    return {
-        prefix + name: _form_field(by_name[name], hints[name], docs.get(name, ""))
-        for name in section.fields
-    }
+    recommended = {k: v for k, v in (recommended or {}).items() if k in by_name}
+    names = [*section.fields, *(name for name in recommended if name not in section.fields)]
+    fields = {}
+    for name in names:
+        field = _form_field(by_name[name], hints[name], docs.get(name, ""))
+        if name in recommended:
+            field.initial = recommended[name]
+            field.help_text += (
+                f" ({by} recommends {_shown(recommended[name])}; the default is "
+                f"{_shown(_default(by_name[name]))}.)"
+            )
+        fields[prefix + name] = field
+    return fields
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)
 
 
 # --- The form -----------------------------------------------------------------------------------
@@ -105,28 +131,31 @@ class CampaignChoice(forms.ModelChoiceField):
         return f"#{obj.pk} {obj.name} (N={obj.completions_per_task})"
 
 
-def _all_fields() -> dict[str, forms.Field]:
-    """Every non-config field a job form may show; each kind picks its own (KindSpec)."""
-    versions = ModelVersion.objects.exclude(kind=ModelVersion.Kind.REWARD)
+def _all_fields(user) -> dict[str, forms.Field]:
+    """Every non-config field a job form may show to ``user`` (the campaigns, rounds and models
+    of the teams they train in); each kind picks its own (KindSpec)."""
+    models = selectors.model_version_list(user=user)
+    versions = models.exclude(kind=ModelVersion.Kind.REWARD)
+    campaigns = permissions.campaigns_where(user, permissions.TRAIN)
     return {
         "round": RoundChoice(
-            queryset=Round.objects.exclude(status=Round.Status.COMPLETED).select_related(
-                "campaign"
-            ),
+            queryset=selectors.round_list(user=user)
+            .filter(campaign__in=campaigns)
+            .exclude(status=Round.Status.COMPLETED),
             required=False,
             empty_label="— no round —",
             help_text="Tie the job to an RLHF round: its campaign and models fill in whatever "
             "is left empty below.",
         ),
         "campaign_ids": forms.ModelMultipleChoiceField(
-            queryset=Campaign.objects.order_by("-created_at", "-id"),
+            queryset=campaigns.order_by("-created_at", "-id"),
             required=False,
             label="Campaigns",
             help_text="Whose rankings (or prompts) the job uses.",
             widget=forms.SelectMultiple(attrs={"size": 4}),
         ),
         "target_campaign": CampaignChoice(
-            queryset=Campaign.objects.exclude(status=Campaign.Status.CLOSED),
+            queryset=campaigns.exclude(status=Campaign.Status.CLOSED),
             required=False,
             empty_label="— the one campaign above —",
             help_text="Where the generated tasks go (without a round).",
@@ -147,7 +176,7 @@ def _all_fields() -> dict[str, forms.Field]:
             help_text="A local model directory or a Hugging Face model id (instead of a version).",
         ),
         "reward_model_version": ModelVersionChoice(
-            queryset=ModelVersion.objects.filter(kind=ModelVersion.Kind.REWARD),
+            queryset=models.filter(kind=ModelVersion.Kind.REWARD),
             required=False,
             label="Reward model",
             empty_label="— the round's, else the newest —",
@@ -196,19 +225,35 @@ class TrainingJobForm(forms.Form):
     """One job kind's form: the fields of its Request (help texts: their docstrings) and the
     hyper-parameters of its config sections."""
 
-    def __init__(self, *args, kind: str, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        kind: str,
+        user,
+        recommended: dict[str, dict[str, Any]] | None = None,
+        recommended_by: str = "",
+        **kwargs,
+    ) -> None:
+        """``recommended``: the hyper-parameters the model the job starts from recommends, by
+        config class (``training.ml.config.recommended_overrides``); ``recommended_by``: its
+        name."""
         super().__init__(*args, **kwargs)
         self.kind = kind
+        self.recommended_by = recommended_by if recommended else ""
         self.spec = KINDS[kind]
         self.job_field_names = job_field_names(self.spec)
-        every = _all_fields()
+        every = _all_fields(user)
         docs = field_docs(self.spec.Request)
         for name in self.job_field_names:
             self.fields[name] = every[name]
             if docs.get(name) and name not in MIX:
                 self.fields[name].help_text = docs[name][:1].upper() + docs[name][1:] + "."
+        self.section_fields: list[list[str]] = []
         for section in self.spec.sections:
-            self.fields.update(config_form_fields(section))
+            values = (recommended or {}).get(section.cls.__name__)
+            fields = config_form_fields(section, values, by=recommended_by)
+            self.section_fields.append(list(fields))
+            self.fields.update(fields)
 
     @property
     def job_fields(self) -> list[forms.BoundField]:
@@ -217,20 +262,16 @@ class TrainingJobForm(forms.Form):
     @property
     def config_sections(self) -> list[tuple[ConfigSection, list[forms.BoundField]]]:
         return [
-            (section, [self[name] for name in config_form_fields(section)])
-            for section in self.spec.sections
+            (section, [self[name] for name in names])
+            for section, names in zip(self.spec.sections, self.section_fields, strict=True)
         ]
 
     def config(self) -> dict[str, Any]:
         """The hyper-parameters as the service takes them (by section for a round job)."""
         config: dict[str, Any] = {}
-        for section in self.spec.sections:
+        for section, names in zip(self.spec.sections, self.section_fields, strict=True):
             prefix = section_prefix(section)
-            values = {
-                name.removeprefix(prefix): value
-                for name, value in self.cleaned_data.items()
-                if name.startswith(prefix) and name.removeprefix(prefix) in section.fields
-            }
+            values = {name.removeprefix(prefix): self.cleaned_data.get(name) for name in names}
             if section.key:
                 config[section.key] = values
             else:
@@ -269,18 +310,32 @@ class TrainingJobForm(forms.Form):
         if field != "config":
             return field if field in self.fields else None
         named = []
-        for section in self.spec.sections:
+        for section, names in zip(self.spec.sections, self.section_fields, strict=True):
             if section.key and not message.startswith(f"{section.key}:"):
                 continue
-            for name in section.fields:
+            prefix = section_prefix(section)
+            for name in (n.removeprefix(prefix) for n in names):
                 if re.search(rf"\b{re.escape(name)}\b", message):
-                    named.append((len(name), section_prefix(section) + name))
+                    named.append((len(name), prefix + name))
         return max(named)[1] if named else None
 
 
 class ModelRegisterForm(forms.Form):
     """Register an existing model (a directory or a hub id) as a base or policy version; reward
-    models are registered by their training job (as in the API)."""
+    models are registered by their training job (as in the API). It belongs to a team the user
+    trains in (the field shows when there is a choice; see ``selectors.team_for_model``)."""
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        everywhere = permissions.can(user, permissions.TRAIN)
+        teams = permissions.teams_where(user, permissions.TRAIN)
+        if everywhere or teams.count() > 1:
+            self.fields["team"] = forms.ModelChoiceField(
+                queryset=teams,
+                required=not everywhere,
+                empty_label="— every team (shared) —",
+                help_text="Who sees and uses the model.",
+            )
 
     kind = forms.ChoiceField(
         choices=[(k, label) for k, label in ModelVersion.Kind.choices if k != "reward"],
@@ -295,9 +350,10 @@ class ModelRegisterForm(forms.Form):
 
 
 class RoundStartForm(forms.Form):
-    """Start the RLHF loop on a campaign (``training.rounds.round_start``)."""
+    """Start the RLHF loop on a campaign (``training.rounds.round_start``) of a team the user
+    trains in, from models that team may use."""
 
-    campaign = CampaignChoice(queryset=Campaign.objects.filter(rlhf_round__isnull=True))
+    campaign = CampaignChoice(queryset=Campaign.objects.none())
     policy = ModelVersionChoice(
         queryset=ModelVersion.objects.exclude(kind=ModelVersion.Kind.REWARD),
         help_text="The policy that generated the campaign's completions (or the loop's start).",
@@ -315,8 +371,14 @@ class RoundStartForm(forms.Form):
         label="Reward model trains on",
     )
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["campaign"].queryset = permissions.campaigns_where(
+            user, permissions.TRAIN
+        ).filter(rlhf_round__isnull=True)
+        versions = selectors.model_version_list(user=user).exclude(kind=ModelVersion.Kind.REWARD)
+        self.fields["policy"].queryset = versions
+        self.fields["reference"].queryset = versions
         for name, field in config_form_fields(EVAL_SECTION).items():
             field.required = False  # left empty: the default
             self.fields[name] = field

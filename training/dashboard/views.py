@@ -8,19 +8,21 @@ static/dashboard/job.js, which polls the JSON API.
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from annotation import permissions
 from annotation.errors import NotFound, ServiceError
-from annotation.models import Campaign
-from config.dashboard import MAX_ID, add_service_error, staff_required
+from config.dashboard import MAX_ID, add_service_error, training_required
 from training import exports, rounds, selectors, services
 from training.api.serializers import TrainingJobSerializer
 from training.dashboard import forms
-from training.jobs import lifecycle
-from training.ml.config import RewardModelConfig
+from training.jobs import KINDS, lifecycle
+from training.ml.config import RewardModelConfig, recommended_overrides
+from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, Round, TrainingJob
 
 POLL_MS = 1500
@@ -55,21 +57,22 @@ def _initial(request: HttpRequest, kind: str) -> dict:
     """Prefill from ?campaign= and ?round= (the buttons on the campaign and round pages)."""
     initial: dict = {}
     if (campaign_id := _id_param(request, "campaign")) is not None:
-        campaign = Campaign.objects.filter(pk=campaign_id).first()
+        trainable = permissions.campaigns_where(request.user, permissions.TRAIN)
+        campaign = trainable.filter(pk=campaign_id).first()
         if campaign is not None:
             initial["campaign_ids"] = [campaign]
             if kind == TrainingJob.Kind.GENERATE:
                 initial["target_campaign"] = campaign
     if (round_id := _id_param(request, "round")) is not None:
-        initial["round"] = Round.objects.filter(pk=round_id).first()
+        initial["round"] = selectors.round_list(user=request.user).filter(pk=round_id).first()
     return initial
 
 
-def _job(job_id: int) -> TrainingJob:
+def _job(request: HttpRequest, job_id: int) -> TrainingJob:
     if job_id > MAX_ID:
         raise Http404("training job not found")
     try:
-        return selectors.training_job_get(job_id=job_id)
+        return selectors.training_job_get(user=request.user, job_id=job_id)
     except NotFound as exc:
         raise Http404(exc.message) from exc
 
@@ -77,14 +80,20 @@ def _job(job_id: int) -> TrainingJob:
 # --- Jobs ---------------------------------------------------------------------------------------
 
 
-@staff_required
+@training_required
 @require_GET
 def job_list(request: HttpRequest) -> HttpResponse:
     """Every job, newest first (optionally one campaign's), and the buttons to start one."""
-    jobs = selectors.training_job_list().select_related("campaign", "result_version")
+    jobs = selectors.training_job_list(user=request.user).select_related(
+        "campaign", "result_version"
+    )
     campaign = None
     if (campaign_id := _id_param(request, "campaign")) is not None:
-        campaign = Campaign.objects.filter(pk=campaign_id).first()
+        campaign = (
+            permissions.campaigns_where(request.user, permissions.VIEW)
+            .filter(pk=campaign_id)
+            .first()
+        )
         if campaign is not None:
             jobs = jobs.filter(campaign=campaign)
     return render(
@@ -92,24 +101,32 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "dashboard/jobs.html",
         {
             "nav": "jobs",
-            "jobs": jobs[:200],
+            "jobs": [(job, _spec(job)) for job in jobs[:200]],
             "campaign": campaign,
             "kinds": [(kind, spec.title) for kind, spec in forms.KINDS.items()],
+            "trains": permissions.trains_anywhere(request.user),
             "poll_ms": POLL_MS,
         },
     )
 
 
-@staff_required
+@training_required
 @require_http_methods(["GET", "POST"])
 def job_create(request: HttpRequest, kind: str) -> HttpResponse:
     """The form of one job kind; POST validates through the services and queues the job."""
     if kind not in forms.KINDS:
         raise Http404("unknown job kind")
+    if not permissions.trains_anywhere(request.user):
+        raise DjangoPermissionDenied("starting training needs the trainer role in a team")
+    initial = _initial(request, kind)
+    recommended, recommended_by = _recommended(kind, initial.get("round"))
     form = forms.TrainingJobForm(
         request.POST if request.method == "POST" else None,
-        initial=_initial(request, kind),
+        initial=initial,
         kind=kind,
+        user=request.user,
+        recommended=recommended,
+        recommended_by=recommended_by,
     )
     if request.method == "POST" and form.is_valid():
         try:
@@ -118,7 +135,16 @@ def job_create(request: HttpRequest, kind: str) -> HttpResponse:
         except ServiceError as exc:
             form.add_service_error(exc)
         else:
-            messages.success(request, f"{job.get_kind_display()} #{job.pk} queued.")
+            job.refresh_from_db()  # the broker was asked when the job committed
+            if job.waiting_for_queue:
+                messages.warning(
+                    request,
+                    f"{job.get_kind_display()} #{job.pk} is stored but waiting for the queue: "
+                    "the broker did not answer. It is queued as soon as the broker answers; "
+                    "nothing needs doing.",
+                )
+            else:
+                messages.success(request, f"{job.get_kind_display()} #{job.pk} queued.")
             return redirect("training-dashboard:job", job_id=job.pk)
     return render(
         request,
@@ -129,9 +155,52 @@ def job_create(request: HttpRequest, kind: str) -> HttpResponse:
             "kind": kind,
             "spec": forms.KINDS[kind],
             "warnings": _round_warnings(kind, form.initial.get("round")),
+            "review": _round_review(kind, form.initial.get("round")),
         },
         status=400 if form.errors else 200,
     )
+
+
+def _recommended(kind: str, rnd: Round | None) -> tuple[dict, str]:
+    """The hyper-parameters a round's model recommends for its jobs (its ``training_defaults.json``)
+    and the model's name: the policy the job starts from, else the round's KL reference (the
+    loop's base, whose size every later policy shares). Nothing without a round."""
+    if rnd is None:
+        return {}, ""
+    policy = rnd.policy_before
+    if kind == TrainingJob.Kind.GENERATE and rnd.policy_after is not None:
+        policy = rnd.policy_after
+    for version in (policy, rnd.reference):
+        recommended = recommended_overrides(version.path)
+        if recommended:
+            return recommended, version.name
+    return {}, ""
+
+
+def _spec(job: TrainingJob):
+    """The job's parameters as its kind's Spec (None for a kind this version does not know)."""
+    kind = KINDS.get(job.kind)
+    return kind.spec(job) if kind is not None else None
+
+
+def _round_review(kind: str, rnd: Round | None) -> str:
+    """When the round is held for review, from its evaluation settings (set when it started)."""
+    if kind not in (TrainingJob.Kind.ROUND, TrainingJob.Kind.PPO, TrainingJob.Kind.DPO):
+        return ""
+    default = EvalSettings()
+    settings_ = rounds.eval_settings_clean(rnd.eval_settings if rnd else {})
+    minimum = settings_["min_held_out_pairs"]
+    whose = f"Round {rnd.number}" if rnd else "A round"
+    source = "the round's evaluation settings" if rnd else "the default evaluation settings"
+    if rnd and minimum != default.min_held_out_pairs:
+        source += f"; a new round's default is {default.min_held_out_pairs}"
+    text = (
+        f"{whose} is held for review, before it generates the next campaign, if its reward model "
+        f"is evaluated on fewer than {minimum} held-out pairs ({source})"
+    )
+    if settings_["reward_must_not_fall"]:
+        text += " or if the update lowers the reward on held-out prompts"
+    return text + "."
 
 
 def _round_warnings(kind: str, rnd: Round | None) -> list[str]:
@@ -152,11 +221,11 @@ def _round_warnings(kind: str, rnd: Round | None) -> list[str]:
     ]
 
 
-@staff_required
+@training_required
 @require_GET
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     """The job's live page: status, progress, metric charts, log tail, error, cancel."""
-    job = _job(job_id)
+    job = _job(request, job_id)
     config = {
         "job": TrainingJobSerializer(job).data,
         "charts": CHARTS.get(job.kind, []),
@@ -174,6 +243,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         {
             "nav": "jobs",
             "job": job,
+            "spec": _spec(job),
             "config": config,
             "steps": job.steps.order_by("created_at", "id"),
             "samples": policy_samples((job.summary or {}).get("evaluation") or {}),
@@ -181,12 +251,13 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     )
 
 
-@staff_required
+@training_required
 @require_POST
 def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     """Cancel without JavaScript (the page's script calls the API's cancel instead)."""
-    job = _job(job_id)
+    job = _job(request, job_id)
     try:
+        selectors.require_trainer(user=request.user, team=job.team)
         lifecycle.job_cancel(job=job)
     except ServiceError as exc:
         messages.error(request, exc.message.capitalize() + ".")
@@ -195,11 +266,12 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     return redirect("training-dashboard:job", job_id=job.pk)
 
 
-@staff_required
+@training_required
 @require_POST
 def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = _job(job_id)
+    job = _job(request, job_id)
     try:
+        selectors.require_trainer(user=request.user, team=job.team)
         new = lifecycle.job_retry(job=job, created_by=request.user)
     except ServiceError as exc:
         messages.error(request, exc.message.capitalize() + ".")
@@ -294,14 +366,17 @@ def _models_page(
     round_form: forms.RoundStartForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    versions = list(selectors.model_version_list().select_related("created_by_job__campaign"))
-    rounds = []
-    for rnd in selectors.round_list():
+    versions = list(
+        selectors.model_version_list(user=request.user).select_related("created_by_job__campaign")
+    )
+    cards = []
+    for rnd in selectors.round_list(user=request.user):
         jobs = list(selectors.round_jobs(round=rnd))
         generated = [j for j in jobs if j.kind == TrainingJob.Kind.GENERATE and j.summary]
-        rounds.append(
+        cards.append(
             {
                 "round": rnd,
+                "state": rounds.round_state(rnd, jobs),
                 "jobs": jobs,
                 "evaluation": _evaluation_table(rnd.evaluation),
                 "generation": generated[-1].summary if generated else None,
@@ -324,15 +399,16 @@ def _models_page(
             "lineage": [
                 (version, depth, _metrics(version.metrics)) for version, depth in _lineage(versions)
             ],
-            "rounds": rounds,
-            "register_form": register_form or forms.ModelRegisterForm(),
-            "round_form": round_form or forms.RoundStartForm(),
+            "rounds": cards,
+            "register_form": register_form or forms.ModelRegisterForm(user=request.user),
+            "round_form": round_form or forms.RoundStartForm(user=request.user),
+            "trains": permissions.trains_anywhere(request.user),
         },
         status=status,
     )
 
 
-@staff_required
+@training_required
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
     """Rounds (campaign → reward model → policy → next campaign, with the evaluation of each
@@ -340,14 +416,19 @@ def model_list(request: HttpRequest) -> HttpResponse:
     return _models_page(request)
 
 
-@staff_required
+@training_required
 @require_POST
 def model_register(request: HttpRequest) -> HttpResponse:
     """Register a base or policy model (services.model_version_register, as the API does)."""
-    form = forms.ModelRegisterForm(request.POST)
+    form = forms.ModelRegisterForm(request.POST, user=request.user)
     if form.is_valid():
+        data = dict(form.cleaned_data)
+        chosen = data.pop("team", None)
         try:
-            version = services.model_version_register(**form.cleaned_data)
+            team = selectors.team_for_model(
+                user=request.user, team_id=chosen.pk if chosen else None
+            )
+            version = services.model_version_register(team=team, **data)
         except ServiceError as exc:
             add_service_error(form, exc)
         else:
@@ -356,13 +437,14 @@ def model_register(request: HttpRequest) -> HttpResponse:
     return _models_page(request, register_form=form, status=400)
 
 
-@staff_required
+@training_required
 @require_POST
 def round_create(request: HttpRequest) -> HttpResponse:
     """Start the RLHF loop on a campaign (rounds.round_start)."""
-    form = forms.RoundStartForm(request.POST)
+    form = forms.RoundStartForm(request.POST, user=request.user)
     if form.is_valid():
         try:
+            selectors.require_trainer(user=request.user, team=form.cleaned_data["campaign"].team)
             rnd = rounds.round_start(created_by=request.user, **form.start_arguments())
         except ServiceError as exc:
             form.add_service_error(exc)

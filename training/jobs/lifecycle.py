@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import socket
 import threading
@@ -38,9 +39,11 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connections, transaction
 from django.utils import timezone
 
+from annotation import permissions
 from annotation.errors import Conflict, InvalidInput
+from annotation.models import Campaign, Team
 from config.celery import app as celery_app
-from training import rounds, services
+from training import rounds, selectors, services
 from training.jobs import KINDS
 from training.jobs.base import JobKind, JobOutcome, JobRequest, RunContext
 from training.ml.common import TrainingCancelled
@@ -97,8 +100,10 @@ def job_create(kind: str, request: JobRequest, *, from_form: bool = False) -> Tr
             )
     with transaction.atomic():
         built = job_kind.build(request)
+        team = request.parent.team if request.parent is not None else _team_of(request)
         job = TrainingJob.objects.create(
             kind=kind,
+            team=team,
             params=built.spec.to_params(),
             created_by=request.created_by,
             campaign_id=built.campaign_id,
@@ -109,6 +114,38 @@ def job_create(kind: str, request: JobRequest, *, from_form: bool = False) -> Tr
         if request.parent is None:
             transaction.on_commit(lambda: enqueue(job.pk))
     return job
+
+
+def _team_of(request: JobRequest) -> Team | None:
+    """The team a job belongs to: that of every campaign it reads or writes (a job never mixes
+    teams). Whoever asks for it must be allowed to train there (``training.run_training``
+    through a trainer role, or everywhere); the models it names must be that team's or shared.
+    A job the system starts itself (no ``created_by``) is not checked."""
+    campaign_ids = set(request.campaign_ids)
+    versions = []
+    for item in dataclasses.fields(request):
+        value = getattr(request, item.name)
+        if isinstance(value, Campaign):
+            campaign_ids.add(value.pk)
+        elif isinstance(value, Round):
+            campaign_ids.add(value.campaign_id)
+        elif isinstance(value, ModelVersion):
+            versions.append((item.name, value))
+    team_ids = set(Campaign.objects.filter(pk__in=campaign_ids).values_list("team_id", flat=True))
+    if len(team_ids) > 1:
+        raise InvalidInput("the campaigns belong to different teams", field="campaign_ids")
+    team = Team.objects.filter(pk__in=team_ids).first()
+    user = request.created_by
+    if user is None:
+        return team
+    seen = permissions.campaigns_where(user, permissions.VIEW).filter(pk__in=campaign_ids)
+    if seen.count() != len(campaign_ids):
+        raise InvalidInput("no such campaign", field="campaign_ids")
+    selectors.require_trainer(user=user, team=team)
+    for name, version in versions:
+        if version.team_id is not None and version.team_id != getattr(team, "pk", None):
+            raise InvalidInput("no such model version", field=name)
+    return team
 
 
 def enqueue(job_id: int) -> bool:
@@ -182,6 +219,7 @@ def job_retry(*, job: TrainingJob, created_by: AbstractBaseUser | None) -> Train
     with transaction.atomic():
         new = TrainingJob.objects.create(
             kind=job.kind,
+            team=job.team,
             params={**spec.to_params(), "retry_of": job.pk},
             created_by=created_by,
             campaign_id=job.campaign_id,
