@@ -19,3 +19,9 @@ def expire_leases() -> int:
 def ping(value: str = "pong") -> dict:
     """A trivial round trip through the broker, used by health checks and tests."""
     return {"value": value, "worker": socket.gethostname()}
+
+
+@shared_task(name="annotation.tasks.run_import", ignore_result=True, acks_late=True)
+def run_import(job_id: int) -> None:
+    """Run a large import (services.import_job_run: all or nothing, once)."""
+    services.import_job_run(job_id=job_id)
