@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from django.conf import settings
+
 from annotation.errors import InvalidInput
 from training import exports, selectors, services
 from training.jobs.base import (
@@ -30,6 +32,7 @@ from training.jobs.base import (
     starting_policy,
     version,
 )
+from training.jobs.preflight import require_fit
 from training.jobs.update import (
     UpdateRequest,
     UpdateSpec,
@@ -67,7 +70,8 @@ class DPOJob(JobKind):
         ConfigSection(
             DPOConfig,
             ("beta", "learning_rate", "num_epochs", "batch_size", "warmup_steps",
-             "max_prompt_tokens", "max_completion_tokens", "seed"),
+             "max_prompt_tokens", "max_completion_tokens", "seed", "gpus", "shard", "use_lora",
+             "gradient_checkpointing", "offload", "checkpoint_every"),
         ),
     )  # fmt: skip
 
@@ -86,7 +90,15 @@ class DPOJob(JobKind):
         reward = request.reward_model_version or (rnd.reward_model if rnd else None)
         if reward is not None and reward.kind != ModelVersion.Kind.REWARD:
             raise InvalidInput("must be a reward model", field="reward_model_version")
+        preflight = require_fit(
+            "dpo",
+            model_path=policy.path
+            if policy is not None
+            else request.base_model_path or settings.DEFAULT_BASE_MODEL,
+            config=config,
+        )
         spec = DPOSpec(
+            preflight=preflight,
             campaign_ids=campaign_ids,
             ties=request.ties,
             fail_policy=request.fail_policy,
@@ -101,7 +113,7 @@ class DPOJob(JobKind):
         return Built(spec, single(campaign_ids), policy, round_pk(request))
 
     def run(self, spec: DPOSpec, ctx: RunContext) -> JobOutcome:
-        from training.ml.dpo import run_dpo  # torch: the web process imports the job kinds
+        from training.ml.launch import run_dpo_distributed  # torch: not in the web process
 
         job = ctx.job
         policy = base_path(job, spec)
@@ -120,7 +132,8 @@ class DPOJob(JobKind):
             f"DPO of {policy} on {len(kept)} pairs ({len(pairs) - len(kept)} on held-out "
             f"prompts left out), reference {reference}"
         )
-        result = run_dpo(
+        # One process per GPU asked for (torchrun, FSDP2) or in this process on the CPU.
+        result = run_dpo_distributed(
             policy_dir=policy,
             reference_dir=reference,
             pairs=kept,
@@ -129,6 +142,7 @@ class DPOJob(JobKind):
             on_progress=ctx.on_progress,
             should_stop=ctx.should_stop,
             metadata={"job": job.pk, "round": spec.round, "campaigns": spec.campaign_ids},
+            checkpoint_dir=services.checkpoint_dir(job),
         )
         evaluation = evaluate_update(
             spec,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.conf import settings
+
 from annotation.errors import InvalidInput
 from training import services
 from training.jobs.base import (
@@ -26,6 +28,7 @@ from training.jobs.base import (
     single,
     starting_policy,
 )
+from training.jobs.preflight import require_fit, worker_hardware
 from training.jobs.update import (
     UpdateRequest,
     UpdateSpec,
@@ -61,9 +64,11 @@ class PPOJob(JobKind):
     sections = (
         ConfigSection(
             PPOConfig,
-            ("total_steps", "rollout_batch_size", "learning_rate", "kl_coef", "adaptive_kl",
-             "kl_target", "clip_range", "ppo_epochs", "mini_batch_size", "temperature",
-             "max_new_tokens", "ent_coef", "use_lora", "seed"),
+            ("total_steps", "rollout_batch_size", "learning_rate", "value_learning_rate",
+             "kl_coef", "adaptive_kl", "kl_target", "kl_horizon", "clip_range", "ppo_epochs",
+             "mini_batch_size", "temperature", "max_new_tokens", "missing_eos_penalty",
+             "ent_coef", "use_lora", "seed", "gpus", "shard", "gradient_checkpointing",
+             "offload", "checkpoint_every"),
         ),
     )  # fmt: skip
 
@@ -93,7 +98,24 @@ class PPOJob(JobKind):
         campaign_ids = request.campaign_ids or ([rnd.campaign_id] if rnd else [])
         require_campaigns(campaign_ids)
         require_prompts(campaign_ids)
+        preflight = require_fit(
+            "ppo",
+            model_path=policy.path
+            if policy is not None
+            else request.base_model_path or settings.DEFAULT_BASE_MODEL,
+            config=config,
+            reward_path=reward.path,
+        )
+        gpus = worker_hardware(config).gpus if settings.TRAINING_GPU_MEMORY_GB > 0 else 1
+        episodes = config.rollout_batch_size * config.samples_per_prompt
+        if gpus > 1 and (episodes % gpus or config.mini_batch_size % gpus):
+            raise InvalidInput(
+                f"on {gpus} GPUs, rollout_batch_size x samples_per_prompt ({episodes}) and "
+                f"mini_batch_size ({config.mini_batch_size}) must be multiples of {gpus}",
+                field="config",
+            )
         spec = PPOSpec(
+            preflight=preflight,
             campaign_ids=campaign_ids,
             reward_model_version=reward.pk,
             reference_model_version=reference.pk if reference else None,
@@ -106,7 +128,7 @@ class PPOJob(JobKind):
         return Built(spec, single(campaign_ids), policy, round_pk(request))
 
     def run(self, spec: PPOSpec, ctx: RunContext) -> JobOutcome:
-        from training.ml.ppo import run_ppo  # torch: the web process imports the job kinds
+        from training.ml.launch import run_ppo_distributed  # torch: not in the web process
 
         job = ctx.job
         policy = base_path(job, spec)
@@ -117,7 +139,8 @@ class PPOJob(JobKind):
             f"PPO of {policy} against reward model #{reward.pk} on {len(train)} prompts "
             f"({len(held_out)} held out for evaluation), KL reference {reference}"
         )
-        result = run_ppo(
+        # One process per GPU asked for (torchrun, FSDP2) or in this process on the CPU.
+        result = run_ppo_distributed(
             policy_dir=policy,
             reference_dir=reference,
             reward_model_dir=reward.path,
@@ -132,7 +155,10 @@ class PPOJob(JobKind):
                 "campaigns": spec.campaign_ids,
                 "reward_model_version": reward.pk,
             },
+            checkpoint_dir=services.checkpoint_dir(job),
         )
+        for note in result.notes:
+            ctx.log(note)
         evaluation = evaluate_update(
             spec,
             ctx,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from django.conf import settings
+
 from training import exports, rounds, selectors, services
 from training.jobs.acquisition import after_reward_model
 from training.jobs.base import (
@@ -30,6 +32,7 @@ from training.jobs.base import (
     round_pk,
     single,
 )
+from training.jobs.preflight import require_fit
 from training.ml.config import RewardModelConfig
 from training.models import ModelVersion, TrainingJob
 
@@ -72,7 +75,8 @@ class RewardModelJob(JobKind):
         ConfigSection(
             RewardModelConfig,
             ("num_epochs", "learning_rate", "lr_schedule", "batch_size", "max_length",
-             "tie_loss", "eval_fraction", "seed"),
+             "tie_loss", "eval_fraction", "seed", "gpus", "shard", "use_lora",
+             "gradient_checkpointing", "offload", "checkpoint_every"),
         ),
     )  # fmt: skip
 
@@ -89,7 +93,15 @@ class RewardModelJob(JobKind):
             reference = reference or request.round.policy_before
         require_campaigns(campaign_ids)
         require_rankings(campaign_ids)
+        preflight = require_fit(
+            "reward_model",
+            model_path=base.path
+            if base is not None
+            else request.base_model_path or settings.DEFAULT_BASE_MODEL,
+            config=config,
+        )
         spec = RewardModelSpec(
+            preflight=preflight,
             campaign_ids=campaign_ids,
             ties=request.ties,
             fail_policy=request.fail_policy,
@@ -115,7 +127,7 @@ class RewardModelJob(JobKind):
             campaign_ids=spec.campaign_ids, model_version_id=spec.reference_model_version
         )
         base = base_path(job, spec)
-        # One process per visible GPU (torchrun, data parallel) or in this process on the CPU.
+        # One process per GPU asked for (torchrun, FSDP2) or in this process on the CPU.
         result = train_reward_model_distributed(
             pairs,
             base_model=base,
@@ -125,6 +137,7 @@ class RewardModelJob(JobKind):
             on_progress=ctx.on_progress,
             should_stop=ctx.should_stop,
             metadata={"job": job.pk, "campaigns": spec.campaign_ids, "round": spec.round},
+            checkpoint_dir=services.checkpoint_dir(job),
         )
         for note in result.notes:
             ctx.log(note)

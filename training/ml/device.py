@@ -6,17 +6,11 @@ Rules:
       supports bf16 (weights and optimiser state stay fp32: mixed precision); on CPU everything is
       fp32 (CPU bf16 is slow and lossy for tiny models; TRL's bf16 default fails on CPU).
 
-Multi-GPU data-parallel training is meant to run through the standard launchers, not anything
-home-made: ``accelerate launch -m training.ml ...`` or ``torchrun --nproc-per-node N -m training.ml
-...`` start one process per GPU with ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` set; each process then
-wraps the one module that does the forward pass (``reward_model.LastTokenScorer``) with
-``accelerate.Accelerator().prepare(scorer, optimizer)`` (or
-``torch.nn.parallel.DistributedDataParallel``) and takes its own slice of every batch. The
-training loops in this package are written to be compatible with that: the device comes from
-:func:`pick_device` (which honours ``LOCAL_RANK``), the loop only calls the wrapped module,
-``loss.backward()``, ``clip_grad_norm_`` and ``optimizer.step()``, and only rank 0 should write
-output directories. Nothing here starts processes or averages gradients by hand. The
-single-process path needs none of this and is what the tests and the Celery tasks use.
+Several processes: ``training.ml.launch`` starts them (torchrun), :func:`process_group` joins
+the group in each, and ``training.ml.parallel`` places the models (FSDP2 or replicas). The
+training loops only call the placed modules, ``backward()``, the gradient reduction and
+``optimizer.step()``; only rank 0 writes output directories. One process needs none of this:
+it is the world of size 1 and runs the same code.
 
 :class:`World` says which process this is (rank 0 of 1 outside a launcher);
 :func:`process_group` joins the group a launcher set up (NCCL on CUDA, gloo on CPU) and
@@ -170,7 +164,7 @@ def process_group(preference: str | None = None) -> Iterator[World]:
 
 
 def default_num_processes(preference: str | None = None) -> int:
-    """Data-parallel processes for ``RewardModelConfig.num_processes == 0``: one per visible CUDA
+    """Processes for a trainer whose ``gpus`` is 0: one per visible CUDA
     device when the device is ``auto``/``cuda`` (``CUDA_VISIBLE_DEVICES`` decides what is
     visible), else 1 (CPU, or one named GPU such as ``cuda:1``)."""
     if preference not in (None, "", "auto", "cuda") or not torch.cuda.is_available():

@@ -6,14 +6,20 @@
 completion tokens' log-probs (EOS included) given the prompt. The reference log-probs never change,
 so they are computed once, before training, and the reference model is freed. Sequences are
 ``[left-padded prompt | right-padded completion + EOS]`` with position ids from the attention mask,
-as in PPO (``training.ml.policy``). Pairs marked as ties carry no preference and are skipped.
+as in PPO (``training.ml.policy``); completions end with the end-of-turn token
+(``training.ml.prompts``). Pairs marked as ties carry no preference and are skipped.
+
+Memory (``training.ml.parallel``): the policy is sharded per decoder layer with FSDP2 over the
+processes of a ``torchrun`` job (``shard: fsdp``), or replicated with averaged gradients; the
+reference is loaded in bf16 on CUDA, sharded alike, and freed once its log-probs are cached;
+with LoRA and the starting policy as reference, the reference is the policy with its adapter
+off. Each process takes an equal share of every global batch; the loss is the global batch's
+weighted mean, so N processes make the steps one process makes.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +28,6 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer
 
 from training.ml import device as device_lib
 from training.ml.common import (
@@ -30,10 +35,21 @@ from training.ml.common import (
     StopFn,
     check_stop,
     load_tokenizer,
-    publish_dir,
-    staging_dir_for,
 )
 from training.ml.config import DPOConfig
+from training.ml.parallel import (
+    Placement,
+    all_gather_objects,
+    chunks,
+    clip_grad_norm,
+    equal_shares,
+    frozen_dtype,
+    loss_scale,
+    placement_for,
+    prepare_frozen,
+    prepare_trained,
+    reduce_gradients,
+)
 from training.ml.policy import (
     Prompt,
     build_query_response_batch,
@@ -43,6 +59,7 @@ from training.ml.policy import (
     provenance,
     sequence_logprobs,
 )
+from training.ml.weights import apply_lora, save_policy
 
 
 class PairLike(Protocol):
@@ -169,31 +186,95 @@ def reference_logprobs(
     device: torch.device,
     batch_size: int,
     should_stop: StopFn | None = None,
+    placement: Placement | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cached reference log-probs of every pair, (N,) each, on CPU."""
+    """The cached reference log-probs of every pair, (N,) each, on CPU. Several processes: each
+    computes an equal share (strided, padded: a sharded model needs every process in every
+    pass) and every process gets all of them."""
+    placement = placement or Placement(device=device)
+    share = equal_shares(pairs, placement.world)
     chosen, rejected = [], []
-    for start in range(0, len(pairs), batch_size):
+    for chunk in chunks(share.items, batch_size):
         check_stop(should_stop, "DPO stopped")
-        c, r = pair_logprobs(
-            model, pairs[start : start + batch_size], pad_token_id=pad_token_id, device=device
+        c, r = pair_logprobs(model, chunk, pad_token_id=pad_token_id, device=device)
+        chosen.extend(c.float().cpu().tolist())
+        rejected.extend(r.float().cpu().tolist())
+    local = list(zip(chosen, rejected, strict=True))[: share.num_real]
+    shards = all_gather_objects(local, placement)
+    size = placement.world.size
+    ordered = [shards[i % size][i // size] for i in range(len(pairs))]
+    return torch.tensor([c for c, _ in ordered]), torch.tensor([r for _, r in ordered])
+
+
+def load_policy(policy_dir: str | Path, config: DPOConfig, placement: Placement) -> torch.nn.Module:
+    """The trained policy: fp32 weights (masters), or a frozen base in bf16 on CUDA with fp32
+    LoRA adapters; placed (sharded) by ``placement``."""
+    dtype = frozen_dtype(placement.device) if config.use_lora else torch.float32
+    policy = load_causal_lm(policy_dir, trainable=True, dtype=dtype)
+    if config.use_lora:
+        policy = apply_lora(policy, config, "CAUSAL_LM")
+    return prepare_trained(policy, placement)
+
+
+def dpo_step(
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Sequence[EncodedDPOPair],
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    config: DPOConfig,
+    pad_token_id: int,
+    placement: Placement,
+) -> dict[str, float]:
+    """One optimiser step on the global ``batch`` (its reference log-probs beside it): this
+    process's equal share is forwarded, its loss is its pairs' weighted losses over the global
+    batch's total weight (so the processes' gradients add up to the one-process gradient),
+    returns the ``dpo/*`` metrics of the global batch."""
+    device = placement.device
+    share = equal_shares(list(range(len(batch))), placement.world)
+    local = [batch[i] for i in share.items]
+    chosen, rejected = pair_logprobs(policy, local, pad_token_id=pad_token_id, device=device)
+    index = torch.tensor(share.items)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        chosen.float(),
+        rejected.float(),
+        ref_chosen[index].to(device),
+        ref_rejected[index].to(device),
+        config.beta,
+    )
+    weights = torch.tensor([p.weight for p in local], device=device)
+    weights = weights * torch.tensor(share.real, dtype=weights.dtype, device=device)
+    total_weight = sum(p.weight for p in batch)
+    loss = (losses * weights).sum() / max(total_weight, 1e-8)
+    optimizer.zero_grad(set_to_none=True)
+    (loss * loss_scale(placement)).backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the shards
+    reduce_gradients(params, placement)
+    grad_norm = clip_grad_norm(params, config.max_grad_norm)
+    optimizer.step()
+    rows = [
+        (float(c), float(r), float(lo) * w / max(total_weight, 1e-8))
+        for c, r, lo, w, real in zip(
+            chosen_rewards.tolist(),
+            rejected_rewards.tolist(),
+            losses.detach().tolist(),
+            [p.weight for p in local],
+            share.real,
+            strict=True,
         )
-        chosen.append(c.float().cpu())
-        rejected.append(r.float().cpu())
-    return torch.cat(chosen), torch.cat(rejected)
-
-
-def _save_atomically(
-    model: torch.nn.Module, *, policy_dir: str | Path, output_dir: Path, run_info: dict
-) -> None:
-    tmp = staging_dir_for(output_dir)
-    try:
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(policy_dir).save_pretrained(tmp)
-        (tmp / "dpo_run.json").write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
-        publish_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if real
+    ]
+    rows = [row for part in all_gather_objects(rows, placement) for row in part]
+    margin = torch.tensor([c - r for c, r, _ in rows])
+    return {
+        "dpo/loss": sum(lo for _, _, lo in rows),
+        "dpo/accuracy": float((margin > 0).float().mean()),
+        "dpo/margin": float(margin.mean()),
+        "dpo/chosen_reward": sum(c for c, _, _ in rows) / len(rows),
+        "dpo/rejected_reward": sum(r for _, r, _ in rows) / len(rows),
+        "dpo/grad_norm": grad_norm,
+    }
 
 
 # --- entry point --------------------------------------------------------------------------------
@@ -209,6 +290,7 @@ def run_dpo(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     metadata: Mapping[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> DPOResult:
     """Train the policy in ``policy_dir`` with DPO on ``pairs``; save it to ``output_dir``
     (which must not exist; it appears only when training completed).
@@ -216,82 +298,94 @@ def run_dpo(
     ``reference_dir`` defaults to ``policy_dir``. ``on_progress(step, total, metrics)`` follows
     every optimiser step; ``should_stop()`` is polled before each and a true answer raises
     :class:`TrainingCancelled` with nothing written. ``metadata`` (e.g. the data snapshot id) is
-    copied into ``dpo_run.json``.
+    copied into ``dpo_run.json``. ``checkpoint_dir``: the training state is saved there every
+    ``config.checkpoint_every`` steps and resumed from when present. Under ``torchrun`` every
+    process calls this with the same arguments (see the module docstring); only rank 0 reports
+    and writes.
     """
+    from training.ml.checkpoint import Checkpointer
+
     config = config or DPOConfig()
     output_dir = Path(output_dir)
     if output_dir.exists():
         raise FileExistsError(f"{output_dir} already exists")
-    device = device_lib.pick_device(config.device)
+    placement = placement_for(config)
+    device = placement.device
+    if not placement.world.is_main:
+        on_progress = None
     tokenizer = load_tokenizer(policy_dir, padding_side="left")
     pad = tokenizer.pad_token_id
     encoded, counts = encode_pairs(tokenizer, pairs, config)
     if not encoded:
         raise ValueError("no usable pairs (all ties, or none given)")
+    reference_dir = reference_dir or policy_dir
+    adapter_off = config.use_lora and Path(reference_dir).resolve() == Path(policy_dir).resolve()
 
     with device_lib.seeded(config.seed, device):
-        reference = load_causal_lm(reference_dir or policy_dir, device=device)
-        ref_chosen, ref_rejected = reference_logprobs(
-            reference,
-            encoded,
-            pad_token_id=pad,
-            device=device,
-            batch_size=config.reference_batch_size,
-            should_stop=should_stop,
-        )
-        del reference
-        policy = load_causal_lm(policy_dir, device=device, trainable=True)
+        cached = {"pad_token_id": pad, "device": device, "batch_size": config.reference_batch_size}
+        if adapter_off:  # the reference is the policy with its adapter switched off
+            policy = load_policy(policy_dir, config, placement)
+            with policy.disable_adapter():
+                ref_chosen, ref_rejected = reference_logprobs(
+                    policy, encoded, should_stop=should_stop, placement=placement, **cached
+                )
+        else:  # a separate frozen reference, freed before the policy is loaded
+            reference = prepare_frozen(
+                load_causal_lm(reference_dir, dtype=frozen_dtype(device)), placement
+            )
+            ref_chosen, ref_rejected = reference_logprobs(
+                reference, encoded, should_stop=should_stop, placement=placement, **cached
+            )
+            del reference
+            policy = load_policy(policy_dir, config, placement)
         optimizer = torch.optim.Adam(
-            policy.parameters(), lr=config.learning_rate, eps=config.adam_eps
+            [p for p in policy.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            eps=config.adam_eps,
         )
+        checkpoints = Checkpointer(
+            Path(checkpoint_dir) if checkpoint_dir else None, config.checkpoint_every, placement
+        )
+        resumed = checkpoints.load_latest(modules=policy, optimizer=optimizer)
+        step = int(resumed["step"]) if resumed else 0
+        history: list[dict[str, float]] = list(resumed["history"]) if resumed else []
         rng = random.Random(config.seed)
         steps_per_epoch = -(-len(encoded) // config.batch_size)
         total = config.num_epochs * steps_per_epoch
-        history: list[dict[str, float]] = []
-        step = 0
+        done = 0
         for _epoch in range(config.num_epochs):
             order = list(range(len(encoded)))
             rng.shuffle(order)
-            for start in range(0, len(order), config.batch_size):
+            for idx in chunks(order, config.batch_size):
+                done += 1
+                if done <= step:
+                    continue  # trained before the checkpoint this run resumed from
                 check_stop(should_stop, "DPO stopped")
                 step += 1
                 step_start = time.perf_counter()
                 lr = config.learning_rate * min(1.0, step / max(config.warmup_steps, 1))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                idx = order[start : start + config.batch_size]
-                chosen, rejected = pair_logprobs(
-                    policy, [encoded[i] for i in idx], pad_token_id=pad, device=device
+                index = torch.tensor(idx)
+                metrics = dpo_step(
+                    policy,
+                    optimizer,
+                    [encoded[i] for i in idx],
+                    ref_chosen[index],
+                    ref_rejected[index],
+                    config=config,
+                    pad_token_id=pad,
+                    placement=placement,
                 )
-                losses, chosen_rewards, rejected_rewards = dpo_loss(
-                    chosen.float(),
-                    rejected.float(),
-                    ref_chosen[idx].to(device),
-                    ref_rejected[idx].to(device),
-                    config.beta,
-                )
-                weights = torch.tensor([encoded[i].weight for i in idx], device=device)
-                loss = weighted_mean(losses, weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    policy.parameters(), config.max_grad_norm
-                )
-                optimizer.step()
-                margin = chosen_rewards - rejected_rewards
-                metrics = {
-                    "dpo/loss": float(loss.detach()),
-                    "dpo/accuracy": float((margin > 0).float().mean()),
-                    "dpo/margin": float(margin.mean()),
-                    "dpo/chosen_reward": float(chosen_rewards.mean()),
-                    "dpo/rejected_reward": float(rejected_rewards.mean()),
-                    "dpo/grad_norm": float(grad_norm),
-                    "dpo/learning_rate": lr,
-                    "dpo/pairs_per_s": len(idx) / (time.perf_counter() - step_start),
-                }
+                metrics["dpo/learning_rate"] = lr
+                metrics["dpo/pairs_per_s"] = len(idx) / (time.perf_counter() - step_start)
                 history.append(metrics)
                 if on_progress is not None:
                     on_progress(step, total, metrics)
+                if checkpoints.due(step, total):
+                    checkpoints.save(
+                        step, modules=policy, optimizer=optimizer, state={"history": history}
+                    )
 
     check_stop(should_stop, "DPO stopped")
     run_info = {
@@ -300,7 +394,9 @@ def run_dpo(
         "seed": config.seed,
         "steps": step,
         "policy_dir": str(policy_dir),
-        "reference_dir": str(reference_dir or policy_dir),
+        "reference_dir": str(reference_dir),
+        "reference": "policy with its LoRA adapter off" if adapter_off else str(reference_dir),
+        "placement": placement.describe(),
         "counts": counts,
         "final_metrics": history[-1],
         "history": history,
@@ -308,5 +404,14 @@ def run_dpo(
         "metadata": dict(metadata or {}),
         **provenance(),
     }
-    _save_atomically(policy, policy_dir=policy_dir, output_dir=output_dir, run_info=run_info)
+    save_policy(
+        policy,
+        placement,
+        policy_dir=policy_dir,
+        output_dir=output_dir,
+        fields=config,
+        run_info=run_info,
+        run_file="dpo_run.json",
+    )
+    checkpoints.remove()
     return DPOResult(output_dir, step, history[-1], counts, history)

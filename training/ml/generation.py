@@ -10,7 +10,8 @@ log-probs PPO recomputes with ``logits / temperature`` describe the distribution
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from transformers import PreTrainedTokenizerBase
 from training.ml import device as device_lib
 from training.ml.common import StopFn, check_stop, load_tokenizer
 from training.ml.config import SamplingConfig
+from training.ml.parallel import frozen_dtype
 from training.ml.policy import Prompt, encode_prompt, load_causal_lm
+from training.ml.prompts import end_of_turn_id
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,12 @@ def truncate_at_eos(
 def eos_token_ids(
     tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module | None = None
 ) -> set[int]:
-    """The tokenizer's EOS plus any extra EOS ids in the model's generation config."""
+    """The tokenizer's EOS, its chat template's end-of-turn token (``training.ml.prompts``) and
+    any extra EOS ids in the model's generation config."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    end_of_turn = end_of_turn_id(tokenizer)
+    if end_of_turn is not None:
+        ids.add(end_of_turn)
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(extra, int):
         ids.add(extra)
@@ -98,14 +105,22 @@ def sample_responses(
     max_new_tokens: int = 64,
     batch_size: int | None = None,
     should_stop: StopFn | None = None,
+    synced_gpus: bool = False,
+    chunk_seed: Callable[[int], int] | None = None,
+    device: torch.device | None = None,
 ) -> SampledResponses:
     """Sample one response per query (repeat a query K times for K samples).
 
     Queries are left-padded per chunk of ``batch_size``; ``generate`` derives position ids from
-    the attention mask. Uses torch's global RNG: seed it (``training.ml.device.seeded``) first.
+    the attention mask. Uses torch's global RNG: seed it (``training.ml.device.seeded``) first,
+    or give ``chunk_seed(start)``, the seed of the chunk starting at query ``start``, which
+    makes each chunk's draws independent of what was sampled before (a resumed or
+    differently-split run samples the same tokens). ``synced_gpus``: the model is sharded over
+    processes (FSDP), which must then all run as many decoding steps (Hugging Face keeps a
+    finished process stepping until every process is done).
     """
     eos_ids = sorted(set(eos_token_ids))
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     chunk = batch_size or len(queries)
     greedy = temperature == 0
     sampling_kwargs = (
@@ -117,7 +132,12 @@ def sample_responses(
     for start in range(0, len(queries), chunk):
         check_stop(should_stop, "stopped during generation")
         input_ids, attention_mask = _left_pad(queries[start : start + chunk], pad_token_id)
-        with device_lib.autocast(device):
+        seeded = (
+            device_lib.seeded(chunk_seed(start), device)
+            if chunk_seed is not None
+            else contextlib.nullcontext()
+        )
+        with seeded, device_lib.autocast(device):
             generated = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -128,6 +148,7 @@ def sample_responses(
                 no_repeat_ngram_size=0,
                 pad_token_id=pad_token_id,
                 eos_token_id=eos_ids,
+                synced_gpus=synced_gpus,
                 **sampling_kwargs,
             )
         for row in generated[:, input_ids.shape[1] :].tolist():
@@ -198,5 +219,5 @@ def generate_completions(
     config = config or SamplingConfig()
     device = device_lib.pick_device(config.device)
     tokenizer = load_tokenizer(model_dir, padding_side="left")
-    model = load_causal_lm(model_dir, device=device)
+    model = load_causal_lm(model_dir, device=device, dtype=frozen_dtype(device))  # bf16 on CUDA
     return generate_with_model(model, tokenizer, prompts, config, should_stop=should_stop)

@@ -28,9 +28,15 @@ import transformers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from training.ml.device import quiet_transformers
+from training.ml.prompts import Prompt, encode_prompt, encode_response, render_prompt
 
-Prompt = str | Sequence[dict]
-"""A prompt: raw text, or chat messages (``[{"role": "user", "content": ...}, ...]``)."""
+__all__ = ["Prompt", "encode_prompt", "encode_response", "prompt_text"]
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
+    """The prompt as text (``training.ml.prompts.render_prompt``)."""
+    return render_prompt(tokenizer, prompt)
+
 
 # --- loading ------------------------------------------------------------------------------------
 
@@ -40,13 +46,25 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
 
     Eval mode alone switches off the attention dropout that HF models pass to SDPA as a float
     (``dropout_p=... if self.training else 0``); the saved config is left untouched. The training
-    loops here never call ``.train()``.
+    loops here call ``.train()`` only for gradient checkpointing (Hugging Face checkpoints in
+    train mode), on models :func:`load_causal_lm` loaded with every dropout of the config at 0.
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     model.eval()
     return model
+
+
+def zero_config_dropout(config: object) -> list[str]:
+    """Set every dropout probability of a transformers config to 0 (before the model is built,
+    since some layers copy it at init); returns the names changed."""
+    changed = []
+    for key, value in config.to_dict().items():  # type: ignore[attr-defined]
+        if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float) and value:
+            setattr(config, key, 0.0)
+            changed.append(key)
+    return changed
 
 
 def load_causal_lm(
@@ -58,11 +76,17 @@ def load_causal_lm(
 ) -> torch.nn.Module:
     """Load a causal LM (policy or reference) with dropout off, in eval mode, on ``device``.
 
-    ``trainable=False`` freezes every parameter (a reference model). Weights default to fp32;
-    on CUDA the callers run forwards under bf16 autocast (see ``training.ml.device``).
+    ``trainable=False`` freezes every parameter (a reference model). Weights default to fp32
+    (trained models keep fp32 masters; frozen ones are loaded in
+    ``training.ml.parallel.frozen_dtype``: bf16 on CUDA). Every dropout of the config is 0, so
+    train mode (gradient checkpointing) computes what eval mode does.
     """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    zero_config_dropout(config)
     with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype)
     disable_dropout(model)
     model.requires_grad_(trainable)
     return model.to(device)
@@ -89,32 +113,6 @@ def provenance() -> dict[str, str | None]:
 
 
 # --- tokenising ---------------------------------------------------------------------------------
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
-    """Token ids of a prompt: chat messages go through the chat template with the generation
-    prompt appended; a plain string is tokenised as is (special tokens such as BOS added)."""
-    if isinstance(prompt, str):
-        return list(tokenizer(prompt)["input_ids"])
-    ids = tokenizer.apply_chat_template(
-        list(prompt), add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
-
-
-def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
-    """The prompt as text: itself, or chat messages rendered through the chat template."""
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
-
-
-def encode_response(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of a completion's text followed by EOS (no BOS): what the policy should emit."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [*ids, tokenizer.eos_token_id]
 
 
 # --- batching -----------------------------------------------------------------------------------
@@ -214,14 +212,27 @@ def response_logits(
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 to compute log-probs")
+    width = batch.input_ids.shape[1] - batch.context_length + 1  # R + 1 positions, not C + R
+    kwargs = {"logits_to_keep": width} if accepts_logits_to_keep(model) else {}
     output = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=position_ids_from_attention_mask(batch.attention_mask),
         use_cache=False,
+        **kwargs,
     )
-    logits = output.logits[:, batch.context_length - 1 : -1].float()
+    logits = output.logits[:, -width:-1].float()
     return logits / temperature
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (possibly peft- or FSDP-wrapped) causal LM computes logits only for its last
+    positions when told ``logits_to_keep`` (Hugging Face's decoders do): the LM head then runs
+    on the response columns only, not on the whole prompt."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -234,16 +245,23 @@ def response_logprobs(
     batch: QueryResponseBatch,
     *,
     temperature: float = 1.0,
-    with_entropy: bool = False,
+    with_entropy: bool | str = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of the response tokens (and optionally entropies), both (B, R) fp32.
 
     Padding positions are set to 0 (multiply by ``batch.response_mask`` before summing anyway).
+    ``with_entropy="detached"``: the entropy is computed outside the autograd graph (a metric
+    only: no (B, R, V) softmax kept for backward when its loss coefficient is 0).
     """
     logits = response_logits(model, batch, temperature=temperature)
     mask = batch.response_mask.to(logits.dtype)
     logprobs = logprobs_from_logits(logits, batch.responses) * mask
-    entropy = entropy_from_logits(logits) * mask if with_entropy else None
+    entropy = None
+    if with_entropy == "detached":
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach()) * mask
+    elif with_entropy:
+        entropy = entropy_from_logits(logits) * mask
     return logprobs, entropy
 
 

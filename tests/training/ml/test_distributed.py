@@ -1,6 +1,7 @@
-"""Data-parallel reward-model training: torchrun with 2 CPU processes (gloo) on the tiny model
-trains the same model as one process, relays rank 0's progress, keeps the ranks identical,
-cancels cleanly and reports failures with the ranks' error."""
+"""Data-parallel reward-model training with replicas (``shard: none``): torchrun with 2 CPU
+processes (gloo) on the tiny model trains the same model as one process, relays rank 0's
+progress, keeps the ranks identical, cancels cleanly and reports failures with the ranks' error.
+The sharded (FSDP2) runs of all three trainers are tests/training/ml/test_fsdp.py."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ CONFIG = RewardModelConfig(
     eval_fraction=0.2,
     seed=0,
     device="cpu",
-    num_processes=2,
+    gpus=2,
+    shard="none",
 )
 
 
@@ -95,8 +97,10 @@ def test_two_processes_write_one_complete_loadable_model(two_process_run):
         assert (out / name).is_file()
     info = json.loads((out / INFO_FILE).read_text())
     assert info["metadata"] == {"snapshot": "ddp-test"}
-    assert info["config"]["num_processes"] == 2
-    assert any("data parallel on 2 processes (gloo)" in note for note in info["notes"])
+    assert info["config"]["gpus"] == 2
+    assert any(
+        "data parallel on 2 processes" in note and "(gloo)" in note for note in info["notes"]
+    )
     assert json.loads((out / NORMALIZATION_FILE).read_text())["scale"] == pytest.approx(
         result.normalization.scale
     )
@@ -250,11 +254,13 @@ def test_progress_lines_round_trip_and_other_lines_are_ignored():
     assert parse_progress_line('{"unrelated": 1}') is None
 
 
-def test_num_processes_defaults_to_one_on_cpu_and_round_trips():
+def test_gpus_defaults_to_one_process_on_cpu_and_round_trips():
     assert resolve_num_processes(RewardModelConfig(device="cpu")) == 1
-    assert resolve_num_processes(RewardModelConfig(device="cpu", num_processes=3)) == 3
-    config = RewardModelConfig(num_processes=2)
+    assert resolve_num_processes(RewardModelConfig(device="cpu", gpus=3)) == 3
+    config = RewardModelConfig(gpus=2)
     assert RewardModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert RewardModelConfig().num_processes == 0
-    with pytest.raises(ValueError, match="num_processes"):
-        RewardModelConfig(num_processes=-1)
+    assert RewardModelConfig().gpus == 0
+    with pytest.raises(ValueError, match="gpus"):
+        RewardModelConfig(gpus=-1)
+    # a job stored before ``gpus`` existed still reads back
+    assert RewardModelConfig.from_dict({"num_processes": 2}).gpus == 2

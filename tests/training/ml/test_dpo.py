@@ -153,3 +153,29 @@ def test_a_pair_of_weight_zero_teaches_the_policy_nothing(tiny_model_dir, tmp_pa
     assert any(not torch.equal(before[k], weights["alone"][k]) for k in before)  # it learned
     for key, value in weights["alone"].items():
         torch.testing.assert_close(weights["both"][key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_lora_dpo_uses_the_policy_with_its_adapter_off_as_reference(tiny_model_dir, tmp_path):
+    config = DPOConfig(
+        beta=0.5,
+        learning_rate=1e-2,
+        batch_size=2,
+        device="cpu",
+        use_lora=True,
+        lora_r=4,
+        gradient_checkpointing=True,
+    )
+    result = run_dpo(
+        policy_dir=tiny_model_dir,
+        reference_dir=None,
+        pairs=PAIRS,
+        output_dir=tmp_path / "policy",
+        config=config,
+    )
+    # the adapter starts at zero, so the first step's policy is its reference: loss log 2
+    assert result.history[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    info = json.loads((tmp_path / "policy" / "dpo_run.json").read_text())
+    assert info["reference"] == "policy with its LoRA adapter off"
+    assert not (tmp_path / "policy" / "adapter_config.json").exists()  # merged
+    after = _loss_on(tmp_path / "policy", tiny_model_dir, PAIRS[:2], beta=0.5)
+    assert after < math.log(2) - 1e-3

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.ml import ppo
-from training.ml.common import TrainingCancelled
+from training.ml.common import TrainingCancelled, load_tokenizer
 from training.ml.config import PPOConfig
 from training.ml.ppo import (
     AdaptiveKLController,
@@ -22,6 +22,7 @@ from training.ml.ppo import (
     annealed_learning_rate,
     apply_missing_eos_penalty,
     compute_rewards,
+    derived_seed,
     entropy_from_logits,
     gae,
     masked_mean,
@@ -30,8 +31,10 @@ from training.ml.ppo import (
     ppo_value_loss,
     prompt_batches,
     run_ppo,
+    value_head_from_reward,
     whiten,
 )
+from training.ml.prompts import sequence_prefix
 from training.ml.synthetic import gold_score
 
 
@@ -244,13 +247,46 @@ def test_compute_rewards_puts_kl_on_every_token_and_the_score_on_the_last_valid_
     torch.testing.assert_close(rewards, t([-0.05, 0.0, 2.1], [-0.1, -1.1, 0.0]))
 
 
-def test_missing_eos_penalty_replaces_the_score():
+def test_missing_eos_penalty_is_subtracted_as_in_trl_and_must_not_be_negative():
     scores = torch.tensor([0.3, 0.7])
     eos = torch.tensor([True, False])
     torch.testing.assert_close(
-        apply_missing_eos_penalty(scores, eos, -1.0), torch.tensor([0.3, -1.0])
+        apply_missing_eos_penalty(scores, eos, 1.0), torch.tensor([0.3, -0.3])
     )
     torch.testing.assert_close(apply_missing_eos_penalty(scores, eos, None), scores)
+    torch.testing.assert_close(apply_missing_eos_penalty(scores, eos, 0.0), scores)
+    with pytest.raises(ValueError, match=">= 0"):
+        apply_missing_eos_penalty(scores, eos, -1.0)
+    with pytest.raises(ValueError, match="missing_eos_penalty"):
+        PPOConfig(missing_eos_penalty=-1.0)  # once "replace by -1": refused, not reinterpreted
+
+
+def test_the_value_head_predicts_the_normalised_reward():
+    # raw = w.h + b = 2*1 + 3*2 + 1 = 9; normalised = (9 - 5) / 2 = 2
+    weight, bias = value_head_from_reward(
+        torch.tensor([[2.0, 3.0]]), torch.tensor([1.0]), offset=5.0, scale=2.0
+    )
+    h = torch.tensor([1.0, 2.0])
+    assert float(weight @ h + bias) == pytest.approx(2.0)
+    weight, bias = value_head_from_reward(torch.tensor([[2.0, 3.0]]), None, offset=5.0, scale=2.0)
+    assert float(weight @ h + bias) == pytest.approx((8.0 - 5.0) / 2.0)
+
+
+def test_the_adaptive_kl_horizon_scales_with_the_run():
+    config = PPOConfig(total_steps=100, rollout_batch_size=16)  # 1,600 episodes
+    assert config.resolved_kl_horizon == 160
+    # the controller can now move beta about e^(0.2 * 10) ~ 7x over the run, not 3%
+    controller = AdaptiveKLController(0.05, target=6.0, horizon=config.resolved_kl_horizon)
+    for _ in range(config.total_steps):
+        controller.update(40.0, n_steps=16)
+    assert controller.value > 0.05 * 7
+    assert PPOConfig(kl_horizon=10000).resolved_kl_horizon == 10000
+    assert PPOConfig(total_steps=1, rollout_batch_size=4).resolved_kl_horizon == 4
+
+
+def test_derived_seeds_depend_on_where_not_on_history():
+    assert derived_seed(0, 3, 8) == derived_seed(0, 3, 8)
+    assert len({derived_seed(0, step, first) for step in range(4) for first in (0, 4)}) == 8
 
 
 def test_adaptive_kl_controller_moves_beta_as_computed_by_hand():
@@ -369,10 +405,12 @@ def test_ppo_smoke_run_trains_and_writes_the_policy_atomically(
     # whiten_advantages (the default): the advantages of each step, and only they
     assert len(whitened) == 2
     # adaptive_kl (the default): step 1's KL is 0, below the target, so beta falls by the
-    # controller's largest step; step 2 runs with it
+    # controller's largest step over the run's horizon (8 episodes / 10, at least one step's 4);
+    # step 2 runs with it
     first, second = progress[0][2], progress[1][2]
     assert first["ppo/beta"] == pytest.approx(0.05)
-    assert first["ppo/beta_next"] == pytest.approx(0.05 * (1 - 0.2 * 4 / 10000))
+    assert first["ppo/kl_horizon"] == 4
+    assert first["ppo/beta_next"] == pytest.approx(0.05 * (1 - 0.2 * 4 / 4))
     assert second["ppo/beta"] == first["ppo/beta_next"]
     assert result.output_dir == output_dir and result.steps == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # no temp dir left behind
@@ -537,3 +575,65 @@ def test_ppo_raises_the_synthetic_gold_score(tiny_model_dir, tmp_path):
     trend = np.corrcoef(np.arange(len(scores)), np.argsort(np.argsort(scores)))[0, 1]
     assert last > first + 0.1 and trend > 0.6, (trend, scores)
     assert result.history[-1]["ppo/kl_ref"] > 0
+
+
+# --- what the reward model and the critic see ----------------------------------------------------
+
+
+def test_the_critic_starts_on_the_normalised_reward_scale(
+    tiny_model_dir, reward_model_dir, tmp_path
+):
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    rm_dir = tmp_path / "rm"
+    shutil.copytree(reward_model_dir, rm_dir)
+    (rm_dir / "reward_normalization.json").write_text(
+        json.dumps({"offset": 0.7, "scale": 4.0, "source": "test", "num_samples": 3})
+    )
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="left")
+    value, how = ppo.load_value_model(
+        smoke_config(), policy_dir=tiny_model_dir, reward_model_dir=rm_dir, tokenizer=tokenizer
+    )
+    assert "offset 0.7" in how and "scale 4" in how
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir)
+    hidden = torch.randn(3, rm.config.hidden_size)
+    with torch.no_grad():
+        expected = (rm.score(hidden).squeeze(-1) - 0.7) / 4.0
+        torch.testing.assert_close(value.head(hidden).squeeze(-1), expected)
+
+
+def test_the_reward_model_scores_the_truncated_query_the_policy_saw(
+    tiny_model_dir, reward_model_dir, monkeypatch
+):
+    from training.ml.parallel import Placement
+    from training.ml.reward_model import RewardModel
+
+    config = smoke_config(max_prompt_tokens=4, max_new_tokens=3, missing_eos_penalty=None)
+    models = ppo.load_models(
+        config,
+        policy_dir=tiny_model_dir,
+        reference_dir=None,
+        reward_model_dir=reward_model_dir,
+        placement=Placement(),
+    )
+    assert models.reward_shares_vocab
+    seen = []
+    original = RewardModel.raw_scores_of_ids
+
+    def spy(self, sequences, batch_size):
+        seen.extend(sequences)
+        return original(self, sequences, batch_size)
+
+    monkeypatch.setattr(RewardModel, "raw_scores_of_ids", spy)
+    long_prompt = "Tell me about " + "kettles and bread " * 40
+    roll = ppo.rollout(models, [long_prompt] * 4, config, step=1)
+    query = roll.batch.input_ids[0, : roll.batch.context_length].tolist()
+    assert len(query) == 4  # the prompt's last 4 tokens: what the policy saw
+    assert len(seen) == 4
+    start = 1 if sequence_prefix(models.reward.tokenizer) is not None else 0
+    for sequence in seen:
+        # [BOS] + those 4 tokens + the response (+ EOS): never the prompt's 160 tokens and more
+        assert sequence[start : start + 4] == query
+        assert len(sequence) <= start + 4 + 3 + 1
