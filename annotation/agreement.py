@@ -157,6 +157,11 @@ class FlagRule:
     min_tasks: int = 10
     """tasks shared with at least one other labeller before a labeller can be flagged"""
     min_labellers: int = 3
+    time_fraction: float = 0.25
+    """a labeller whose median time per task is below this share of the others' median time
+    per task is flagged too ("far below the campaign's": 1 s against 20 s, say)"""
+    min_timed_tasks: int = 10
+    """rankings with a time before a labeller can be flagged for speed"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1017,14 +1022,19 @@ def labeller_quality(
                 low, high = (float(x) for x in np.percentile(replicates, [tail, 100 - tail]))
         z_value = float(z[index]) if np.isfinite(z[index]) else None
         flagged = bool(eligible[index] and z_value is not None and z_value < rule.z_threshold)
-        reason = None
+        reasons = []
         if flagged:
-            reason = (
+            reasons.append(
                 f"agreement with the others' consensus {value:.2f} over {int(scored_sum[index])} "
                 f"pairs is {-z_value:.1f} robust SDs below the median {median:.2f} of "
                 f"{int((eligible & np.isfinite(agreement)).sum())} labellers "
                 f"(scale {scale:.3f}, threshold z < {rule.z_threshold})"
             )
+        too_fast = _too_fast(table.seconds, who == index, rule)
+        if too_fast:
+            flagged = True
+            reasons.append(too_fast)
+        reason = "; ".join(reasons) or None
         results.append(
             LabellerQuality(
                 labeller_id=labeller_id,
@@ -1042,9 +1052,130 @@ def labeller_quality(
     return tuple(results)
 
 
+def _too_fast(seconds: FloatArray, mine: npt.NDArray[np.bool_], rule: FlagRule) -> str | None:
+    """Why a labeller's median time per task is far below the others', or None: their median
+    over at least ``rule.min_timed_tasks`` timed rankings is below ``rule.time_fraction`` of the
+    median of everyone else's rankings."""
+    own = seconds[mine & np.isfinite(seconds)]
+    others = seconds[~mine & np.isfinite(seconds)]
+    if len(own) < rule.min_timed_tasks or len(others) < rule.min_timed_tasks:
+        return None
+    theirs, typical = float(np.median(own)), float(np.median(others))
+    if typical <= 0 or theirs >= rule.time_fraction * typical:
+        return None
+    return (
+        f"median time per task {theirs:.1f} s over {len(own)} rankings is below "
+        f"{rule.time_fraction:.0%} of the others' median {typical:.1f} s "
+        f"({theirs / typical:.0%} of it)"
+    )
+
+
 def _median_seconds(seconds: FloatArray) -> float | None:
     known = seconds[np.isfinite(seconds)]
     return float(np.median(known)) if len(known) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Cohen's kappa per pair of labellers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PairKappa:
+    """Cohen's kappa of two labellers on the pair preferences they both gave."""
+
+    labeller_a: int
+    labeller_b: int
+    """``labeller_a < labeller_b``"""
+    kappa: Estimate
+    """n = (task, completion pair) units both answered; interval by the task bootstrap"""
+    tasks: int
+    """tasks both ranked"""
+
+
+def _kappa_of(confusion: FloatArray) -> FloatArray:
+    """Cohen's kappa of (..., 3, 3) confusion counts; NaN when undefined (no units, or chance
+    agreement 1: both gave one same answer throughout)."""
+    total = confusion.sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = np.trace(confusion, axis1=-2, axis2=-1) / total
+        rows = confusion.sum(axis=-1) / total[..., None]
+        cols = confusion.sum(axis=-2) / total[..., None]
+        expected = (rows * cols).sum(axis=-1)
+        return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
+
+
+def cohen_kappa(first: npt.ArrayLike, second: npt.ArrayLike) -> float | None:
+    """Cohen's kappa of two raters' answers (codes 0..2) on the same units; None if undefined."""
+    a, b = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
+    confusion = np.zeros((3, 3))
+    np.add.at(confusion, (a, b), 1)
+    value = float(_kappa_of(confusion))
+    return value if math.isfinite(value) else None
+
+
+def pairwise_kappa(
+    table: RankingTable, votes: PairVotes, *, bootstrap: Bootstrap = Bootstrap()
+) -> tuple[PairKappa, ...]:
+    """Cohen's kappa on pair preferences (better / tie / worse, F as ``votes.fail_policy``
+    pairs it) for every two labellers who ranked a task in common, with n and a percentile
+    bootstrap interval over the campaign's tasks (the same resamples as every other figure)."""
+    ranking_of: dict[tuple[int, int], int] = {
+        (int(t), int(w)): r
+        for r, (t, w) in enumerate(zip(table.ranking_task, table.ranking_labeller, strict=True))
+    }
+    by_task: dict[int, list[int]] = {}
+    for task, labeller in ranking_of:
+        by_task.setdefault(task, []).append(labeller)
+    pair_index: dict[tuple[int, int], int] = {}
+    rows, cols, values = [], [], []
+    shared: dict[int, int] = {}
+    for task, labellers in by_task.items():
+        labellers.sort()
+        for x, i in enumerate(labellers):
+            for j in labellers[x + 1 :]:
+                k = pair_index.setdefault((i, j), len(pair_index))
+                shared[k] = shared.get(k, 0) + 1
+                a = votes.answers[ranking_of[(task, i)]]
+                b = votes.answers[ranking_of[(task, j)]]
+                both = (a != NO_ANSWER) & (b != NO_ANSWER)
+                confusion = np.zeros((3, 3))
+                np.add.at(confusion, (a[both], b[both]), 1)
+                cells = np.flatnonzero(confusion)
+                rows.extend([task] * len(cells))
+                cols.extend((k * 9 + cells).tolist())
+                values.extend(confusion.ravel()[cells].tolist())
+    n_pairs = len(pair_index)
+    if not n_pairs:
+        return ()
+    per_task = sparse.csr_array(
+        (np.asarray(values, dtype=np.float64), (np.asarray(rows), np.asarray(cols))),
+        shape=(table.n_tasks, n_pairs * 9),
+    )
+    totals = np.asarray(per_task.sum(axis=0)).reshape(n_pairs, 3, 3)
+    point = _kappa_of(totals)
+    replicates = None
+    if bootstrap.resamples > 0 and table.n_tasks:
+        sums = _resampled_sums(per_task, bootstrap).reshape(bootstrap.resamples, n_pairs, 3, 3)
+        replicates = _kappa_of(sums)
+    tail = (1 - bootstrap.confidence) / 2 * 100
+    result = []
+    for (i, j), k in sorted(pair_index.items()):
+        value = float(point[k]) if np.isfinite(point[k]) else None
+        low = high = None
+        if value is not None and replicates is not None and shared[k] >= 2:
+            draws = replicates[:, k][np.isfinite(replicates[:, k])]
+            if len(draws) >= bootstrap.resamples / 2:
+                low, high = (float(x) for x in np.percentile(draws, [tail, 100 - tail]))
+        result.append(
+            PairKappa(
+                labeller_a=int(table.labeller_ids[i]),
+                labeller_b=int(table.labeller_ids[j]),
+                kappa=Estimate(value=value, n=int(totals[k].sum()), ci_low=low, ci_high=high),
+                tasks=shared[k],
+            )
+        )
+    return tuple(result)
 
 
 # --------------------------------------------------------------------------------------------------

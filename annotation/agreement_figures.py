@@ -32,7 +32,7 @@ import contextlib
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Literal, TypeVar
@@ -40,10 +40,11 @@ from typing import Final, Literal, TypeVar
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
-from annotation import agreement, exports
+from annotation import agreement, competence, exports
+from annotation import strength as strength_rules
 from annotation.agreement import (
     CHANCE,
     AgreementForm,
@@ -123,6 +124,8 @@ class CampaignAgreement:
     """ordinal on ranks, nominal on pair preferences, nominal on F flags"""
     kendall_w: Figure
     fleiss_kappa: Figure
+    strength_alpha: Figure | None = None
+    """Krippendorff's alpha (interval) on preference strength, where the campaign asks it"""
 
     @property
     def figures(self) -> tuple[Figure, ...]:
@@ -164,6 +167,11 @@ class LabellerRow:
     n = completion pairs compared, both strict"""
     gold_tasks: int = 0
     gold_flagged: bool = False
+    competence: float | None = None
+    """Dawid-Skene competence on pair preferences (:mod:`annotation.competence`): the fitted
+    probability that their answer on a completion pair is the true one"""
+    competence_answers: int = 0
+    """pair answers on units someone else answered too: what ``competence`` rests on"""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -355,6 +363,7 @@ def _consensus_rows(
     """Each labeller's agreement with the others' consensus, ordered as the table is."""
     quality = agreement.labeller_quality(inputs.table, inputs.votes, rule=rule, bootstrap=bootstrap)
     usernames = _usernames([q.labeller_id for q in quality])
+    fitted = {c.labeller_id: c for c in labeller_competence(inputs).labellers}
     rows = [
         LabellerRow(
             labeller_id=q.labeller_id,
@@ -376,10 +385,95 @@ def _consensus_rows(
             robust_z=q.robust_z,
             flagged=q.flagged,
             flag_reason=q.flag_reason,
+            competence=_finite(fitted[q.labeller_id].competence)
+            if q.labeller_id in fitted
+            else None,
+            competence_answers=fitted[q.labeller_id].answers if q.labeller_id in fitted else 0,
         )
         for q in quality
     ]
     return _table_order(rows)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def labeller_competence(inputs: AgreementInputs) -> competence.DawidSkene:
+    """Dawid-Skene on every labeller's answer on every completion pair of their tasks (units:
+    (task, completion pair); answers as the agreement figures count them, F by the fail
+    policy)."""
+    answers = inputs.votes.answers
+    rankings, pairs = np.nonzero(answers != agreement.NO_ANSWER)
+    items = inputs.table.ranking_task[rankings] * max(answers.shape[1], 1) + pairs
+    labellers = inputs.table.labeller_ids[inputs.table.ranking_labeller[rankings]]
+    return competence.dawid_skene(
+        list(
+            zip(items.tolist(), labellers.tolist(), answers[rankings, pairs].tolist(), strict=True)
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KappaCell:
+    labeller_a: int
+    username_a: str
+    labeller_b: int
+    username_b: str
+    kappa: Figure
+    tasks: int
+
+
+@dataclass(frozen=True, slots=True)
+class KappaMatrix:
+    """Cohen's kappa on pair preferences for every two labellers with a task in common."""
+
+    campaign_id: int
+    fail_policy: FailPolicy
+    bootstrap: Bootstrap
+    labellers: tuple[tuple[int, str], ...]
+    """(id, username) of the labellers in the matrix, in id order"""
+    pairs: tuple[KappaCell, ...]
+
+
+def kappa_matrix(
+    *,
+    campaign: Campaign,
+    fail_policy: FailPolicy = "drop",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> KappaMatrix:
+    """Cohen's kappa per labeller pair on pair preferences, each with n and a bootstrap
+    interval over tasks (cached): :func:`annotation.agreement.pairwise_kappa`."""
+
+    def compute() -> KappaMatrix:
+        inputs = agreement_inputs(campaign=campaign, fail_policy=fail_policy)
+        pairs = agreement.pairwise_kappa(inputs.table, inputs.votes, bootstrap=bootstrap)
+        ids = inputs.table.labeller_ids.tolist()
+        names = _usernames(ids)
+        return KappaMatrix(
+            campaign_id=campaign.pk,
+            fail_policy=fail_policy,
+            bootstrap=bootstrap,
+            labellers=tuple((pk, names.get(pk, "")) for pk in ids),
+            pairs=tuple(
+                KappaCell(
+                    labeller_a=p.labeller_a,
+                    username_a=names.get(p.labeller_a, ""),
+                    labeller_b=p.labeller_b,
+                    username_b=names.get(p.labeller_b, ""),
+                    kappa=Figure.of(
+                        p.kappa,
+                        key="cohen_kappa",
+                        label="Cohen's kappa on pair preferences (better / tie / worse)",
+                        n_of="(task, completion pair) units both answered",
+                    ),
+                    tasks=p.tasks,
+                )
+                for p in pairs
+            ),
+        )
+
+    return cached(campaign, "kappa", (fail_policy, bootstrap), compute)
 
 
 def merge_gold(rows: Sequence[LabellerRow], gold: GoldTable) -> list[LabellerRow]:
@@ -391,6 +485,32 @@ def merge_gold(rows: Sequence[LabellerRow], gold: GoldTable) -> list[LabellerRow
     usernames = _usernames(only_gold)
     merged = [*rows, *(_gold_only_row(pk, usernames.get(pk, "")) for pk in only_gold)]
     return _table_order([_with_gold(row, gold_rows.get(row.labeller_id)) for row in merged])
+
+
+def usernames(ids: Iterable[int]) -> dict[int, str]:
+    """User id -> username, in one query."""
+    return _usernames(list(ids))
+
+
+def task_agreement_by_id(
+    *, campaign: Campaign, fail_policy: FailPolicy = "rank_last"
+) -> dict[int, tuple[float | None, int, float | None]]:
+    """Task id -> (strict agreement, labeller pairs x completion pairs it rests on, three-way
+    agreement) of every real task, for the review queue and the task list (cached)."""
+
+    def compute() -> dict[int, tuple[float | None, int, float | None]]:
+        _, figures = task_figures(agreement_inputs(campaign=campaign, fail_policy=fail_policy))
+        result = {}
+        for figure in figures:
+            forms = {f.form: f for f in figure.pairwise}
+            result[figure.task_id] = (
+                forms["strict"].value,
+                forms["strict"].n,
+                forms["three_way"].value,
+            )
+        return result
+
+    return cached(campaign, "tasks", (fail_policy,), compute)
 
 
 def _usernames(ids: Sequence[int]) -> dict[int, str]:
@@ -419,13 +539,72 @@ def campaign_agreement(
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
 ) -> CampaignAgreement:
     """The campaign-wide figures of ``campaign`` (cached: :func:`cached`)."""
-    return cached(
-        campaign,
-        "campaign",
-        (fail_policy, bootstrap),
-        lambda: campaign_figures(
-            agreement_inputs(campaign=campaign, fail_policy=fail_policy), bootstrap=bootstrap
-        ),
+
+    def compute() -> CampaignAgreement:
+        rows = exports.ranking_rows(campaign_ids=[campaign.pk])
+        figures = campaign_figures(
+            inputs_from_rows(rows, campaign_id=campaign.pk, fail_policy=fail_policy),
+            bootstrap=bootstrap,
+        )
+        if campaign.strength_scale == "none":
+            return figures
+        levels = exports.ranking_strengths(campaign_ids=[campaign.pk])
+        return replace(
+            figures,
+            strength_alpha=strength_alpha(
+                rows, levels, scale=campaign.strength_scale, bootstrap=bootstrap
+            ),
+        )
+
+    return cached(campaign, "campaign", (fail_policy, bootstrap), compute)
+
+
+def strength_alpha(
+    rows: Sequence[exports.RankingRow],
+    levels: Mapping[int, tuple[str, Sequence[int]]],
+    *,
+    scale: str,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> Figure:
+    """Krippendorff's alpha, interval, on preference strength: each (task, completion pair) a
+    unit, each labeller's answer on it a signed value (:func:`annotation.strength.signed_value`:
+    0 a tie, the sign the direction, the size how much better), with a bootstrap interval over
+    tasks. Only labellers who gave a strength (and pairs without F) count."""
+    by_task: dict[int, list[exports.RankingRow]] = defaultdict(list)
+    for row in rows:
+        by_task[row.task_id].append(row)
+    top = max(strength_rules.LEVELS.get(scale, (0,))) + (1 if scale == "llama2" else 0)
+    domain = np.arange(-top, top + 1, dtype=np.float64)
+    units: list[list[dict[float, int]]] = []
+    for task_rows in by_task.values():
+        ids = sorted({c for row in task_rows for c in row.items})
+        task_units = []
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                answers: dict[float, int] = defaultdict(int)
+                for row in task_rows:
+                    judged = levels.get(row.ranking_id)
+                    value = strength_rules.signed_value(
+                        row.items, judged[1] if judged else None, a, b, scale=scale
+                    )
+                    if value is not None:
+                        answers[value] += 1
+                task_units.append(answers)
+        units.append(task_units)
+    width = max((len(u) for u in units), default=0)
+    counts = np.zeros((len(units), max(width, 1), len(domain)))
+    for t, task_units in enumerate(units):
+        for u, answers in enumerate(task_units):
+            for value, count in answers.items():
+                counts[t, u, int(value + top)] = count
+    estimate = agreement.alpha_estimate(counts, domain, level="interval", bootstrap=bootstrap)
+    return Figure.of(
+        estimate,
+        key="alpha.strength",
+        label="Krippendorff's alpha, interval, on preference strength (signed: tie 0, "
+        "the size how much better)",
+        n_of="(task, completion pair) units with two or more strengths",
+        level="interval",
     )
 
 
@@ -473,14 +652,16 @@ def cached(campaign: Campaign, name: str, params: tuple, compute: Callable[[], T
 
 
 def _rankings_version(campaign: Campaign) -> str:
-    """Changes whenever the campaign's agreement inputs change: its rankings (count and newest
-    id) and which of its tasks are gold."""
-    rankings = Ranking.objects.filter(campaign=campaign).aggregate(n=Count("id"), last=Max("id"))
+    """Changes whenever the campaign's agreement inputs change: its rankings (count, newest id
+    and the sum of their versions, which an edit raises) and which of its tasks are gold."""
+    rankings = Ranking.objects.filter(campaign=campaign).aggregate(
+        n=Count("id"), last=Max("id"), versions=Sum("version")
+    )
     gold = Task.objects.filter(campaign=campaign, is_gold=True).order_by("id")
     digest = hashlib.blake2b(
         ",".join(map(str, gold.values_list("id", flat=True))).encode(), digest_size=8
     ).hexdigest()
-    return f"{rankings['n']}.{rankings['last']}.{digest}"
+    return f"{rankings['n']}.{rankings['last']}.{rankings['versions']}.{digest}"
 
 
 def labeller_quality_table(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -275,3 +276,50 @@ def majority_pairs(
                 )
             )
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance: how a task's label was settled
+# --------------------------------------------------------------------------------------------------
+
+Provenance = Literal["unanimous", "majority", "adjudicated", "unresolved"]
+PROVENANCES: tuple[str, ...] = ("unanimous", "majority", "adjudicated", "unresolved")
+
+
+def provenance(rankings: Sequence[Ranking], *, adjudicated: bool = False) -> Provenance:
+    """How a task's consensus was reached, judged on completion pairs.
+
+    Each ranking answers every completion pair it holds (better / tie / worse, F a bottom tier
+    and F vs F a tie, as the consensus methods count them):
+
+    * ``"adjudicated"``: a reviewer decided (whatever the labellers said);
+    * ``"unanimous"``: two or more rankings, every pair answered the same way by all of them
+      (the same weak order; ``1, 1, 3`` and ``1, 1, 2`` are the same answer);
+    * ``"majority"``: not unanimous, but on every pair one answer was given by more than half
+      of the rankings holding it;
+    * ``"unresolved"``: some pair has no strict majority, or fewer than two rankings (nobody
+      confirmed the one label).
+    """
+    if adjudicated:
+        return "adjudicated"
+    if len(rankings) < 2:
+        return "unresolved"
+    for ranking in rankings:
+        validate_ranking(ranking)
+    ids = sorted({completion_id for ranking in rankings for completion_id in ranking})
+    unanimous = True
+    for k, id_a in enumerate(ids):
+        for id_b in ids[k + 1 :]:
+            answers = [
+                _bottom_tier_preference(ranking[id_a], ranking[id_b])
+                for ranking in rankings
+                if id_a in ranking and id_b in ranking
+            ]
+            if not answers:
+                continue
+            top = max(answers.count(answer) for answer in (-1, 0, 1))
+            if top != len(answers):
+                unanimous = False
+            if 2 * top <= len(answers):
+                return "unresolved"
+    return "unanimous" if unanimous else "majority"

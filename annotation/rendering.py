@@ -1,4 +1,5 @@
-"""Markdown → sanitised HTML, for guidelines. Completion and prompt text are never rendered.
+"""Markdown → sanitised HTML, for guidelines, and for prompts and completions where the campaign
+turns it on (``Campaign.render_markdown``; otherwise they are never rendered).
 
 Two layers: markdown-it-py runs with raw HTML off (``<script>`` in the source comes out as
 escaped text), then nh3 keeps only the tags and attributes below and only http(s)/mailto links,

@@ -27,4 +27,10 @@ urlpatterns = [
     path(
         "campaigns/<int:campaign_id>/tasks/<int:task_id>/gold/", views.task_gold, name="task-gold"
     ),
+    path("campaigns/<int:campaign_id>/review/", views.review_queue, name="review"),
+    path(
+        "campaigns/<int:campaign_id>/review/<int:task_id>/",
+        views.review_task,
+        name="review-task",
+    ),
 ]

@@ -7,12 +7,17 @@
 // The rules (ties or swaps, F, clearing, what is missing, the payload) live in ranking_state.js,
 // which has no DOM and its own tests; this module keeps one ranking per task, renders it, and
 // builds the whole board anew (slots, F area, tray) for each task. Completion and prompt text
-// are plain text: they go on the page with textContent only, never as HTML.
+// are plain text, put on the page with textContent only; where the campaign renders markdown
+// the server sends each as HTML it sanitised as it does the guidelines (renderBody).
 //
 // Submit posts to /api/assignments/{id}/ranking/?next=1: the answer carries the next task, so
 // one request per task. The API is idempotent (the same ranking again answers 200), so retries
 // after a network failure or a 503 are safe. Until the server has the ranking, it stays on the
 // page and in sessionStorage (keyed by assignment id), so a reload loses nothing.
+//
+// The same page edits a submitted ranking (config.edit: its labels, comment and version): the
+// board starts from it, Save sends PUT /api/assignments/{id}/ranking/ with the version edited
+// (a new version; the server keeps the old one), then the labeller is back on their rankings.
 
 import * as rules from "./ranking_state.js";
 
@@ -23,6 +28,7 @@ const DRAG_THRESHOLD_PX = 6;
 const REPEAT_MS = 700; // an unranked task shown this recently ignores Enter (a double press)
 
 const config = JSON.parse(document.getElementById("label-config").textContent);
+const editing = config.edit || null; // editing a submitted ranking, not ranking a new task
 const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
 
 const el = {
@@ -38,7 +44,12 @@ const el = {
   validation: document.getElementById("validation"),
   error: document.getElementById("error"),
   submit: document.getElementById("submit"),
-  skip: document.getElementById("skip"),
+  skip: document.getElementById("skip"), // none when editing
+  comment: document.getElementById("comment"),
+  choices: document.getElementById("choices"),
+  strength: document.getElementById("strength"),
+  justification: document.getElementById("justification"),
+  justificationBox: document.getElementById("justification-box"),
   keysN: document.getElementById("keys-n"),
   statToday: document.getElementById("stat-today"),
   statAvg: document.getElementById("stat-avg"),
@@ -114,6 +125,21 @@ function renderText(container, text) {
   flush();
 }
 
+/**
+ * A prompt's or completion's body: where the campaign renders markdown the server sends it as
+ * HTML, sanitised exactly as the guidelines are (annotation/rendering.py: markdown-it without
+ * raw HTML, then nh3's allow-list), and it goes in as that; otherwise plain text as above.
+ */
+function renderBody(container, text, html) {
+  if (typeof html !== "string") {
+    container.classList.remove("markdown");
+    renderText(container, text);
+    return;
+  }
+  container.classList.add("markdown");
+  container.innerHTML = html; // sanitised on the server (see above)
+}
+
 // --- Visible time on the task ------------------------------------------------------------------
 
 class VisibleTimer {
@@ -136,14 +162,20 @@ class VisibleTimer {
 
 // --- Draft in sessionStorage -------------------------------------------------------------------
 
-const draftKey = (id) => `rlhf:ranking:${id}`;
+const draftKey = (id) => `rlhf:${editing ? "edit" : "ranking"}:${id}`;
 
 function saveDraft() {
   if (!state.assignment || state.finished) return;
   try {
     sessionStorage.setItem(
       draftKey(state.assignment.id),
-      JSON.stringify({ labels: rules.savedLabels(state.ranking), elapsed_ms: state.timer.ms() }),
+      JSON.stringify({
+        labels: rules.savedLabels(state.ranking),
+        strength: rules.savedStrength(state.ranking),
+        elapsed_ms: state.timer.ms(),
+        comment: el.comment.value,
+        justification: el.justification.value,
+      }),
     );
   } catch {
     // Storage full or disabled: the ranking still lives on the page.
@@ -154,10 +186,26 @@ function saveDraft() {
 function loadDraft(assignment) {
   try {
     const draft = JSON.parse(sessionStorage.getItem(draftKey(assignment.id)) || "null");
-    const labels = draft && Array.isArray(draft.labels) ? draft.labels : [];
-    return { labels: labels.filter(Array.isArray), elapsedMs: Number(draft?.elapsed_ms) || 0 };
+    if (!draft && editing) {
+      return {
+        labels: editing.items,
+        strength: rules.strengthFromLevels(assignment, editing.items, editing.strength),
+        elapsedMs: 0,
+        comment: editing.comment,
+        justification: editing.justification || "",
+      };
+    }
+    const list = (value) => (Array.isArray(value) ? value.filter(Array.isArray) : []);
+    const text = (value) => (typeof value === "string" ? value : "");
+    return {
+      labels: list(draft?.labels),
+      strength: list(draft?.strength),
+      elapsedMs: Number(draft?.elapsed_ms) || 0,
+      comment: text(draft?.comment),
+      justification: text(draft?.justification),
+    };
   } catch {
-    return { labels: [], elapsedMs: 0 };
+    return { labels: [], strength: [], elapsedMs: 0, comment: "", justification: "" };
   }
 }
 
@@ -206,6 +254,8 @@ function buildCard(completion, index) {
   const rank = make("span", "rank-badge");
   rank.id = `card-${letter}-rank`;
   const expand = make("button", "small expand", "Expand");
+  expand.append(" ", make("kbd", "", "X"));
+  expand.setAttribute("aria-keyshortcuts", "X");
   expand.type = "button";
   expand.setAttribute("aria-expanded", "false");
   expand.setAttribute("aria-controls", `card-${letter}-body`);
@@ -215,7 +265,7 @@ function buildCard(completion, index) {
 
   const body = make("div", "completion-body");
   body.id = `card-${letter}-body`;
-  renderText(body, completion.text);
+  renderBody(body, completion.text, completion.html);
   card.append(head, body);
   return card;
 }
@@ -250,18 +300,19 @@ function buildSlot(rank, n) {
 function renderPrompt(prompt) {
   el.prompt.replaceChildren();
   const messages = Array.isArray(prompt.messages) ? prompt.messages : [];
+  const rendered = Array.isArray(prompt.messages_html) ? prompt.messages_html : [];
   if (messages.length > 1) {
-    for (const message of messages) {
+    for (const [index, message] of messages.entries()) {
       const block = make("div", `message message-${message.role || "user"}`);
       block.append(make("span", "message-role", String(message.role || "user")));
       const content = make("div", "message-content");
       const body = message.content;
-      renderText(content, typeof body === "string" ? body : JSON.stringify(body));
+      renderBody(content, typeof body === "string" ? body : JSON.stringify(body), rendered[index]);
       block.append(content);
       el.prompt.append(block);
     }
   } else {
-    renderText(el.prompt, prompt.text);
+    renderBody(el.prompt, prompt.text, prompt.html);
   }
 }
 
@@ -272,8 +323,14 @@ function showTask(assignment, { initial = false } = {}) {
   state.assignment = assignment;
   state.finished = false;
   const draft = loadDraft(assignment);
-  state.ranking = rules.startRanking(assignment, draft.labels);
+  state.ranking = rules.startRanking(assignment, draft.labels, draft.strength);
   state.timer = new VisibleTimer(draft.elapsedMs);
+  el.comment.value = draft.comment; // this task's comment, never the last task's
+  el.justification.value = draft.justification;
+  el.justificationBox.hidden = state.ranking.scale !== "helpsteer";
+  for (const node of document.querySelectorAll(".keys-strength")) {
+    node.hidden = state.ranking.scale === "none";
+  }
   state.shownAt = performance.now();
 
   const n = assignment.completions.length;
@@ -287,6 +344,21 @@ function showTask(assignment, { initial = false } = {}) {
   state.chips = new Map(assignment.completions.map((c, i) => [c.id, buildChip(c, i)]));
   el.failZone.hidden = !assignment.allow_fail;
   el.keysN.textContent = String(n);
+  const pairwise = rules.isPairwise(state.ranking);
+  el.task.classList.toggle("is-pairwise", pairwise);
+  el.choices.hidden = !pairwise;
+  el.choices.replaceChildren(
+    ...(pairwise ? rules.pairwiseChoices(state.ranking) : []).map(({ key, choice, text }) => {
+      const button = make("button", "choice", text);
+      button.type = "button";
+      button.dataset.choice = choice;
+      button.setAttribute("aria-keyshortcuts", key);
+      button.append(" ", make("kbd", "", key));
+      return button;
+    }),
+  );
+  for (const node of document.querySelectorAll(".keys-ranked")) node.hidden = pairwise;
+  for (const node of document.querySelectorAll(".keys-pairwise")) node.hidden = !pairwise;
   el.tieNote.textContent = assignment.allow_ties
     ? "Two cards in one slot is a tie: keep ties for answers that are genuinely equally good, " +
       "and use them sparingly."
@@ -296,8 +368,8 @@ function showTask(assignment, { initial = false } = {}) {
   clearError();
 
   const path = url("assignment", assignment.id);
-  if (window.location.pathname !== path) window.history.replaceState(null, "", path);
-  document.title = `Rank · #${assignment.id} · ${config.campaign.name}`;
+  if (!editing && window.location.pathname !== path) window.history.replaceState(null, "", path);
+  document.title = `${editing ? "Edit" : "Rank"} · #${assignment.id} · ${config.campaign.name}`;
 
   update();
   markExpandable();
@@ -372,6 +444,11 @@ function update(echo = "") {
     if (zone.parentElement === el.slots) zone.classList.toggle("is-tie", chips.length > 1);
   }
 
+  renderStrength(ranking);
+  const chosen = rules.choiceOf(ranking);
+  for (const button of el.choices.querySelectorAll("[data-choice]")) {
+    button.setAttribute("aria-pressed", String(button.dataset.choice === chosen));
+  }
   const { text, complete } = rules.validation(ranking, echo);
   el.validation.textContent = text;
   el.validation.classList.toggle("is-complete", complete);
@@ -416,6 +493,76 @@ function placeSelected(zone) {
   apply(rules.placeSelected(state.ranking, zone));
 }
 
+/** How much better: one row per gap between adjacent ranks, its levels as buttons. */
+function renderStrength(ranking) {
+  const gaps = rules.strengthGaps(ranking);
+  el.strength.hidden = ranking.scale === "none";
+  if (ranking.scale === "none") return;
+  const current = rules.currentGap(ranking);
+  const choices = rules.strengthChoices(ranking);
+  const rows = gaps.map((gap) => {
+    const row = make("div", "strength-gap");
+    row.classList.toggle("is-current", current !== null && gap.key === current.key);
+    row.append(make("span", "strength-name", `${gap.upper.join("=")} over ${gap.lower.join("=")}`));
+    for (const { key, level, text } of choices) {
+      const button = make("button", "small strength-level", text);
+      button.type = "button";
+      button.dataset.gap = gap.key;
+      button.dataset.level = String(level);
+      button.setAttribute("aria-pressed", String(gap.level === level));
+      button.setAttribute("aria-label", `${gap.upper.join(" and ")} over ${gap.lower.join(" and ")}: ${text}`);
+      button.append(" ", make("kbd", "", `⇧${key}`));
+      row.append(button);
+    }
+    return row;
+  });
+  const hint = gaps.length ? [] : [make("p", "hint", "Rank the cards apart, then say how much better.")];
+  el.strength.replaceChildren(make("span", "strength-title", "How much better?"), ...hint, ...rows);
+}
+
+/** Give the gap the level (its button, or Shift+1..4 on the current gap). */
+function strengthFor(key, level) {
+  if (!state.assignment || !state.ranking || state.busy) return;
+  apply(rules.setStrength(state.ranking, key, level));
+}
+
+/** Pairwise layout: set both cards with one choice (A better, B better, tie, both F). */
+function choose(choice) {
+  if (!state.assignment || !state.ranking || state.busy) return;
+  apply(rules.choose(state.ranking, choice));
+}
+
+/** Expand a long card to its full length, or collapse it again (the X key, or its button). */
+function toggleExpand(card) {
+  if (!card) return;
+  const button = card.querySelector(".expand");
+  const open = card.classList.toggle("is-expanded");
+  button.setAttribute("aria-expanded", String(open));
+  button.textContent = open ? "Collapse" : "Expand";
+  button.append(" ", make("kbd", "", "X"));
+  if (open) card.scrollIntoView({ block: "nearest" });
+  markExpandable();
+}
+
+/**
+ * Scroll the selected card's answer by a few lines (or a page) with ↑ ↓ (PageUp/PageDown); a
+ * card shown whole scrolls the page instead. Answers whether the card scrolled.
+ */
+function scrollSelected(direction, page) {
+  const card = state.ranking && cardOf(state.ranking.selected);
+  if (!card) return false;
+  const scroller = card.classList.contains("is-expanded") ? null : card.querySelector(".completion-body");
+  if (!scroller || scroller.scrollHeight <= scroller.clientHeight + 2) return false;
+  const atEnd =
+    direction > 0
+      ? scroller.scrollTop + scroller.clientHeight >= scroller.scrollHeight - 2
+      : scroller.scrollTop <= 0;
+  if (atEnd) return false;
+  const step = page ? scroller.clientHeight * 0.9 : 60;
+  scroller.scrollBy({ top: direction * step, behavior: "instant" });
+  return true;
+}
+
 function moveSelection(step) {
   if (!state.ranking) return;
   select(rules.moveSelection(state.ranking, step).selected);
@@ -431,13 +578,13 @@ async function readJSON(response) {
   }
 }
 
-/** POST JSON; on a network failure or 502/503/504, retry with backoff and say so. */
-async function post(path, body, { onRetry } = {}) {
+/** POST (or PUT) JSON; on a network failure or 502/503/504, retry with backoff and say so. */
+async function post(path, body, { onRetry, method = "POST" } = {}) {
   for (let attempt = 0; ; attempt++) {
     let response;
     try {
       response = await fetch(path, {
-        method: "POST",
+        method,
         credentials: "same-origin",
         headers: {
           "Content-Type": "application/json",
@@ -480,9 +627,10 @@ function clearError() {
 function setBusy(busy, label) {
   state.busy = busy;
   el.submit.textContent = "";
-  el.submit.append(label || "Submit ", ...(label ? [] : [make("kbd", "", "Enter")]));
+  const idle = editing ? "Save changes " : "Submit ";
+  el.submit.append(label || idle, ...(label ? [] : [make("kbd", "", "Enter")]));
   el.submit.setAttribute("aria-busy", String(busy));
-  el.skip.disabled = busy;
+  if (el.skip) el.skip.disabled = busy;
   update();
 }
 
@@ -540,14 +688,27 @@ async function submit() {
   const body = {
     items,
     time_spent_ms: state.timer.ms(),
-    comment: "",
+    comment: el.comment.value.trim(),
   };
-  setBusy(true, "Submitting…");
+  if (state.ranking.scale !== "none") {
+    body.strength = rules.strengthPayload(state.ranking);
+    body.justification = el.justification.value.trim();
+  }
+  if (editing) body.version = editing.version;
+  setBusy(true, editing ? "Saving…" : "Submitting…");
   clearError();
-  const { response, data, gaveUp } = await post(`${url("ranking", a.id)}?next=1`, body, {
-    onRetry: retryMessage("submit"),
-  });
+  const { response, data, gaveUp } = await post(
+    editing ? url("ranking", a.id) : `${url("ranking", a.id)}?next=1`,
+    body,
+    { onRetry: retryMessage(editing ? "save" : "submit"), method: editing ? "PUT" : "POST" },
+  );
   setBusy(false);
+  if (editing && response && response.ok && data) {
+    dropDraft(a.id);
+    state.finished = true;
+    window.location.assign(`${config.urls.history}#ranking-${data.id}`);
+    return;
+  }
   if (response && response.ok && data) {
     onSubmitted(a, data, response.status === 201, body.time_spent_ms);
     return;
@@ -558,9 +719,10 @@ async function submit() {
     [403, 404, 409].includes(response.status) &&
     !(data && data.code === "not_authenticated") &&
     !detail.includes("CSRF");
-  showError(explain(response, data, gaveUp), {
-    action: gone ? { label: "Go to your next task", href: config.urls.label } : null,
-  });
+  const back = editing
+    ? { label: "Back to your rankings", href: config.urls.history }
+    : { label: "Go to your next task", href: config.urls.label };
+  showError(explain(response, data, gaveUp), { action: gone ? back : null });
 }
 
 function onSubmitted(assignment, data, created, timeMs) {
@@ -641,7 +803,7 @@ function togglePanel(open) {
 }
 
 function openSkip() {
-  if (!state.assignment || state.busy) return;
+  if (!state.assignment || state.busy || editing) return;
   el.skipError.textContent = "";
   el.skipForm.reset();
   el.skipDialog.showModal();
@@ -659,11 +821,13 @@ el.skipForm.addEventListener("submit", (event) => {
   el.skipDialog.close();
   skip(reason);
 });
+el.comment.addEventListener("input", saveDraft);
+el.justification.addEventListener("input", saveDraft);
 el.skipOther.addEventListener("input", () => {
   if (el.skipOther.value) el.skipForm.elements.reason.value = "other";
 });
 el.skipCancel.addEventListener("click", () => el.skipDialog.close());
-el.skip.addEventListener("click", openSkip);
+if (el.skip) el.skip.addEventListener("click", openSkip);
 el.submit.addEventListener("click", submit);
 if (el.panel) {
   el.openGuidelines.addEventListener("click", () => togglePanel());
@@ -677,10 +841,17 @@ document.addEventListener("click", (event) => {
   if (!(target instanceof Element) || !state.assignment) return;
   const expand = target.closest(".expand");
   if (expand) {
-    const card = expand.closest(".completion");
-    const open = card.classList.toggle("is-expanded");
-    expand.setAttribute("aria-expanded", String(open));
-    expand.textContent = open ? "Collapse" : "Expand";
+    toggleExpand(expand.closest(".completion"));
+    return;
+  }
+  const choice = target.closest("[data-choice]");
+  if (choice) {
+    choose(choice.dataset.choice);
+    return;
+  }
+  const level = target.closest("[data-level]");
+  if (level) {
+    strengthFor(level.dataset.gap, Number(level.dataset.level));
     return;
   }
   const chip = target.closest(".chip");
@@ -787,53 +958,66 @@ window.addEventListener(
 document.addEventListener("keydown", (event) => {
   if (event.defaultPrevented || event.isComposing || el.skipDialog.open) return;
   const target = event.target instanceof Element ? event.target : document.body;
-  if (target.closest("input, textarea, select, [contenteditable]")) return;
   const key = event.key;
-
-  if (key === "Escape") {
+  if (target === el.comment || target === el.justification) {
+    // In the comment box keys type text; Ctrl+Enter still submits, Esc goes back to the cards.
+    if (key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      submit();
+    } else if (key === "Escape") {
+      event.preventDefault();
+      showSelected({ scroll: false });
+    }
+    return;
+  }
+  if (target.closest("input, textarea, select, [contenteditable]")) return;
+  const pairwise = Boolean(state.ranking && rules.isPairwise(state.ranking));
+  const todo = rules.keyAction(
+    key,
+    { ctrl: event.ctrlKey, meta: event.metaKey, alt: event.altKey, shift: event.shiftKey, code: event.code },
+    { n: completions().length, pairwise },
+  );
+  if (!todo) return;
+  if (todo.action === "escape") {
     if (drag) endDrag();
     else if (el.panel && !el.panel.hidden) togglePanel(false);
     return;
   }
-  if (event.altKey) return;
-  if (key === "Enter") {
-    if (event.ctrlKey || event.metaKey) {
-      event.preventDefault();
-      submit();
-    } else if (!target.closest("button, a, summary")) {
+  if (todo.action === "submit") {
+    // Enter on a focused button or link is that button's; Ctrl+Enter always submits.
+    if (todo.force || !target.closest("button, a, summary")) {
       event.preventDefault();
       submit();
     }
     return;
   }
-  if (event.ctrlKey || event.metaKey) return;
-  if (key === "?" || key === "g" || key === "G") {
+  if (todo.action === "guidelines") {
     event.preventDefault();
     togglePanel();
     return;
   }
   if (!state.assignment || state.finished) return;
   if (el.panel && el.panel.contains(target)) return; // arrows and letters scroll the guidelines
-
-  if (key === "ArrowRight" || key === "ArrowLeft") {
-    event.preventDefault();
-    moveSelection(key === "ArrowRight" ? 1 : -1);
-  } else if (/^[1-9]$/.test(key)) {
-    event.preventDefault();
-    placeSelected(Number(key));
-  } else if (key === "f" || key === "F") {
-    event.preventDefault();
-    placeSelected(FAIL);
-  } else if (key === "Backspace" || key === "Delete") {
-    event.preventDefault();
-    if (state.ranking.selected !== null) place(state.ranking.selected, null);
-  } else if (key.length === 1) {
-    const index = LETTERS.indexOf(key.toUpperCase());
-    if (index !== -1 && index < completions().length) {
-      event.preventDefault();
-      select(completions()[index].id);
-    }
+  if (todo.action === "scroll") {
+    // The selected card's long answer scrolls first; at its end the page scrolls as usual.
+    if (scrollSelected(todo.direction, todo.page)) event.preventDefault();
+    return;
   }
+  event.preventDefault();
+  if (todo.action === "move") moveSelection(todo.step);
+  else if (todo.action === "place") placeSelected(todo.zone);
+  else if (todo.action === "choose") choose(todo.choice);
+  else if (todo.action === "strength") {
+    const gap = rules.currentGap(state.ranking);
+    const level = rules.strengthChoices(state.ranking)[todo.choice - 1];
+    if (gap && level) strengthFor(gap.key, level.level);
+    else update(state.ranking.scale === "none" ? "" : "Rank two cards apart first.");
+  }
+  else if (todo.action === "clear") {
+    if (state.ranking.selected !== null) place(state.ranking.selected, null);
+  } else if (todo.action === "expand") toggleExpand(cardOf(state.ranking.selected));
+  else if (todo.action === "skip") openSkip();
+  else if (todo.action === "select") select(completions()[todo.index].id);
 });
 
 // --- Clock, visibility and start ---------------------------------------------------------------

@@ -223,3 +223,149 @@ describe("validity and the payload", () => {
     assert.equal(rules.zoneLabel("2"), 2);
   });
 });
+
+describe("the not-ready message", () => {
+  test("says what is missing once, not twice", () => {
+    const { ranking } = keys(startRanking(task()), "a", "1");
+    const text = rules.validation(ranking, rules.notReady(ranking)).text;
+    assert.equal(text, "Not ready to submit: still to rank B, C and D.");
+    assert.equal((text.match(/B, C and D/g) || []).length, 1);
+    assert.match(rules.validation(ranking, "A at rank 1.").text, /Still to rank: B, C and D\./);
+  });
+});
+
+describe("the pairwise layout (N = 2)", () => {
+  test("is for two cards only", () => {
+    assert.equal(rules.isPairwise(startRanking(task({ n: 2 }))), true);
+    assert.equal(rules.isPairwise(startRanking(task({ n: 3 }))), false);
+    assert.equal(rules.choose(startRanking(task({ n: 3 })), "a").message, "");
+  });
+
+  test("offers one key per choice, ties and F only where allowed", () => {
+    const keysOf = (options) =>
+      rules.pairwiseChoices(startRanking(task({ n: 2, ...options }))).map((c) => `${c.key}${c.choice}`);
+    assert.deepEqual(keysOf({}), ["1a", "2b", "3tie", "4fail"]);
+    assert.deepEqual(keysOf({ ties: false, fail: false }), ["1a", "2b"]);
+  });
+
+  test("each choice sets both cards, and reads back", () => {
+    const start = startRanking(task({ n: 2 }));
+    const expected = { a: [1, 2], b: [2, 1], tie: [1, 1], fail: [FAIL, FAIL] };
+    for (const [choice, labels] of Object.entries(expected)) {
+      const { ranking, message } = rules.choose(start, choice);
+      assert.deepEqual([101, 102].map((id) => ranking.labels.get(id)), labels, choice);
+      assert.equal(rules.choiceOf(ranking), choice);
+      assert.ok(rules.isComplete(ranking) && message);
+    }
+    assert.equal(rules.choiceOf(start), null);
+    assert.equal(start.labels.size, 0); // the ranking it was given is unchanged
+  });
+
+  test("refuses a tie or F the campaign does not allow, changing nothing", () => {
+    const start = startRanking(task({ n: 2, ties: false, fail: false }));
+    for (const choice of ["tie", "fail"]) {
+      const { ranking, message } = rules.choose(start, choice);
+      assert.equal(ranking, start);
+      assert.match(message, /does not allow/);
+    }
+  });
+});
+
+describe("keys", () => {
+  const act = (key, mods = {}, options = { n: 4 }) => rules.keyAction(key, mods, options);
+
+  test("letters select cards of the task, skipping F and G", () => {
+    assert.deepEqual(act("a"), { action: "select", index: 0 });
+    assert.equal(act("H"), null); // H names the sixth card: there are four
+    assert.deepEqual(act("h", {}, { n: 6 }), { action: "select", index: 5 });
+    assert.equal(act("k"), null); // only four cards
+    assert.deepEqual(act("f"), { action: "place", zone: FAIL });
+    assert.deepEqual(act("g"), { action: "guidelines" });
+  });
+
+  test("digits are slots, or choices in the pairwise layout", () => {
+    assert.deepEqual(act("3"), { action: "place", zone: 3 });
+    assert.deepEqual(act("3", {}, { n: 2, pairwise: true }), { action: "choose", choice: "tie" });
+    assert.deepEqual(act("4", {}, { n: 2, pairwise: true }), { action: "choose", choice: "fail" });
+    assert.equal(act("5", {}, { n: 2, pairwise: true }), null);
+  });
+
+  test("expand, skip, scrolling and submit have keys", () => {
+    assert.deepEqual(act("x"), { action: "expand" });
+    assert.deepEqual(act("S"), { action: "skip" });
+    assert.deepEqual(act("ArrowDown"), { action: "scroll", direction: 1, page: false });
+    assert.deepEqual(act("PageUp"), { action: "scroll", direction: -1, page: true });
+    assert.deepEqual(act("Enter"), { action: "submit", force: false });
+    assert.deepEqual(act("Enter", { ctrl: true }), { action: "submit", force: true });
+  });
+
+  test("modifiers leave the browser's own shortcuts alone", () => {
+    assert.equal(act("s", { ctrl: true }), null);
+    assert.equal(act("a", { alt: true }), null);
+    assert.deepEqual(act("Escape", { alt: true }), { action: "escape" });
+  });
+});
+
+describe("preference strength", () => {
+  const strengthTask = (scale, options = {}) => ({ ...task(options), strength_scale: scale });
+
+  test("asks nothing without a scale", () => {
+    const { ranking } = keys(startRanking(task()), "a", "1", "b", "2", "c", "3", "d", "4");
+    assert.deepEqual(rules.strengthGaps(ranking), []);
+    assert.equal(rules.strengthPayload(ranking), null);
+    assert.ok(rules.payload(ranking));
+  });
+
+  test("one gap per pair of adjacent ranks, ties one tier, F in none", () => {
+    const start = startRanking(strengthTask("llama2"));
+    const { ranking } = keys(start, "a", "1", "b", "2", "c", "2", "d", "f");
+    const gaps = rules.strengthGaps(ranking);
+    assert.deepEqual(gaps.map((g) => [g.upper.join(""), g.lower.join("")]), [["A", "BC"]]);
+    assert.equal(rules.payload(ranking), null); // complete, but how much better is unsaid
+    assert.match(rules.validation(ranking).text, /Say how much better: A over B=C\./);
+    const { ranking: said } = rules.setStrength(ranking, gaps[0].key, 3);
+    assert.deepEqual(rules.strengthPayload(said), [3]);
+    assert.ok(rules.payload(said) && rules.validation(said).complete);
+  });
+
+  test("levels follow the scale: llama2 0..3, helpsteer 1..3", () => {
+    const llama = rules.strengthChoices(startRanking(strengthTask("llama2", { n: 2 })));
+    assert.deepEqual(llama.map((c) => [c.key, c.level]), [["1", 0], ["2", 1], ["3", 2], ["4", 3]]);
+    const help = startRanking(strengthTask("helpsteer", { n: 2 }));
+    assert.deepEqual(rules.strengthChoices(help).map((c) => c.level), [1, 2, 3]);
+    const { ranking } = rules.choose(help, "a");
+    const key = rules.strengthGaps(ranking)[0].key;
+    assert.equal(rules.setStrength(ranking, key, 0).ranking, ranking); // 0 is not a helpsteer level
+  });
+
+  test("moving an unrelated card keeps the levels given; a changed gap loses its own", () => {
+    let { ranking } = keys(startRanking(strengthTask("llama2")), "a", "1", "b", "2", "c", "3", "d", "4");
+    for (const [i, gap] of rules.strengthGaps(ranking).entries()) {
+      ranking = rules.setStrength(ranking, gap.key, i).ranking;
+    }
+    assert.deepEqual(rules.strengthPayload(ranking), [0, 1, 2]);
+    ranking = keys(ranking, "d", "f").ranking; // D leaves: the gap C over D goes, the others stay
+    assert.deepEqual(rules.strengthPayload(ranking), [0, 1]);
+    ranking = keys(ranking, "c", "2").ranking; // C joins B: both gaps around them change
+    assert.equal(rules.strengthMissing(ranking).length, 1);
+  });
+
+  test("the current gap is the one above the selected card", () => {
+    const { ranking } = keys(startRanking(strengthTask("llama2")), "a", "1", "b", "2", "c", "3", "d", "4");
+    const pick = (letter) => rules.currentGap(rules.select(ranking, ranking.ids["ABCD".indexOf(letter)]));
+    assert.deepEqual(pick("C").upper, ["B"]);
+    assert.deepEqual(pick("A").lower, ["B"]); // the best card: the gap below it
+  });
+
+  test("a submitted strength comes back onto its gaps, and Shift+digits are its keys", () => {
+    const t = strengthTask("llama2");
+    const items = [[101, 1], [102, 2], [103, 3], [104, 4]];
+    const saved = rules.strengthFromLevels(t, items, [3, 0, 2]);
+    assert.deepEqual(rules.strengthPayload(startRanking(t, items, saved)), [3, 0, 2]);
+    assert.deepEqual(rules.keyAction("!", { shift: true, code: "Digit1" }, { n: 4 }), {
+      action: "strength",
+      choice: 1,
+    });
+    assert.deepEqual(rules.keyAction("1", {}, { n: 4 }), { action: "place", zone: 1 });
+  });
+});

@@ -221,3 +221,18 @@ def expected_gold_score(texts: Sequence[str]) -> float:
     if not texts:
         return math.nan
     return sum(gold_score(t) for t in texts) / len(texts)
+
+
+LLAMA2_THRESHOLDS: tuple[float, float, float] = (0.15, 0.4, 0.8)
+"""Perceived-score gaps at which the synthetic labeller's Llama 2 level steps up (0 negligibly
+better or unsure below 0.15, 1 slightly, 2 better, 3 significantly better from 0.8)."""
+
+
+def synthetic_strength(
+    perceived_gap: float, *, thresholds: Sequence[float] = LLAMA2_THRESHOLDS
+) -> int:
+    """How much better a labeller says the preferred completion is: the number of
+    ``thresholds`` its perceived score gap (``|s_chosen - s_rejected|``, noise included) reaches.
+    With the defaults, Llama 2's four levels 0..3."""
+    gap = abs(perceived_gap)
+    return sum(gap >= t for t in thresholds)
