@@ -65,6 +65,20 @@ class AccountState(models.Model):
         related_name="account_state",
     )
     must_change_password = models.BooleanField(default=False)
+    external_id = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The labeller's id in another tool (rankings imported from it name them so).",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["external_id"],
+                condition=~models.Q(external_id=""),
+                name="account_external_id_unique",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"account state of {self.user_id}"

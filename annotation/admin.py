@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from annotation.models import (
+    Adjudication,
     Assignment,
     Campaign,
     Completion,
@@ -20,6 +21,7 @@ from annotation.models import (
     Prompt,
     Ranking,
     RankingItem,
+    RankingVersion,
     Task,
     Team,
     TeamMembership,
@@ -104,11 +106,22 @@ class RankingItemInline(ReadOnly, admin.TabularInline):
     extra = 0
 
 
+class RankingVersionInline(ReadOnly, admin.TabularInline):
+    model = RankingVersion
+    extra = 0
+
+
 @admin.register(Ranking)
 class RankingAdmin(ReadOnly, admin.ModelAdmin):
-    list_display = ["id", "task", "labeller", "guideline", "time_spent_ms", "created_at"]
+    list_display = ["id", "task", "labeller", "version", "time_spent_ms", "created_at"]
     list_filter = ["campaign"]
-    inlines = [RankingItemInline]
+    inlines = [RankingItemInline, RankingVersionInline]
+
+
+@admin.register(Adjudication)
+class AdjudicationAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ["id", "task", "reviewer", "decision", "updated_at"]
+    list_filter = ["campaign", "decision"]
 
 
 User = get_user_model()

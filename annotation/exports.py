@@ -24,14 +24,24 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Final, Literal, NamedTuple, get_args
 
 from annotation import consensus
+from annotation import strength as strength_rules
 from annotation.agreement import RankingRecord
-from annotation.models import Completion, Prompt, Ranking, RankingItem, Task, TaskCompletion
+from annotation.models import (
+    Adjudication,
+    Completion,
+    Prompt,
+    Ranking,
+    RankingItem,
+    RankingVersion,
+    Task,
+    TaskCompletion,
+)
 from annotation.pairs import FAIL, FailPolicy, Label, Pair, expand_ranking, preference
 
 Aggregate = Literal["none", "ranked_pairs", "bradley_terry", "majority"]
@@ -39,6 +49,8 @@ Aggregate = Literal["none", "ranked_pairs", "bradley_terry", "majority"]
 
 AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
 FAIL_POLICIES: Final[tuple[str, ...]] = get_args(FailPolicy)
+PAIRS_FAIL_POLICY: Final = "drop"
+"""The pair export's default for F completions (they give no pairs); the quality page's too."""
 
 CSV_INJECTION_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
 """A spreadsheet cell starting with one of these may be run as a formula: it gets a quote."""
@@ -174,6 +186,62 @@ def texts_for(rows: Sequence[RankingRow]) -> Texts:
 
 
 # --------------------------------------------------------------------------------------------------
+# Review: each task's provenance and the reviewers' rankings (issue 17; kept apart from the
+# export formats, which take them as parameters)
+# --------------------------------------------------------------------------------------------------
+
+PROVENANCES: Final[tuple[str, ...]] = consensus.PROVENANCES
+
+
+def adjudicated_rankings(*, campaign_ids: Sequence[int]) -> dict[int, dict[int, Label]]:
+    """Task id -> the reviewer's ranking {completion id: label} of every adjudicated task."""
+    return {
+        task_id: {int(completion): label for completion, label in items.items()}
+        for task_id, items in Adjudication.objects.filter(campaign_id__in=campaign_ids).values_list(
+            "task_id", "items"
+        )
+    }
+
+
+def task_provenance(
+    rows: Sequence[RankingRow], adjudicated: Mapping[int, object]
+) -> dict[int, str]:
+    """Task id -> how its label was settled (:func:`annotation.consensus.provenance`) for
+    every task of ``rows``: ``adjudicated`` when a reviewer decided, else from its rankings."""
+    by_task: dict[int, list[dict[int, Label]]] = defaultdict(list)
+    for row in rows:
+        by_task[row.task_id].append(row.items)
+    return {
+        task_id: consensus.provenance(rankings, adjudicated=task_id in adjudicated)
+        for task_id, rankings in by_task.items()
+    }
+
+
+def ranking_strengths(*, campaign_ids: Sequence[int]) -> dict[int, tuple[str, list[int]]]:
+    """Ranking id -> (its campaign's strength scale, its levels per adjacent rank gap) of every
+    ranking with a strength (:mod:`annotation.strength`); empty for campaigns without a scale."""
+    return {
+        ranking_id: (scale, levels)
+        for ranking_id, scale, levels in Ranking.objects.filter(
+            campaign_id__in=campaign_ids, strength__isnull=False
+        )
+        .exclude(campaign__strength_scale="none")
+        .values_list("id", "campaign__strength_scale", "strength")
+        if levels
+    }
+
+
+def with_provenance(
+    rows: Sequence[RankingRow], provenance: Mapping[int, str], wanted: Iterable[str] | None
+) -> list[RankingRow]:
+    """The rows whose task's provenance is one of ``wanted`` (all of them for None)."""
+    if not wanted:
+        return list(rows)
+    keep = set(wanted)
+    return [row for row in rows if provenance.get(row.task_id) in keep]
+
+
+# --------------------------------------------------------------------------------------------------
 # Every labeller's pairs as they are
 # --------------------------------------------------------------------------------------------------
 
@@ -184,6 +252,8 @@ def labeller_pairs(
     *,
     ties: bool = False,
     fail_policy: FailPolicy = "drop",
+    provenance: Mapping[int, str] | None = None,
+    strength: Mapping[int, tuple[str, Sequence[int]]] | None = None,
 ) -> Iterator[dict]:
     """Every labeller's pairs as they are, one dict per pair with full provenance.
 
@@ -192,17 +262,35 @@ def labeller_pairs(
     ``margin`` (1.0 for a labeller's own preference, 0.0 for a tie), ``prompt_id``,
     ``chosen_id``, ``rejected_id``, and the provenance ``campaign``, ``task``, ``labeller``,
     ``ranking``, ``guideline_version`` (``None`` when the campaign had no guidelines) and
-    ``round``.
+    ``round``; with ``provenance`` (task id -> :func:`task_provenance`) also ``provenance``.
+
+    With ``strength`` (ranking id -> (scale, levels): :func:`ranking_strengths`) every pair also
+    has ``strength``: the level of chosen over rejected (:func:`annotation.strength.pair_level`;
+    None for a tie, a pair with an F completion, or a ranking without strength), and a judged
+    pair's ``margin`` is Llama 2's m(r) of that level (level / 3) instead of 1.0.
     """
     for row in rows:
+        judged = None if strength is None else strength.get(row.ranking_id)
         for pair in expand_ranking(row.items, ties=ties, fail_policy=fail_policy):
+            extra = {} if provenance is None else {"provenance": provenance[row.task_id]}
+            margin = 0.0 if pair.tie else 1.0
+            if strength is not None:
+                level = None
+                if judged is not None and not pair.tie:
+                    scale, levels = judged
+                    level = strength_rules.pair_level(
+                        row.items, levels, pair.chosen, pair.rejected, scale=scale
+                    )
+                extra["strength"] = level
+                if level is not None:
+                    margin = strength_rules.margin(level)
             yield {
                 "prompt": texts.prompts[row.prompt_id],
                 "chosen": texts.completions[pair.chosen],
                 "rejected": texts.completions[pair.rejected],
                 "messages": texts.messages.get(row.prompt_id) or None,
                 "tie": pair.tie,
-                "margin": 0.0 if pair.tie else 1.0,
+                "margin": margin,
                 "prompt_id": row.prompt_id,
                 "chosen_id": pair.chosen,
                 "rejected_id": pair.rejected,
@@ -212,6 +300,7 @@ def labeller_pairs(
                 "ranking": row.ranking_id,
                 "guideline_version": row.guideline_version,
                 "round": row.round,
+                **extra,
             }
 
 
@@ -265,6 +354,7 @@ def labeller_pairs_jsonl(
     ties: bool = False,
     fail_policy: FailPolicy = "drop",
     chunk_pairs: int = 64,
+    provenance: Mapping[int, str] | None = None,
 ) -> Iterator[bytes]:
     """:func:`labeller_pairs` as UTF-8 JSONL, in chunks of ``chunk_pairs`` whole lines.
 
@@ -301,7 +391,9 @@ def labeller_pairs_jsonl(
             f', "campaign": {row.campaign_id}, "task": {row.task_id}, '
             f'"labeller": {row.labeller_id}, "ranking": {row.ranking_id}, '
             f'"guideline_version": {"null" if version is None else int(version)}, '
-            f'"round": {row.round}}}\n'
+            f'"round": {row.round}'
+            + ("" if provenance is None else f', "provenance": "{provenance[row.task_id]}"')
+            + "}\n"
         ).encode()
         for chosen, rejected, tie in pairs:
             parts.extend(
@@ -406,6 +498,8 @@ def aggregated_pairs(
     aggregate: Aggregate,
     ties: bool = False,
     fail_policy: FailPolicy = "drop",
+    provenance: Mapping[int, str] | None = None,
+    adjudicated: Mapping[int, Mapping[int, Label]] | None = None,
 ) -> Iterator[dict]:
     """One set of pairs per task from all its labellers, tasks in increasing id order.
 
@@ -431,6 +525,11 @@ def aggregated_pairs(
     ``score_margin`` (``None`` but for Bradley-Terry), and the provenance of the consensus:
     ``labellers``, ``rankings`` (ids, increasing) and ``guideline_versions`` (distinct,
     increasing).
+
+    With ``adjudicated`` (task id -> the reviewer's ranking, :func:`adjudicated_rankings`) a
+    reviewed task's pairs are those of the reviewer's ranking, whatever ``aggregate`` says
+    (expanded with ``ties`` and ``fail_policy``; votes and margin still count the labellers;
+    ``score_margin`` None). With ``provenance`` every line also has ``provenance``.
     """
     if aggregate not in AGGREGATES or aggregate == "none":
         raise ValueError(f"unknown aggregate {aggregate!r}")
@@ -441,7 +540,7 @@ def aggregated_pairs(
         task_rows = sorted(by_task[task_id], key=lambda row: row.ranking_id)
         first = task_rows[0]
         rankings = [row.items for row in task_rows]
-        provenance = {
+        where = {
             "campaign": first.campaign_id,
             "task": task_id,
             "round": first.round,
@@ -454,9 +553,17 @@ def aggregated_pairs(
                 {row.guideline_version for row in task_rows if row.guideline_version is not None}
             ),
         }
-        for pair, votes, score_margin in _task_pairs(
-            aggregate, rankings, ties=ties, fail_policy=fail_policy
-        ):
+        if provenance is not None:
+            origin["provenance"] = provenance[task_id]
+        decided = None if adjudicated is None else adjudicated.get(task_id)
+        if decided is not None:
+            task_pairs: Iterable[tuple[Pair, Votes, float | None]] = (
+                (pair, _bottom_tier_votes(rankings, pair.chosen, pair.rejected), None)
+                for pair in expand_ranking(decided, ties=ties, fail_policy=fail_policy)
+            )
+        else:
+            task_pairs = _task_pairs(aggregate, rankings, ties=ties, fail_policy=fail_policy)
+        for pair, votes, score_margin in task_pairs:
             yield {
                 "prompt": texts.prompts[first.prompt_id],
                 "chosen": texts.completions[pair.chosen],
@@ -467,7 +574,7 @@ def aggregated_pairs(
                 "prompt_id": first.prompt_id,
                 "chosen_id": pair.chosen,
                 "rejected_id": pair.rejected,
-                **provenance,
+                **where,
                 "votes_for": votes.for_chosen,
                 "votes_against": votes.against,
                 "vote_ties": votes.ties,
@@ -484,14 +591,41 @@ def pairs_jsonl(
     aggregate: Aggregate = "none",
     ties: bool = False,
     fail_policy: FailPolicy = "drop",
+    provenance: Mapping[int, str] | None = None,
+    adjudicated: Mapping[int, Mapping[int, Label]] | None = None,
+    strength: Mapping[int, tuple[str, Sequence[int]]] | None = None,
 ) -> Iterator[bytes]:
-    """The pair export as UTF-8 JSONL in chunks of whole lines, for any ``aggregate``."""
+    """The pair export as UTF-8 JSONL in chunks of whole lines, for any ``aggregate``
+    (``provenance`` and ``adjudicated``: see :func:`aggregated_pairs`; the labellers' own pairs
+    take ``provenance`` and ``strength``: see :func:`labeller_pairs`)."""
     if fail_policy not in FAIL_POLICIES:
         raise ValueError(f"unknown fail_policy {fail_policy!r}")
-    if aggregate == "none":
-        yield from labeller_pairs_jsonl(rows, texts, ties=ties, fail_policy=fail_policy)
+    if aggregate == "none" and strength is not None:  # per-ranking levels: no shared patterns
+        records = labeller_pairs(
+            rows,
+            texts,
+            ties=ties,
+            fail_policy=fail_policy,
+            provenance=provenance,
+            strength=strength,
+        )
+        for chunk in chunked(_dumps(record) + "\n" for record in records):
+            yield chunk.encode()
         return
-    records = aggregated_pairs(rows, texts, aggregate=aggregate, ties=ties, fail_policy=fail_policy)
+    if aggregate == "none":
+        yield from labeller_pairs_jsonl(
+            rows, texts, ties=ties, fail_policy=fail_policy, provenance=provenance
+        )
+        return
+    records = aggregated_pairs(
+        rows,
+        texts,
+        aggregate=aggregate,
+        ties=ties,
+        fail_policy=fail_policy,
+        provenance=provenance,
+        adjudicated=adjudicated,
+    )
     for chunk in chunked(_dumps(record) + "\n" for record in records):
         yield chunk.encode()
 
@@ -523,6 +657,8 @@ class RankingsExport:
     """the most completions any exported task has: the CSV's number of completion columns"""
     records: list[dict]
     """one dict per ranking, oldest first; see :func:`ranking_export`"""
+    extra_columns: tuple[str, ...] = ()
+    """record keys the CSV has after :data:`RANKING_CSV_COLUMNS` (:func:`with_review`)"""
 
 
 def ranking_export(*, campaign_ids: Sequence[int]) -> RankingsExport:
@@ -644,6 +780,129 @@ def ranking_export(*, campaign_ids: Sequence[int]) -> RankingsExport:
     )
 
 
+REVIEW_COLUMNS: Final = ("version", "latest", "edited_at", "provenance", "adjudication")
+"""What :func:`with_review` adds to each rankings-export record (and CSV row)."""
+
+Versions = Literal["latest", "all"]
+
+
+def with_review(
+    export: RankingsExport,
+    *,
+    campaign_ids: Sequence[int],
+    versions: Versions = "latest",
+    provenance: Iterable[str] | None = None,
+) -> RankingsExport:
+    """The rankings export with each record's version and its task's review (three queries).
+
+    Every record gains ``version`` (1 = as first submitted), ``latest`` (True),
+    ``edited_at`` (ISO 8601, or None), ``provenance`` (:func:`task_provenance`) and
+    ``adjudication``: None, or the reviewer's decision ``{"decision", "reviewer", "note",
+    "labels": {"<completion id>": rank or "F"}}``. With ``versions="all"`` each edited
+    ranking's earlier versions come too, just before it (``latest`` False, their own labels,
+    time, comment and guideline version; ``created_at`` when that version was submitted). With
+    ``provenance`` only the tasks settled so are kept.
+    """
+    ids = [record["ranking"] for record in export.records]
+    current = (
+        {
+            pk: (version, edited_at)
+            for pk, version, edited_at in Ranking.objects.filter(pk__in=ids).values_list(
+                "id", "version", "edited_at"
+            )
+        }
+        if ids
+        else {}
+    )
+    decisions = {
+        task_id: {
+            "decision": decision,
+            "reviewer": reviewer,
+            "note": note,
+            "labels": items,
+        }
+        for task_id, decision, reviewer, note, items in Adjudication.objects.filter(
+            campaign_id__in=campaign_ids
+        ).values_list("task_id", "decision", "reviewer__username", "note", "items")
+    }
+    by_task: dict[int, list[dict[int, Label]]] = defaultdict(list)
+    for record in export.records:
+        by_task[record["task"]].append(
+            {
+                item["id"]: FAIL if item["failed"] else item["rank"]
+                for item in record["completions"]
+                if item["failed"] or item["rank"] is not None
+            }
+        )
+    settled = {
+        task_id: consensus.provenance(rankings, adjudicated=task_id in decisions)
+        for task_id, rankings in by_task.items()
+    }
+    earlier: dict[int, list[tuple]] = defaultdict(list)
+    if versions == "all" and ids:
+        for row in (
+            RankingVersion.objects.filter(ranking_id__in=ids)
+            .order_by("ranking_id", "version")
+            .values_list(
+                "ranking_id",
+                "version",
+                "items",
+                "guideline__version",
+                "time_spent_ms",
+                "comment",
+                "submitted_at",
+            )
+        ):
+            earlier[row[0]].append(row)
+    wanted = set(provenance or ())
+    records = []
+    for record in export.records:
+        task_provenance_ = settled[record["task"]]
+        if wanted and task_provenance_ not in wanted:
+            continue
+        version, edited_at = current.get(record["ranking"], (1, None))
+        review = {
+            "provenance": task_provenance_,
+            "adjudication": decisions.get(record["task"]),
+        }
+        for _, number, items, guideline, ms, comment, submitted in earlier[record["ranking"]]:
+            records.append(
+                {
+                    **record,
+                    "guideline_version": guideline,
+                    "time_spent_ms": ms,
+                    "comment": comment,
+                    "created_at": submitted.isoformat(),
+                    "completions": [
+                        {
+                            **item,
+                            "rank": None
+                            if items.get(str(item["id"])) in (None, FAIL)
+                            else items[str(item["id"])],
+                            "failed": items.get(str(item["id"])) == FAIL,
+                        }
+                        for item in record["completions"]
+                    ],
+                    "version": number,
+                    "latest": False,
+                    "edited_at": None,
+                    **review,
+                }
+            )
+        records.append(
+            {
+                **record,
+                "version": version,
+                "latest": True,
+                "edited_at": edited_at.isoformat() if edited_at else None,
+                **review,
+            }
+        )
+    return RankingsExport(
+        max_completions=export.max_completions, records=records, extra_columns=REVIEW_COLUMNS
+    )
+
+
 def rankings_jsonl(export: RankingsExport) -> Iterator[str]:
     """The rankings export as JSONL lines, one ranking per line."""
     for record in export.records:
@@ -694,15 +953,17 @@ def rankings_csv(export: RankingsExport) -> Iterator[str]:
     ``completion_k_label`` (the rank, or ``F``). Text cells are escaped by :func:`csv_cell`.
     """
     writer = csv.writer(_Line())
-    header = list(RANKING_CSV_COLUMNS)
+    columns = RANKING_CSV_COLUMNS + export.extra_columns
+    header = list(columns)
     for k in range(1, export.max_completions + 1):
         header += [f"completion_{k}_id", f"completion_{k}", f"completion_{k}_source"]
         header += [f"completion_{k}_label"]
     yield writer.writerow(header)
     for record in export.records:
-        cells = [record[column] for column in RANKING_CSV_COLUMNS]
+        cells = [record[column] for column in columns]
         if record["messages"] is not None:
             cells[RANKING_CSV_COLUMNS.index("messages")] = _dumps(record["messages"])
+        cells = [_dumps(c) if isinstance(c, dict | bool) else c for c in cells]
         for item in record["completions"]:
             label = FAIL if item["failed"] else item["rank"]
             cells += [item["id"], item["text"], item["source"], label]

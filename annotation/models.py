@@ -73,6 +73,14 @@ class Campaign(models.Model):
         RANDOM = "random", "Random (seeded, stable)"
         UNCERTAINTY = "uncertainty", "Most uncertain for the reward model first"
 
+    class StrengthScale(models.TextChoices):
+        """How much better: none, Llama 2's four levels, or HelpSteer3 -3..3 (its magnitude
+        1..3 stored per gap, the sign being the ranking's direction)."""
+
+        NONE = "none", "No preference strength"
+        LLAMA2 = "llama2", "Four levels (Llama 2): negligibly, slightly, better, significantly"
+        HELPSTEER = "helpsteer", "-3..3 with an optional one-line justification (HelpSteer3)"
+
     # Allowed status transitions; the campaign services refuse any other.
     TRANSITIONS: dict[str, frozenset[str]] = {
         Status.DRAFT: frozenset({Status.ACTIVE, Status.CLOSED}),
@@ -98,6 +106,16 @@ class Campaign(models.Model):
     )
     allow_ties = models.BooleanField(default=True)
     allow_fail = models.BooleanField(default=True)
+    allow_empty_completions = models.BooleanField(
+        default=False,
+        help_text="Imports accept empty completions (real data has them) and count them as "
+        "warnings; refused otherwise.",
+    )
+    allow_identical_completions = models.BooleanField(
+        default=False,
+        help_text="Imports accept two identical completions of one prompt (two systems gave the "
+        "same output) and count them as warnings; refused otherwise.",
+    )
     round_number = models.PositiveIntegerField(
         default=0, help_text="Iterated RLHF round this campaign collects labels for."
     )
@@ -136,6 +154,29 @@ class Campaign(models.Model):
     )
     order_seed = models.PositiveIntegerField(
         default=0, help_text="Seed of the random order (with the campaign id)."
+    )
+    webhooks_active = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Whether any active webhook listens (kept by the webhook services), so the "
+        "labelling hot path reads it with the campaign instead of querying for webhooks.",
+    )
+    assignment_provenance = models.BooleanField(
+        default=False,
+        help_text="Assignments show labellers the prompt's external id and metadata and each "
+        "completion's source. Off by default: sources name the models (blind labelling), and "
+        "gold prompts' ids or sources can tell gold tasks apart.",
+    )
+    render_markdown = models.BooleanField(
+        default=False,
+        help_text="Show prompts and completions as markdown (sanitised as the guidelines are) "
+        "instead of plain text.",
+    )
+    strength_scale = models.CharField(
+        max_length=16,
+        choices=StrengthScale.choices,
+        default=StrengthScale.NONE,
+        help_text="Ask how much better, per adjacent rank gap (annotation.strength).",
     )
     current_guideline = models.ForeignKey(
         "Guideline",
@@ -193,6 +234,10 @@ class Campaign(models.Model):
             models.CheckConstraint(
                 condition=Q(task_order__in=["sequential", "random", "uncertainty"]),
                 name="campaign_task_order_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(strength_scale__in=["none", "llama2", "helpsteer"]),
+                name="campaign_strength_scale_valid",
             ),
         ]
 
@@ -337,10 +382,9 @@ class Completion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        # No "not empty" constraint: an empty completion is real data where the campaign allows
+        # it (Campaign.allow_empty_completions); the import refuses it otherwise.
         ordering = ["id"]
-        constraints = [
-            models.CheckConstraint(condition=~Q(text=""), name="completion_text_not_empty"),
-        ]
 
     def __str__(self) -> str:
         return self.text[:60]
@@ -496,7 +540,13 @@ class Assignment(models.Model):
 
 
 class Ranking(models.Model):
-    """A labeller's submitted ranking of one task; its items hold one label per completion."""
+    """A labeller's submitted ranking of one task; its items hold one label per completion.
+
+    The row is always the latest version: an edit (``services.ranking_edit``) copies the
+    version it replaces into :class:`RankingVersion` and rewrites the items here, so every
+    reader (agreement, pairs, consensus) sees the latest without a filter, and a first submit
+    costs what it did before versions existed.
+    """
 
     assignment = models.OneToOneField(Assignment, on_delete=models.PROTECT, related_name="ranking")
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="rankings")
@@ -514,12 +564,28 @@ class Ranking(models.Model):
     )
     time_spent_ms = models.PositiveIntegerField()
     comment = models.TextField(blank=True)
+    strength = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Preference strength per adjacent rank gap, best first (annotation.strength); "
+        "null when the campaign asks none.",
+    )
+    justification = models.CharField(
+        max_length=300, blank=True, help_text="The one-line reason for the strength (HelpSteer)."
+    )
+    version = models.PositiveSmallIntegerField(
+        default=1, help_text="1 when first submitted; each edit adds one (RankingVersion)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    edited_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the latest version replaced an earlier one."
+    )
 
     class Meta:
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["task", "labeller"], name="ranking_unique"),
+            models.CheckConstraint(condition=Q(version__gte=1), name="ranking_version_positive"),
         ]
         indexes = [models.Index(fields=["campaign", "created_at"], name="ranking_by_campaign")]
 
@@ -563,6 +629,88 @@ class RankingItem(models.Model):
         return "F" if self.failed else int(self.rank)
 
 
+class RankingVersion(models.Model):
+    """An earlier version of a ranking, kept when its labeller edited it (the ranking row holds
+    the latest). Exported with ``?versions=all``; never read by agreement or pairs."""
+
+    ranking = models.ForeignKey(Ranking, on_delete=models.PROTECT, related_name="versions")
+    version = models.PositiveSmallIntegerField()
+    items = models.JSONField(help_text='{"<completion id>": rank or "F"} as it was.')
+    guideline = models.ForeignKey(
+        Guideline, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    time_spent_ms = models.PositiveIntegerField()
+    comment = models.TextField(blank=True)
+    strength = models.JSONField(null=True, blank=True)
+    justification = models.CharField(max_length=300, blank=True)
+    submitted_at = models.DateTimeField(help_text="When this version was submitted.")
+    replaced_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["ranking", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["ranking", "version"], name="ranking_version_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Ranking {self.ranking_id} v{self.version}"
+
+
+class Adjudication(models.Model):
+    """A reviewer's decision on a task: the ranking that stands for it in aggregated exports.
+
+    The reviewer accepted the labellers' consensus, picked one labeller's ranking, or wrote a
+    ranking of their own, with a note. Kept apart from the labellers' rankings: never a
+    :class:`Ranking`, so never in inter-labeller agreement. One per task (a new decision
+    replaces it); a reviewer never adjudicates a task they ranked.
+    """
+
+    class Decision(models.TextChoices):
+        CONSENSUS = "consensus", "Accepted the consensus"
+        LABELLER = "labeller", "Picked one labeller's ranking"
+        WRITTEN = "written", "Wrote an adjudicated ranking"
+
+    task = models.OneToOneField(Task, on_delete=models.PROTECT, related_name="adjudication")
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="adjudications")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="adjudications"
+    )
+    decision = models.CharField(max_length=16, choices=Decision.choices)
+    source_ranking = models.ForeignKey(
+        Ranking,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The labeller's ranking picked (decision labeller).",
+    )
+    items = models.JSONField(help_text='The adjudicated ranking: {"<completion id>": rank or "F"}.')
+    note = models.TextField(blank=True)
+    reviewed_rankings = models.JSONField(
+        default=list, help_text="[ranking id, version] of each ranking the reviewer saw."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(decision__in=["consensus", "labeller", "written"]),
+                name="adjudication_decision_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(decision="labeller", source_ranking__isnull=False)
+                | (~Q(decision="labeller") & Q(source_ranking__isnull=True)),
+                name="adjudication_source_for_labeller",
+            ),
+        ]
+        indexes = [models.Index(fields=["campaign", "task"], name="adjudication_by_campaign")]
+
+    def __str__(self) -> str:
+        return f"Adjudication of task {self.task_id} ({self.decision})"
+
+
 class ImportJob(models.Model):
     """A large import, run by a worker instead of the web request (``IMPORT_BACKGROUND_BYTES``).
 
@@ -582,7 +730,15 @@ class ImportJob(models.Model):
         STORING = "storing", "Storing prompts, completions and tasks"
         DONE = "done", "Done"
 
+    class Kind(models.TextChoices):
+        TASKS = "tasks", "Prompts and completions (tasks)"
+        RANKINGS = "rankings", "Existing rankings"
+
     campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="import_jobs")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TASKS)
+    options = models.JSONField(
+        default=dict, blank=True, help_text="The import's options (rankings: labellers, overlap)."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -623,3 +779,62 @@ class ImportJob(models.Model):
     @property
     def result_or_none(self) -> dict | None:
         return self.result or None
+
+
+class Webhook(models.Model):
+    """A URL told about a campaign's events (``annotation.services.webhooks``): each event is a
+    signed JSON POST, delivered by a worker with retries."""
+
+    class Event(models.TextChoices):
+        RANKING_SUBMITTED = "ranking.submitted", "A ranking was submitted"
+        TASK_COMPLETE = "task.complete", "A task has all its rankings"
+        CAMPAIGN_COMPLETE = "campaign.complete", "Every real task of the campaign is complete"
+        JOB_FINISHED = "job.finished", "A training job of the campaign succeeded"
+        JOB_FAILED = "job.failed", "A training job of the campaign failed"
+        ROUND_NEEDS_REVIEW = "round.needs_review", "A round is ready for review"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=1000)
+    events = models.JSONField(help_text="The events sent (Webhook.Event values).")
+    secret = models.CharField(
+        max_length=64,
+        editable=False,
+        help_text="Signs each delivery (HMAC-SHA256 of the body, header X-RLHF-Signature); "
+        "shown once when the webhook is made.",
+    )
+    active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"webhook {self.pk} of campaign {self.campaign_id} → {self.url}"
+
+
+class WebhookDelivery(models.Model):
+    """One event sent (or being sent) to one webhook: what, how often tried, how it went."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed (retries exhausted)"
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=32)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.event} to webhook {self.webhook_id} ({self.status})"

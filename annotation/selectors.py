@@ -19,6 +19,7 @@ from django.utils import timezone
 from annotation import permissions
 from annotation.errors import NotFound, PermissionDenied
 from annotation.models import (
+    Adjudication,
     Assignment,
     Campaign,
     Completion,
@@ -28,6 +29,7 @@ from annotation.models import (
     Ranking,
     RankingItem,
     Task,
+    TaskCompletion,
 )
 
 User = AbstractBaseUser
@@ -83,16 +85,19 @@ def assignment_get_for_labeller(*, labeller: User, assignment_id: int) -> Assign
     return assignment
 
 
-def assignment_completions(*, assignment: Assignment) -> list[tuple[int, str]]:
-    """The task's completions as ``(id, text)`` in the assignment's shuffled display order
-    (those :func:`annotation.services.task_assign_next` attached, when it did)."""
+def assignment_completions(*, assignment: Assignment) -> list[tuple[int, str, str]]:
+    """The task's completions as ``(id, text, source)`` in the assignment's shuffled display
+    order (those :func:`annotation.services.task_assign_next` attached, when it did)."""
     shown = getattr(assignment, "shown_completions", None)
     if shown is not None:
         return shown
-    texts = dict(
-        Completion.objects.filter(pk__in=assignment.display_order).values_list("pk", "text")
-    )
-    return [(pk, texts[pk]) for pk in assignment.display_order]
+    texts = {
+        pk: (text, source)
+        for pk, text, source in Completion.objects.filter(
+            pk__in=assignment.display_order
+        ).values_list("pk", "text", "source")
+    }
+    return [(pk, *texts[pk]) for pk in assignment.display_order]
 
 
 def ranking_list_for(*, user: User, campaign_id: int | None = None) -> QuerySet[Ranking]:
@@ -234,3 +239,66 @@ def labeller_progress(
 
 def task_list_for_admin(*, campaign: Campaign) -> QuerySet[Task]:
     return campaign.tasks.select_related("prompt").order_by("id")
+
+
+def review_task_get(*, campaign: Campaign, task_id: int) -> Task:
+    """A task of ``campaign`` (one the caller may review), with its prompt; 404 otherwise."""
+    task = campaign.tasks.select_related("prompt").filter(pk=task_id).first()
+    if task is None:
+        raise NotFound("task not found")
+    return task
+
+
+def ranking_history_for(
+    *, labeller: User, query: str = "", campaign_id: int | None = None
+) -> QuerySet[Ranking]:
+    """The labeller's own rankings, newest first, and nobody else's (whoever asks): those
+    whose prompt, completions or comment contain ``query`` (case-insensitive), of one campaign
+    or all, each with ``reviewed`` (a reviewer adjudicated its task)."""
+    rankings = Ranking.objects.filter(labeller=labeller)
+    if campaign_id is not None:
+        rankings = rankings.filter(campaign_id=campaign_id)
+    query = query.strip()
+    if query:
+        in_completions = Exists(
+            TaskCompletion.objects.filter(task=OuterRef("task"), completion__text__icontains=query)
+        )
+        rankings = rankings.filter(
+            Q(task__prompt__text__icontains=query) | Q(comment__icontains=query) | in_completions
+        )
+    return (
+        rankings.annotate(reviewed=Exists(Adjudication.objects.filter(task=OuterRef("task"))))
+        .select_related("campaign", "task__prompt", "assignment")
+        .order_by("-created_at", "-id")
+    )
+
+
+TASK_STATUSES = ("all", "open", "complete", "reviewed")
+
+
+def task_list_filtered(
+    *,
+    campaign: Campaign,
+    status: str = "all",
+    labeller_id: int | None = None,
+    gold: bool | None = None,
+) -> QuerySet[Task]:
+    """The campaign's tasks (for those who view it), by status: ``open`` (below its overlap),
+    ``complete`` (reached it), ``reviewed`` (adjudicated); ranked by one labeller; gold or
+    not. Each task has ``reviewed``."""
+    tasks = task_list_for_admin(campaign=campaign).annotate(
+        reviewed=Exists(Adjudication.objects.filter(task=OuterRef("pk")))
+    )
+    if status == "open":
+        tasks = tasks.filter(submitted_count__lt=F("target_overlap"))
+    elif status == "complete":
+        tasks = tasks.filter(submitted_count__gte=F("target_overlap"))
+    elif status == "reviewed":
+        tasks = tasks.filter(reviewed=True)
+    if labeller_id is not None:
+        tasks = tasks.filter(
+            Exists(Ranking.objects.filter(task=OuterRef("pk"), labeller_id=labeller_id))
+        )
+    if gold is not None:
+        tasks = tasks.filter(is_gold=gold)
+    return tasks

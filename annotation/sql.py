@@ -296,18 +296,18 @@ FIRST_FREE_GOLD = _first_free('t."is_gold" ORDER BY t."id" ASC')
 """The first gold task (a gold task always has room) nobody else is assigning; locked."""
 
 
-def task_completions(task_id: int) -> list[tuple[int, str]]:
-    """The task's completions as ``(id, text)``, in the task's order."""
+def task_completions(task_id: int) -> list[tuple[int, str, str]]:
+    """The task's completions as ``(id, text, source)``, in the task's order."""
     db = connections[DEFAULT_DB_ALIAS]
     sql = _TASK_COMPLETIONS.sql(db)
     with db.cursor() as cursor:
         cursor.execute(sql, {"task_id": task_id})
-        return [(pk, text) for pk, text in cursor.fetchall()]
+        return [(pk, text, source) for pk, text, source in cursor.fetchall()]
 
 
 _TASK_COMPLETIONS = Select(
     """
-    SELECT c."id", c."text"
+    SELECT c."id", c."text", c."source"
     FROM {Completion} c JOIN {TaskCompletion} tc ON c."id" = tc."completion_id"
     WHERE tc."task_id" = %(task_id)s
     ORDER BY tc."position" ASC

@@ -7,6 +7,7 @@ import socket
 from celery import shared_task
 
 from annotation import services
+from annotation.services import webhooks
 
 
 @shared_task(name="annotation.tasks.expire_leases", ignore_result=True)
@@ -25,3 +26,17 @@ def ping(value: str = "pong") -> dict:
 def run_import(job_id: int) -> None:
     """Run a large import (services.import_job_run: all or nothing, once)."""
     services.import_job_run(job_id=job_id)
+
+
+@shared_task(
+    name="annotation.tasks.deliver_webhook",
+    bind=True,
+    ignore_result=True,
+    acks_late=True,
+    max_retries=webhooks.MAX_ATTEMPTS - 1,
+)
+def deliver_webhook(self, delivery_id: int) -> None:
+    """POST one webhook delivery; not answered 2xx: again after 10, 20, 40, ... seconds."""
+    delivered = webhooks.webhook_deliver(delivery_id=delivery_id)
+    if delivered is False and self.request.retries < self.max_retries:
+        raise self.retry(countdown=webhooks.RETRY_SECONDS * 2**self.request.retries)

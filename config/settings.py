@@ -72,6 +72,7 @@ DASHBOARD_PANELS: dict[str, list[str]] = {
     # What the training app adds to the annotation dashboard's pages (config/dashboard.py).
     "campaign": ["training.dashboard.panels.campaign"],
     "campaign_import": ["training.dashboard.panels.campaign_import"],
+    "review_task": ["training.dashboard.panels.review_task"],
 }
 
 MIDDLEWARE = [
@@ -299,11 +300,32 @@ MODEL_STORE_DIR = Path(os.environ.get("MODEL_STORE_DIR", VAR_DIR / "models"))
 # The model a reward model or the first policy starts from when the admin names none: the
 # tiny local model built by `manage.py build_tiny_model` (any HF id or directory works).
 DEFAULT_BASE_MODEL = os.environ.get("DEFAULT_BASE_MODEL", str(MODEL_STORE_DIR / "tiny-base"))
+# Experiment trackers a training job may report to (its `trackers`): TensorBoard event files and
+# the local MLflow file store under TRACKING_DIR in the model store, unless MLFLOW_TRACKING_URI
+# names a server; Weights & Biases offline (files to `wandb sync`) unless WANDB_MODE=online.
+TRACKING_DIR = Path(os.environ.get("TRACKING_DIR", MODEL_STORE_DIR / "runs"))
+MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
+WANDB_PROJECT = os.environ.get("WANDB_PROJECT", "rlhf-annotate")
+WANDB_MODE = os.environ.get("WANDB_MODE", "offline")
+# Publishing to the Hugging Face Hub (`manage.py publish_to_hub`): the token (or a file holding
+# it) and, for a self-hosted or mirror Hub, its address.
+HF_HUB_TOKEN = os.environ.get("HF_HUB_TOKEN") or (
+    Path(os.environ["HF_HUB_TOKEN_FILE"]).read_text().strip()
+    if os.environ.get("HF_HUB_TOKEN_FILE")
+    else None
+)
+HF_HUB_ENDPOINT = os.environ.get("HF_HUB_ENDPOINT") or None
 TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 30)
 # A running job with no heartbeat for this long is marked failed (its worker died).
 TRAINING_HEARTBEAT_TIMEOUT_SECONDS = env_int("TRAINING_HEARTBEAT_TIMEOUT_SECONDS", 300)
-# A job whose worker died is re-run from scratch when Celery redelivers it, this many times.
+# A job whose worker died is run again when Celery redelivers it, this many times: from its
+# last checkpoint when its config saves them (`checkpoint_every`), else from scratch.
 TRAINING_MAX_ATTEMPTS = env_int("TRAINING_MAX_ATTEMPTS", 2)
+# What a gpu worker has, for the preflight that refuses jobs that cannot fit: the GPUs a job
+# with `gpus: 0` (all visible) gets, and the memory of each in GB (0: no check, e.g. a CPU
+# worker). A job asking for more GPUs than this is refused too.
+TRAINING_GPUS_PER_WORKER = env_int("TRAINING_GPUS_PER_WORKER", 1)
+TRAINING_GPU_MEMORY_GB = float(os.environ.get("TRAINING_GPU_MEMORY_GB", "80"))
 
 LOGGING = {
     "version": 1,

@@ -65,7 +65,12 @@ def world(campaign, labeller, other_labeller):
 
 
 def _url(template: str, world) -> str:
-    return template.format(c=world["campaign"].pk, r=world["ranking"].pk, j=world["job"].pk)
+    return template.format(
+        c=world["campaign"].pk,
+        r=world["ranking"].pk,
+        j=world["job"].pk,
+        t=world["ranking"].task_id,
+    )
 
 
 # (method, url, body, expected status per role in ROLES order)
@@ -136,7 +141,47 @@ API = [
         {"kind": "reward_model", "campaign_ids": ["{c}"], "config": {"epochs": -1}},
         (403, 403, 403, 403, 403, 403, 400, 400, 403, 403, 400),
     ),
+    # The memory plan of a job body (nothing queued): the same people as creating one.
+    (
+        "post",
+        "/api/training-jobs/plan/",
+        {"kind": "reward_model", "campaign_ids": ["{c}"], "config": {"epochs": -1}},
+        (403, 403, 403, 403, 403, 403, 400, 400, 403, 403, 400),
+    ),
     ("get", "/api/model-versions/", None, (403, 403, 403, 403, 403, 200, 200, 200, 403, 403, 200)),
+    (
+        "get",
+        "/api/campaigns/{c}/kappa/",
+        None,
+        (403, 404, 403, 200, 200, 200, 200, 404, 404, 200, 200),
+    ),
+    # Review: those who hold *review* on the campaign (viewing it is not enough).
+    (
+        "get",
+        "/api/campaigns/{c}/review/",
+        None,
+        (403, 404, 403, 200, 200, 200, 200, 404, 404, 403, 200),
+    ),
+    (
+        "get",
+        "/api/campaigns/{c}/review/{t}/",
+        None,
+        (403, 404, 403, 200, 200, 200, 200, 404, 404, 403, 200),
+    ),
+    # bob's task has one ranking of its two: reviewers are told it is not done yet.
+    (
+        "post",
+        "/api/campaigns/{c}/review/{t}/",
+        {"decision": "consensus"},
+        (403, 404, 403, 409, 409, 409, 409, 404, 404, 403, 409),
+    ),
+    # Everyone who sees the campaign gets their own feedback (empty when they ranked nothing).
+    (
+        "get",
+        "/api/campaigns/{c}/feedback/",
+        None,
+        (403, 404, 200, 200, 200, 200, 200, 404, 404, 200, 200),
+    ),
 ]
 PAGES = [
     ("/dashboard/", (302, 403, 403, 200, 200, 200, 200, 200, 403, 200, 200)),
@@ -148,6 +193,12 @@ PAGES = [
     ("/dashboard/training/", (302, 403, 403, 403, 403, 200, 200, 200, 403, 403, 200)),
     ("/dashboard/training/jobs/{j}/", (302, 403, 403, 403, 403, 200, 200, 404, 403, 403, 200)),
     ("/dashboard/training/new/round/", (302, 403, 403, 403, 403, 403, 200, 200, 403, 403, 200)),
+    ("/dashboard/campaigns/{c}/review/", (302, 403, 403, 200, 200, 200, 200, 404, 403, 403, 200)),
+    (
+        "/dashboard/campaigns/{c}/review/{t}/",
+        (302, 403, 403, 200, 200, 200, 200, 404, 403, 403, 200),
+    ),
+    ("/history/", (302, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
     # Django's admin: staff only, and then Django's model permissions.
     ("/admin/annotation/campaign/", (302, 302, 302, 302, 302, 302, 302, 302, 403, 302, 200)),
 ]

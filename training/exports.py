@@ -19,7 +19,8 @@ def preference_pairs(
     ties: bool = False,
     fail_policy: FailPolicy = "drop",
 ) -> list[PreferencePair]:
-    """Every labeller's pairs from the campaigns, as reward-model training pairs.
+    """Every labeller's pairs from the campaigns, as reward-model training pairs; a pair whose
+    labeller gave its preference strength carries Llama 2's margin of it (``margin``).
 
     Chat prompts keep their messages (the tokenizer's chat template renders them); the split
     key is the prompt's content (:func:`prompt_key`), so no prompt lands in both the training
@@ -28,6 +29,7 @@ def preference_pairs(
     """
     rows = exports.ranking_rows(campaign_ids=campaign_ids)
     texts = exports.texts_for(rows)
+    strength = exports.ranking_strengths(campaign_ids=campaign_ids)
     return [
         PreferencePair(
             prompt=record.get("messages") or record["prompt"],
@@ -36,8 +38,12 @@ def preference_pairs(
             prompt_id=prompt_key(record.get("messages") or record["prompt"]),
             tie=record["tie"],
             round=record["round"],
+            # Llama 2's margin m(r) where the labeller said how much better (else 0)
+            margin=record["margin"] if record.get("strength") is not None else 0.0,
         )
-        for record in exports.labeller_pairs(rows, texts, ties=ties, fail_policy=fail_policy)
+        for record in exports.labeller_pairs(
+            rows, texts, ties=ties, fail_policy=fail_policy, strength=strength or None
+        )
     ]
 
 

@@ -122,6 +122,11 @@ class TrainingJob(models.Model):
     progress_step = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
     summary = models.JSONField(default=dict, blank=True, help_text="Final metrics and counts.")
+    tracking = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Where the experiment trackers' runs are: {tracker: directory or URI}.",
+    )
     log_tail = models.TextField(blank=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)

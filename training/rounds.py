@@ -26,7 +26,8 @@ from django.db.models import Count
 
 from annotation import services as annotation_services
 from annotation.errors import Conflict, InvalidInput
-from annotation.models import Campaign, Completion, Prompt
+from annotation.models import Campaign, Completion, Prompt, Webhook
+from annotation.services import webhooks
 from training.ml.config import config_from_dict
 from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, Round, TrainingJob
@@ -237,6 +238,12 @@ def round_record_policy_update(
     rnd.evaluation = {**evaluation, **checks}
     rnd.status = Round.Status.NEEDS_REVIEW if checks["warnings"] else Round.Status.TRAINED
     rnd.save(update_fields=["policy_after", "evaluation", "status", "updated_at"])
+    if rnd.status == Round.Status.NEEDS_REVIEW:
+        webhooks.webhooks_emit(
+            campaign_id=rnd.campaign_id,
+            event=Webhook.Event.ROUND_NEEDS_REVIEW,
+            data={"round": rnd.pk, "number": rnd.number, "warnings": checks["warnings"]},
+        )
     return rnd
 
 

@@ -48,6 +48,22 @@ def model_version_register(
     )
 
 
+def checkpoint_dir(job: TrainingJob) -> Path:
+    """Where a job saves its training state while it runs (``checkpoint_every`` in its
+    config): ``MODEL_STORE_DIR/checkpoints/<kind>-<job id>``, the same for every attempt (a
+    job delivered again after its worker died resumes there) and for the retries of a job
+    (the id of the first job of the chain). The trainer removes it once its model is
+    published."""
+    root, seen = job, {job.pk}
+    while (previous := (root.params or {}).get("retry_of")) and previous not in seen:
+        seen.add(previous)
+        found = TrainingJob.objects.filter(pk=previous).first()
+        if found is None or found.kind != job.kind:
+            break
+        root = found
+    return Path(settings.MODEL_STORE_DIR) / "checkpoints" / f"{job.kind}-{root.pk:06d}"
+
+
 def model_store_dir(job: TrainingJob) -> Path:
     """Where a job's model goes: ``MODEL_STORE_DIR/<kind>-<job id>``, and ``...-<attempt>`` for a
     second attempt, so an attempt that lost the job never overwrites the directory of the one

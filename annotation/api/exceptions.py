@@ -67,8 +67,7 @@ def exception_handler(exc, context):
     if isinstance(exc, ImportFailed):
         return Response(
             {
-                "detail": f"the file was not imported: {len(exc.errors)} error(s); "
-                "nothing was stored",
+                "detail": f"the file was not imported: {exc.count} error(s); nothing was stored",
                 "code": "import_failed",
                 "errors": _import_errors(exc),
                 "lines": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,8 +22,10 @@ from annotation.models import (
     ImportJob,
     Membership,
     Ranking,
+    Webhook,
 )
 from annotation.pairs import FAIL
+from annotation.rendering import render_markdown
 from annotation.selectors import assignment_completions
 
 MAX_ID = 2**62  # ids above this cannot exist; refusing them early keeps them out of SQL
@@ -106,6 +109,8 @@ class CampaignSerializer(serializers.ModelSerializer):
             "overlap",
             "allow_ties",
             "allow_fail",
+            "render_markdown",
+            "strength_scale",
             "round_number",
             "guideline_version",
             "created_at",
@@ -115,6 +120,9 @@ class CampaignSerializer(serializers.ModelSerializer):
 
 
 CAMPAIGN_ADMIN_FIELDS = [
+    "allow_empty_completions",
+    "allow_identical_completions",
+    "assignment_provenance",
     "overlap_min",
     "reopen_below",
     "gold_rate",
@@ -172,6 +180,30 @@ class CampaignQualitySettings(InputSerializer):
         help_text="sequential, random (seeded) or uncertainty (reward model).",
     )
     order_seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False)
+    render_markdown = serializers.BooleanField(
+        required=False,
+        help_text="Show prompts and completions as markdown (sanitised as the guidelines are).",
+    )
+    strength_scale = serializers.ChoiceField(
+        choices=Campaign.StrengthScale.choices,
+        required=False,
+        help_text="none, llama2 (four levels) or helpsteer (-3..3 with a justification): how "
+        "much better, asked per adjacent rank gap.",
+    )
+    allow_empty_completions = serializers.BooleanField(
+        required=False,
+        help_text="Imports accept empty completions, counted as warnings (default: refused).",
+    )
+    allow_identical_completions = serializers.BooleanField(
+        required=False,
+        help_text="Imports accept identical completions of one prompt, counted as warnings "
+        "(default: refused).",
+    )
+    assignment_provenance = serializers.BooleanField(
+        required=False,
+        help_text="Assignments show labellers the prompt's external id and metadata and each "
+        "completion's source (default off: blind, and gold ids or sources could tell).",
+    )
 
 
 class CampaignCreateSerializer(CampaignQualitySettings):
@@ -227,15 +259,121 @@ class MembersSerializer(InputSerializer):
         return users
 
 
+class InviteAccountSerializer(InputSerializer):
+    username = serializers.CharField(max_length=150)
+    email = serializers.EmailField(required=False, allow_blank=True, default="")
+
+
+class LabellersInviteSerializer(InputSerializer):
+    accounts = InviteAccountSerializer(many=True, allow_empty=False, max_length=1000)
+    campaigns = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        allow_empty=False,
+        max_length=100,
+        help_text="Campaigns the accounts join (you must be allowed to change each).",
+    )
+    role = serializers.ChoiceField(choices=Membership.Role.choices, default="labeller")
+
+
+class InvitedAccountSerializer(serializers.Serializer):
+    user = serializers.IntegerField()
+    username = serializers.CharField()
+    email = serializers.CharField(allow_blank=True)
+    password = serializers.CharField(
+        help_text="One-time password, shown only in this answer; it must be changed at the "
+        "first login."
+    )
+
+
+class LabellersInvitedSerializer(serializers.Serializer):
+    campaigns = serializers.ListField(child=serializers.IntegerField())
+    role = serializers.CharField()
+    accounts = InvitedAccountSerializer(many=True)
+
+
+class WebhookInputSerializer(InputSerializer):
+    url = serializers.URLField(max_length=1000)
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=Webhook.Event.choices),
+        allow_empty=False,
+        max_length=len(Webhook.Event.values),
+    )
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Webhook
+        fields = ["id", "url", "events", "active", "created_at"]
+        read_only_fields = fields
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(
+        help_text="Signs every delivery (X-RLHF-Signature); shown only in this answer."
+    )
+
+    class Meta(WebhookSerializer.Meta):
+        fields = [*WebhookSerializer.Meta.fields, "secret"]
+        read_only_fields = fields
+
+
 class ImportSerializer(InputSerializer):
     file = serializers.FileField()
     format = serializers.ChoiceField(choices=["jsonl", "csv"], required=False)
+
+
+class CreatedTaskSerializer(serializers.Serializer):
+    task = serializers.IntegerField()
+    external_id = serializers.CharField(
+        allow_blank=True, help_text="The prompt's id in the file (empty when it had none)."
+    )
+
+
+class ImportWarningsSerializer(serializers.Serializer):
+    empty_completions = serializers.IntegerField()
+    identical_completions = serializers.IntegerField()
 
 
 class ImportResultSerializer(serializers.Serializer):
     prompts = serializers.IntegerField()
     tasks = serializers.IntegerField()
     completions = serializers.IntegerField()
+    gold_tasks = serializers.IntegerField()
+    created = CreatedTaskSerializer(
+        many=True, help_text="Every task created, with its prompt's external id, in file order."
+    )
+    warnings = ImportWarningsSerializer(
+        help_text="Empty and identical completions accepted because the campaign allows them."
+    )
+
+
+class RankingImportSerializer(InputSerializer):
+    file = serializers.FileField()
+    format = serializers.ChoiceField(choices=["jsonl", "csv"], required=False)
+    new_labellers = serializers.ChoiceField(
+        choices=["inactive", "refuse"],
+        default="inactive",
+        help_text="Labellers with no account: created inactive, or the file refused.",
+    )
+    task_overlap = serializers.ChoiceField(
+        choices=["campaign", "rankings"],
+        default="campaign",
+        help_text="campaign: at most the campaign's overlap per task; rankings: each task is "
+        "for exactly the labellers who ranked it in the file.",
+    )
+
+
+class RankingImportResultSerializer(serializers.Serializer):
+    rankings = serializers.IntegerField()
+    tasks_created = serializers.IntegerField()
+    tasks_matched = serializers.IntegerField(help_text="Existing tasks the rankings were added to.")
+    prompts_created = serializers.IntegerField()
+    completions_created = serializers.IntegerField()
+    labellers_created = serializers.ListField(
+        child=serializers.CharField(), help_text="Usernames of the accounts created (inactive)."
+    )
+    created = CreatedTaskSerializer(many=True)
+    warnings = ImportWarningsSerializer()
 
 
 class ImportErrorSerializer(serializers.Serializer):
@@ -248,7 +386,7 @@ class ImportJobSerializer(serializers.ModelSerializer):
     """A large import run by a worker: its stage, then what was stored or why nothing was."""
 
     campaign = serializers.IntegerField(source="campaign_id", read_only=True)
-    result = ImportResultSerializer(read_only=True, allow_null=True, source="result_or_none")
+    result = serializers.SerializerMethodField()
     errors = ImportErrorSerializer(many=True, read_only=True)
 
     class Meta:
@@ -256,6 +394,7 @@ class ImportJobSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "campaign",
+            "kind",
             "filename",
             "size",
             "status",
@@ -268,6 +407,19 @@ class ImportJobSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "oneOf": [
+                {"$ref": "#/components/schemas/ImportResult"},
+                {"$ref": "#/components/schemas/RankingImportResult"},
+            ],
+            "nullable": True,
+        }
+    )
+    def get_result(self, job: ImportJob) -> dict | None:
+        """What was stored: an import result of the job's ``kind``, or null until done."""
+        return job.result_or_none
 
 
 # --- Guidelines ---------------------------------------------------------------------------------
@@ -292,17 +444,48 @@ class AcknowledgeSerializer(InputSerializer):
 
 
 class LabellerCompletionSerializer(serializers.ModelSerializer):
-    """What a labeller sees of a completion: the text only, never its source or metadata."""
+    """What a labeller sees of a completion: its text, and its source only where the campaign
+    shows provenance (``assignment_provenance``; else ``""``)."""
+
+    source = serializers.CharField(
+        allow_blank=True,
+        help_text="Where the completion came from (a model); empty unless the campaign shows "
+        "labellers provenance.",
+    )
+
+    html = serializers.CharField(
+        allow_null=True,
+        help_text="The text as sanitised HTML where the campaign renders markdown; else null.",
+    )
 
     class Meta:
         model = Completion
-        fields = ["id", "text"]
+        fields = ["id", "text", "source", "html"]
         read_only_fields = fields
 
 
 class AssignmentPromptSerializer(serializers.Serializer):
     text = serializers.CharField()
     messages = serializers.ListField(child=serializers.DictField(), allow_null=True)
+    external_id = serializers.CharField(
+        allow_blank=True,
+        help_text="The prompt's id in the imported file; empty unless the campaign shows "
+        "labellers provenance.",
+    )
+    metadata = serializers.DictField(
+        help_text="The prompt's imported metadata; {} unless the campaign shows labellers "
+        "provenance."
+    )
+    html = serializers.CharField(
+        allow_null=True,
+        help_text="The text as sanitised HTML where the campaign renders markdown; else null.",
+    )
+    messages_html = serializers.ListField(
+        child=serializers.CharField(),
+        allow_null=True,
+        help_text="Each message's content as sanitised HTML (markdown campaigns with chat "
+        "prompts); else null.",
+    )
 
 
 class AssignmentSerializer(serializers.ModelSerializer):
@@ -317,6 +500,16 @@ class AssignmentSerializer(serializers.ModelSerializer):
     completions = LabellerCompletionSerializer(many=True, read_only=True)
     allow_ties = serializers.BooleanField(source="campaign.allow_ties", read_only=True)
     allow_fail = serializers.BooleanField(source="campaign.allow_fail", read_only=True)
+    render_markdown = serializers.BooleanField(
+        source="campaign.render_markdown",
+        read_only=True,
+        help_text="Prompts and completions are shown as markdown (their `html`).",
+    )
+    strength_scale = serializers.CharField(
+        source="campaign.strength_scale",
+        read_only=True,
+        help_text="none, llama2 or helpsteer: how much better the page asks (annotation.strength).",
+    )
 
     class Meta:
         model = Assignment
@@ -330,6 +523,8 @@ class AssignmentSerializer(serializers.ModelSerializer):
             "skip_reason",
             "allow_ties",
             "allow_fail",
+            "render_markdown",
+            "strength_scale",
             "prompt",
             "completions",
         ]
@@ -348,9 +543,16 @@ def _when(value) -> str | None:
 
 def assignment_body(assignment: Assignment) -> dict:
     """An assignment in :class:`AssignmentSerializer`'s shape: its campaign's rules, the
-    prompt and the completions (id and text only) in the assignment's display order."""
+    prompt and the completions in the assignment's display order.
+
+    The prompt's external id and metadata and each completion's source are filled only where
+    the campaign shows labellers provenance (``Campaign.assignment_provenance``); otherwise the
+    same keys hold ``""`` and ``{}`` for every task, gold or real, so none of them can tell a
+    gold task apart (a gold prompt's id, or a source naming the gold file) or unblind the
+    models behind the completions."""
     prompt = assignment.task.prompt
     campaign = assignment.campaign
+    shown = campaign.assignment_provenance
     return {
         "id": assignment.pk,
         "campaign": assignment.campaign_id,
@@ -361,9 +563,44 @@ def assignment_body(assignment: Assignment) -> dict:
         "skip_reason": assignment.skip_reason,
         "allow_ties": campaign.allow_ties,
         "allow_fail": campaign.allow_fail,
-        "prompt": {"text": prompt.text, "messages": prompt.messages},
+        "render_markdown": campaign.render_markdown,
+        "strength_scale": campaign.strength_scale,
+        "prompt": {
+            "text": prompt.text,
+            "messages": prompt.messages,
+            "external_id": prompt.external_id if shown else "",
+            "metadata": (prompt.metadata or {}) if shown else {},
+            **_prompt_html(prompt, campaign.render_markdown),
+        },
         "completions": [
-            {"id": pk, "text": text} for pk, text in assignment_completions(assignment=assignment)
+            {
+                "id": pk,
+                "text": text,
+                "source": source if shown else "",
+                "html": render_markdown(text) if campaign.render_markdown else None,
+            }
+            for pk, text, source in assignment_completions(assignment=assignment)
+        ],
+    }
+
+
+def _prompt_html(prompt, markdown: bool) -> dict:
+    """The prompt's text and chat messages as sanitised HTML (``annotation.rendering``, as the
+    guidelines are) where the campaign renders markdown; null otherwise."""
+    if not markdown:
+        return {"html": None, "messages_html": None}
+    messages = prompt.messages if isinstance(prompt.messages, list) else None
+    return {
+        "html": render_markdown(prompt.text),
+        "messages_html": None
+        if messages is None
+        else [
+            render_markdown(
+                m.get("content")
+                if isinstance(m, dict) and isinstance(m.get("content"), str)
+                else json.dumps(m.get("content") if isinstance(m, dict) else m)
+            )
+            for m in messages
         ],
     }
 
@@ -420,6 +657,22 @@ class RankingInputSerializer(InputSerializer):
         default="",
         help_text="optional; null is taken as no comment",
     )
+    strength = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=3),
+        required=False,
+        allow_null=True,
+        max_length=MAX_COMPLETIONS - 1,
+        help_text="How much better, one level per gap between adjacent ranks (best first), on "
+        "the campaign's `strength_scale`: llama2 0..3, helpsteer 1..3; none without a scale.",
+    )
+    justification = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        max_length=300,
+        default="",
+        help_text="One line saying why (helpsteer scale only).",
+    )
 
 
 class RankingItemSerializer(serializers.Serializer):
@@ -449,6 +702,13 @@ class RankingSerializer(serializers.ModelSerializer):
         source="guideline.version", read_only=True, allow_null=True, default=None
     )
     items = RankingItemSerializer(many=True, read_only=True)
+    strength = serializers.ListField(
+        child=serializers.IntegerField(),
+        read_only=True,
+        allow_null=True,
+        help_text="How much better, per gap between adjacent ranks (best first); null without "
+        "a strength scale.",
+    )
 
     class Meta:
         model = Ranking
@@ -462,6 +722,10 @@ class RankingSerializer(serializers.ModelSerializer):
             "time_spent_ms",
             "comment",
             "created_at",
+            "version",
+            "edited_at",
+            "strength",
+            "justification",
             "items",
         ]
         read_only_fields = fields
@@ -487,6 +751,10 @@ def ranking_body(result) -> dict:
         "time_spent_ms": ranking.time_spent_ms,
         "comment": ranking.comment,
         "created_at": _when(ranking.created_at),
+        "version": ranking.version,
+        "edited_at": _when(ranking.edited_at),
+        "strength": ranking.strength,
+        "justification": ranking.justification,
         "items": [{"completion": c, "rank": label} for c, label in result.labels.items()],
     }
 
@@ -560,8 +828,50 @@ class PairsQuerySerializer(QuerySerializer):
         choices=AGGREGATES,
         default="none",
         help_text="none: every labeller's pairs as they are; ranked_pairs / bradley_terry: "
-        "pairs of the per-task consensus ranking; majority: per pair the majority direction.",
+        "pairs of the per-task consensus ranking; majority: per pair the majority direction. "
+        "An adjudicated task's pairs are the reviewer's ranking's in every aggregate.",
     )
+    provenance = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=200,
+        help_text="Only tasks settled so: unanimous, majority, adjudicated, unresolved "
+        "(comma-separated; default all).",
+    )
+
+    def validate_provenance(self, value: str) -> list[str]:
+        return _provenances(value)
+
+    format = serializers.ChoiceField(
+        choices=["jsonl", "trl", "parquet"],
+        default="jsonl",
+        help_text="jsonl: the project's pairs (margin, messages, tie and provenance); trl: TRL's "
+        "exact format as JSONL; parquet: TRL's format as Parquet with a fixed schema.",
+    )
+    style = serializers.ChoiceField(
+        choices=["standard", "conversational"],
+        required=False,
+        help_text="trl/parquet: strings, or message lists (default: conversational when a "
+        "prompt is a chat conversation).",
+    )
+    part = serializers.ChoiceField(
+        choices=["pairs", "ties"],
+        default="pairs",
+        help_text="trl/parquet: the strict pairs, or the tie pairs (prompt, completion_a, "
+        "completion_b), a file of their own.",
+    )
+    rlhf_columns = serializers.BooleanField(
+        default=True,
+        help_text="trl/parquet: the project's rlhf_* columns beside TRL's (false: left out).",
+    )
+
+    def validate(self, data: dict) -> dict:
+        if data["format"] != "jsonl" and data["ties"]:
+            raise serializers.ValidationError(
+                {"ties": ["is for format=jsonl: TRL's formats keep ties in part=ties"]}
+            )
+        return data
 
 
 class CampaignFilterSerializer(QuerySerializer):
@@ -572,6 +882,22 @@ class CampaignFilterSerializer(QuerySerializer):
 
 class RankingsExportQuerySerializer(QuerySerializer):
     format = serializers.ChoiceField(choices=["jsonl", "csv"], default="jsonl")
+    versions = serializers.ChoiceField(
+        choices=["latest", "all"],
+        default="latest",
+        help_text="all: also the earlier versions of edited rankings (latest false).",
+    )
+    provenance = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=200,
+        help_text="Only tasks settled so: unanimous, majority, adjudicated, unresolved "
+        "(comma-separated; default all).",
+    )
+
+    def validate_provenance(self, value: str) -> list[str]:
+        return _provenances(value)
 
 
 class BootstrapSerializer(serializers.Serializer):
@@ -613,6 +939,11 @@ class CampaignAgreementSerializer(serializers.Serializer):
     krippendorff_alpha = AlphaFigureSerializer(source="alpha", many=True)
     kendall_w = FigureSerializer()
     fleiss_kappa = FigureSerializer()
+    strength_alpha = AlphaFigureSerializer(
+        allow_null=True,
+        help_text="Krippendorff's alpha (interval) on preference strength; null where the "
+        "campaign asks none.",
+    )
 
 
 class TaskAgreementSerializer(serializers.Serializer):
@@ -653,6 +984,14 @@ class LabellerRowSerializer(serializers.Serializer):
     )
     gold_tasks = serializers.IntegerField()
     gold_flagged = serializers.BooleanField()
+    competence = serializers.FloatField(
+        allow_null=True,
+        help_text="Dawid-Skene competence on pair preferences: the fitted probability that "
+        "their answer on a completion pair is the true one.",
+    )
+    competence_answers = serializers.IntegerField(
+        help_text="Pair answers on units someone else answered too (what competence rests on)."
+    )
 
 
 class FlagRuleSerializer(serializers.Serializer):
@@ -660,6 +999,10 @@ class FlagRuleSerializer(serializers.Serializer):
     min_scale = serializers.FloatField()
     min_tasks = serializers.IntegerField()
     min_labellers = serializers.IntegerField()
+    time_fraction = serializers.FloatField(
+        help_text="Flagged when the median time per task is below this share of the others'."
+    )
+    min_timed_tasks = serializers.IntegerField()
 
 
 class LabellerTableSerializer(serializers.Serializer):
@@ -744,3 +1087,243 @@ class GoldTableSerializer(serializers.Serializer):
     rule = GoldRuleSerializer()
     drift_by = serializers.CharField()
     labellers = GoldRowSerializer(source="rows", many=True)
+
+
+# --- Review, adjudication, edits and feedback ---------------------------------------------------
+
+
+def _provenances(value: str) -> list[str]:
+    from annotation.exports import PROVENANCES
+
+    wanted = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = sorted(set(wanted) - set(PROVENANCES))
+    if unknown:
+        raise serializers.ValidationError(
+            f"unknown provenance {', '.join(unknown)}: use {', '.join(PROVENANCES)} "
+            "(comma-separated)"
+        )
+    return wanted
+
+
+class ReviewQuerySerializer(QuerySerializer):
+    status = serializers.ChoiceField(
+        choices=["pending", "reviewed", "all"],
+        default="pending",
+        help_text="pending: not adjudicated yet; reviewed: adjudicated.",
+    )
+    below = serializers.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        help_text="Only tasks whose strict pairwise agreement is below this.",
+    )
+    labeller = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_ID, help_text="Only tasks this user ranked."
+    )
+    flagged = serializers.BooleanField(
+        default=False, help_text="Only tasks ranked by a labeller the quality table flags."
+    )
+    gold_failures = serializers.BooleanField(
+        default=False,
+        help_text="Only tasks ranked by a labeller whose recent gold agreement is flagged.",
+    )
+    page = serializers.IntegerField(min_value=1, default=1)
+    page_size = serializers.IntegerField(min_value=1, max_value=1000, default=100)
+
+
+class QueueEntrySerializer(serializers.Serializer):
+    task = serializers.IntegerField(source="task_id")
+    prompt_id = serializers.IntegerField()
+    prompt = serializers.CharField(help_text="The prompt's first 160 characters.")
+    rankings = serializers.IntegerField()
+    labellers = serializers.ListField(child=serializers.CharField())
+    agreement = serializers.FloatField(
+        allow_null=True, help_text="Strict pairwise agreement of the task's labellers."
+    )
+    pairs = serializers.IntegerField(help_text="Labeller pairs x completion pairs compared.")
+    three_way = serializers.FloatField(allow_null=True)
+    provenance = serializers.CharField()
+    decision = serializers.CharField(allow_null=True)
+    reviewer = serializers.CharField(allow_null=True)
+    flagged = serializers.ListField(child=serializers.CharField())
+    gold_flagged = serializers.ListField(child=serializers.CharField())
+
+
+class ReviewQueueSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+    complete = serializers.IntegerField(help_text="Real tasks that reached their overlap.")
+    reviewed = serializers.IntegerField()
+    own = serializers.IntegerField(
+        help_text="Matching tasks you ranked yourself: left to another reviewer."
+    )
+    results = QueueEntrySerializer(many=True)
+
+
+def _labels_out(labels: Mapping[int, Any]) -> list[dict]:
+    return [{"completion": c, "rank": label} for c, label in labels.items()]
+
+
+class ReviewCompletionSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="completion_id")
+    letter = serializers.CharField()
+    position = serializers.IntegerField()
+    text = serializers.CharField()
+    source = serializers.CharField()
+
+
+class ReviewRankingSerializer(serializers.Serializer):
+    ranking = serializers.IntegerField(source="ranking_id")
+    labeller = serializers.IntegerField(source="labeller_id")
+    username = serializers.CharField()
+    version = serializers.IntegerField()
+    seconds = serializers.FloatField()
+    comment = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    edited_at = serializers.DateTimeField(allow_null=True)
+    items = serializers.SerializerMethodField()
+
+    @extend_schema_field(RankingItemInputSerializer(many=True))
+    def get_items(self, view) -> list[dict]:
+        return _labels_out(view.labels)
+
+
+class AdjudicationViewSerializer(serializers.Serializer):
+    decision = serializers.CharField()
+    reviewer = serializers.CharField()
+    note = serializers.CharField(allow_blank=True)
+    source_ranking = serializers.IntegerField(allow_null=True)
+    updated_at = serializers.DateTimeField()
+    items = serializers.SerializerMethodField()
+
+    @extend_schema_field(RankingItemInputSerializer(many=True))
+    def get_items(self, view) -> list[dict]:
+        return _labels_out(view.labels)
+
+
+class TaskReviewSerializer(serializers.Serializer):
+    task = serializers.IntegerField(source="task_id")
+    campaign = serializers.IntegerField(source="campaign_id")
+    prompt = serializers.CharField()
+    messages = serializers.ListField(child=serializers.DictField(), allow_null=True)
+    complete = serializers.BooleanField(help_text="Reached its overlap: it can be adjudicated.")
+    ranked_by_you = serializers.BooleanField(
+        help_text="You ranked it: another reviewer adjudicates it."
+    )
+    completions = ReviewCompletionSerializer(many=True)
+    rankings = ReviewRankingSerializer(many=True)
+    consensus = serializers.SerializerMethodField()
+    agreement = serializers.FloatField(allow_null=True)
+    pairs = serializers.IntegerField()
+    provenance = serializers.CharField()
+    adjudication = AdjudicationViewSerializer(allow_null=True)
+
+    @extend_schema_field(RankingItemInputSerializer(many=True))
+    def get_consensus(self, review) -> list[dict]:
+        return _labels_out(review.consensus)
+
+
+class AdjudicateSerializer(InputSerializer):
+    decision = serializers.ChoiceField(
+        choices=["consensus", "labeller", "written"],
+        help_text="consensus: accept the ranked-pairs consensus; labeller: pick `ranking`; "
+        "written: your own `items`, with a `note`.",
+    )
+    ranking = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_ID, help_text="decision labeller: its id."
+    )
+    items = RankingItemInputSerializer(
+        many=True, required=False, allow_empty=False, max_length=MAX_COMPLETIONS
+    )
+    note = serializers.CharField(
+        required=False, allow_blank=True, max_length=5000, default="", trim_whitespace=True
+    )
+
+
+class RankingEditSerializer(RankingInputSerializer):
+    version = serializers.IntegerField(
+        min_value=1, max_value=32767, help_text="The version you edited (the ranking's `version`)."
+    )
+
+
+class FeedbackCompletionSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="completion_id")
+    letter = serializers.CharField()
+    text = serializers.CharField()
+    yours = LabelField(allow_null=True)
+    adjudicated = LabelField(allow_null=True)
+
+
+class FeedbackSerializer(serializers.Serializer):
+    ranking = serializers.IntegerField(source="ranking_id")
+    assignment = serializers.IntegerField(source="assignment_id")
+    campaign = serializers.IntegerField(source="campaign_id")
+    prompt = serializers.CharField()
+    completions = FeedbackCompletionSerializer(many=True)
+    differs = serializers.BooleanField()
+    pairs_differing = serializers.ListField(
+        child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2),
+        help_text="Letter pairs the adjudication orders differently from you.",
+    )
+    pairs = serializers.IntegerField()
+    decision = serializers.CharField()
+    note = serializers.CharField(allow_blank=True)
+    reviewed_at = serializers.DateTimeField()
+
+
+# --- Cohen's kappa per labeller pair -----------------------------------------------------------
+
+
+class KappaQuerySerializer(QuerySerializer):
+    fail_policy = serializers.ChoiceField(
+        choices=FAIL_POLICIES,
+        default="drop",
+        help_text="F items: left out (drop, as the pair export) or a bottom tier (rank_last).",
+    )
+    resamples = serializers.IntegerField(min_value=0, max_value=10_000, default=1000)
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, default=0)
+
+
+class KappaCellSerializer(serializers.Serializer):
+    labeller_a = serializers.IntegerField()
+    username_a = serializers.CharField()
+    labeller_b = serializers.IntegerField()
+    username_b = serializers.CharField()
+    kappa = FigureSerializer()
+    tasks = serializers.IntegerField(help_text="Tasks both ranked.")
+
+
+class KappaLabellerSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+class KappaMatrixSerializer(serializers.Serializer):
+    campaign = serializers.IntegerField(source="campaign_id")
+    fail_policy = serializers.CharField()
+    bootstrap = BootstrapSerializer()
+    labellers = serializers.SerializerMethodField()
+    pairs = KappaCellSerializer(many=True)
+    matrix = serializers.SerializerMethodField()
+
+    @extend_schema_field(KappaLabellerSerializer(many=True))
+    def get_labellers(self, table) -> list[dict]:
+        return [{"id": pk, "username": name} for pk, name in table.labellers]
+
+    @extend_schema_field(
+        {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": ["number", "null"]}},
+            "description": "kappa[i][j] for labellers i, j in `labellers` order (null: no "
+            "task in common, undefined, or i = j)",
+        }
+    )
+    def get_matrix(self, table) -> list[list[float | None]]:
+        index = {pk: i for i, (pk, _) in enumerate(table.labellers)}
+        size = len(index)
+        matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
+        for cell in table.pairs:
+            i, j = index[cell.labeller_a], index[cell.labeller_b]
+            matrix[i][j] = matrix[j][i] = cell.kappa.value
+        return matrix

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from django.db.models import OuterRef, Subquery
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -15,13 +17,23 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from annotation import agreement_figures, exports, permissions, selectors, services
+from annotation import (
+    agreement_figures,
+    exports,
+    pair_formats,
+    permissions,
+    review,
+    selectors,
+    services,
+)
 from annotation.agreement import Bootstrap, FlagRule
 from annotation.api import serializers as s
 from annotation.api.parsers import LimitedJSONParser
 from annotation.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
 from annotation.models import Guideline, ImportJob
+from annotation.services import webhooks
 
 
 def _campaign_body(request: Request, campaign) -> dict:
@@ -194,6 +206,82 @@ class CampaignViewSet(viewsets.ViewSet):
             )
         return Response(s.ImportResultSerializer(outcome).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(
+        request={"multipart/form-data": s.RankingImportSerializer},
+        responses={201: s.RankingImportResultSerializer, 202: s.ImportJobSerializer},
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="rankings/import",
+        url_name="rankings-import",
+        parser_classes=[MultiPartParser, FormParser],
+    )
+    def rankings_import(self, request: Request, pk=None) -> Response:
+        """Import existing rankings (JSONL or CSV; README "Rankings in"), all or nothing: tasks
+        created or matched by prompt and completions, unknown labellers created inactive (or
+        the file refused). A large file goes to a worker: 202 with the job."""
+        campaign = self._campaign(request, pk, permissions.CHANGE)
+        data = _valid(s.RankingImportSerializer, request)
+        upload = data["file"]
+        outcome = services.campaign_import_upload(
+            campaign=campaign,
+            file=upload,
+            filename=upload.name or "upload",
+            fmt=data.get("format"),
+            created_by=request.user,
+            kind=ImportJob.Kind.RANKINGS,
+            options={"new_labellers": data["new_labellers"], "task_overlap": data["task_overlap"]},
+        )
+        if isinstance(outcome, ImportJob):
+            location = f"/api/campaigns/{campaign.pk}/imports/{outcome.pk}/"
+            return Response(
+                s.ImportJobSerializer(outcome).data,
+                status=status.HTTP_202_ACCEPTED,
+                headers={"Location": location},
+            )
+        return Response(
+            s.RankingImportResultSerializer(outcome).data, status=status.HTTP_201_CREATED
+        )
+
+    @extend_schema(methods=["GET"], request=None, responses=s.WebhookSerializer(many=True))
+    @extend_schema(
+        methods=["POST"],
+        request=s.WebhookInputSerializer,
+        responses={201: s.WebhookCreatedSerializer},
+    )
+    @action(detail=True, methods=["get", "post"], parser_classes=[LimitedJSONParser])
+    def webhooks(self, request: Request, pk=None) -> Response:
+        """The campaign's webhooks; POST registers a URL for events and answers its signing
+        secret, once (``Cache-Control: no-store``)."""
+        campaign = self._campaign(request, pk, permissions.CHANGE)
+        if request.method == "GET":
+            return Response(s.WebhookSerializer(campaign.webhooks.all(), many=True).data)
+        data = _valid(s.WebhookInputSerializer, request)
+        hook = webhooks.webhook_create(
+            campaign=campaign, url=data["url"], events=data["events"], created_by=request.user
+        )
+        return Response(
+            s.WebhookCreatedSerializer(hook).data,
+            status=status.HTTP_201_CREATED,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @extend_schema(request=None, responses={204: OpenApiResponse()})
+    @action(
+        detail=True,
+        methods=["delete"],
+        url_path=r"webhooks/(?P<hook_id>[0-9]+)",
+        url_name="webhook",
+    )
+    def webhook(self, request: Request, pk=None, hook_id=None) -> Response:
+        campaign = self._campaign(request, pk, permissions.CHANGE)
+        hook = campaign.webhooks.filter(pk=_int(hook_id, "webhook")).first()
+        if hook is None:
+            raise NotFound("webhook not found")
+        webhooks.webhook_delete(webhook=hook)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
     @extend_schema(responses=s.ImportJobSerializer)
     @action(
         detail=True,
@@ -300,6 +388,20 @@ class CampaignViewSet(viewsets.ViewSet):
         }
         return Response(s.LabellerTableSerializer(table).data)
 
+    @extend_schema(parameters=[s.KappaQuerySerializer], responses=s.KappaMatrixSerializer)
+    @action(detail=True, methods=["get"])
+    def kappa(self, request: Request, pk=None) -> Response:
+        """Admins: Cohen's kappa on pair preferences for every two labellers who ranked a task
+        in common, each with n and a 95% bootstrap interval over tasks, and as a matrix."""
+        campaign = self._campaign(request, pk, permissions.VIEW)
+        query = _query(s.KappaQuerySerializer, request)
+        table = agreement_figures.kappa_matrix(
+            campaign=campaign,
+            fail_policy=query["fail_policy"],
+            bootstrap=Bootstrap(resamples=query["resamples"], seed=query["seed"]),
+        )
+        return Response(s.KappaMatrixSerializer(table).data)
+
     @extend_schema(parameters=[s.GoldQuerySerializer], responses=s.GoldTableSerializer)
     @action(detail=True, methods=["get"])
     def gold(self, request: Request, pk=None) -> Response:
@@ -349,8 +451,97 @@ class CampaignViewSet(viewsets.ViewSet):
         return Response(s.GoldTaskSerializer(task).data)
 
     @extend_schema(
+        parameters=[s.ReviewQuerySerializer],
+        responses=s.ReviewQueueSerializer,
+        operation_id="campaigns_review_queue",
+    )
+    @action(detail=True, methods=["get"], url_path="review", url_name="review")
+    def review_queue(self, request: Request, pk=None) -> Response:
+        """The tasks that reached their overlap, lowest agreement first, one page at a time
+        (filters: ``below``, ``labeller``, ``flagged``, ``gold_failures``, ``status``). Tasks
+        you ranked are left out (``own`` counts them)."""
+        campaign = selectors.campaign_get_for(
+            user=request.user, campaign_id=_int(pk, "id"), perm=permissions.REVIEW
+        )
+        query = _query(s.ReviewQuerySerializer, request)
+        filters = review.QueueFilter(
+            status=query["status"],
+            below=query.get("below"),
+            labeller=query.get("labeller"),
+            flagged=query["flagged"],
+            gold_failures=query["gold_failures"],
+        )
+        queue = review.review_queue(campaign=campaign, reviewer_id=request.user.pk, filters=filters)
+        size, page = query["page_size"], query["page"]
+        body = {
+            "count": len(queue.entries),
+            "page": page,
+            "page_size": size,
+            "complete": queue.complete,
+            "reviewed": queue.reviewed,
+            "own": queue.own,
+            "results": queue.entries[(page - 1) * size : page * size],
+        }
+        return Response(s.ReviewQueueSerializer(body).data)
+
+    @extend_schema(
+        methods=["GET"],
+        request=None,
+        responses=s.TaskReviewSerializer,
+        operation_id="campaigns_review_task",
+    )
+    @extend_schema(
+        methods=["POST"],
+        request=s.AdjudicateSerializer,
+        responses=s.TaskReviewSerializer,
+        operation_id="campaigns_review_task_adjudicate",
+    )
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        url_path=r"review/(?P<task_id>[0-9]+)",
+        url_name="review-task",
+        parser_classes=[LimitedJSONParser],
+    )
+    def review_task(self, request: Request, pk=None, task_id=None) -> Response:
+        """A task's rankings side by side (time, comment), the consensus, the agreement, the
+        provenance and the decision; POST adjudicates it (``decision``: consensus, labeller
+        with ``ranking``, or written with ``items`` and a ``note``). 403 ``own_task`` for a
+        task you ranked."""
+        campaign = selectors.campaign_get_for(
+            user=request.user, campaign_id=_int(pk, "id"), perm=permissions.REVIEW
+        )
+        task = selectors.review_task_get(campaign=campaign, task_id=_int(task_id, "task"))
+        if request.method == "POST":
+            data = _valid(s.AdjudicateSerializer, request)
+            items = data.get("items")
+            services.task_adjudicate(
+                reviewer=request.user,
+                task=task,
+                decision=data["decision"],
+                ranking=data.get("ranking"),
+                items=[dict(i) for i in items] if items is not None else None,
+                note=data["note"],
+            )
+        return Response(
+            s.TaskReviewSerializer(review.task_review(task=task, reviewer_id=request.user.pk)).data
+        )
+
+    @extend_schema(responses=s.FeedbackSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def feedback(self, request: Request, pk=None) -> Response:
+        """Your reviewed tasks of this campaign: your ranking beside the adjudicated one and
+        the completion pairs where they differ (never another labeller's ranking)."""
+        campaign = selectors.campaign_get_for(user=request.user, campaign_id=_int(pk, "id"))
+        items = review.labeller_feedback(labeller_id=request.user.pk, campaign_id=campaign.pk)
+        return Response(s.FeedbackSerializer(items, many=True).data)
+
+    @extend_schema(
         parameters=[s.PairsQuerySerializer],
-        responses={(200, "application/jsonl"): OpenApiTypes.STR},
+        responses={
+            (200, "application/jsonl"): OpenApiTypes.STR,
+            (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY,
+        },
     )
     @action(detail=True, methods=["get"], content_negotiation_class=_ExportNegotiation)
     def pairs(self, request: Request, pk=None) -> StreamingHttpResponse:
@@ -359,13 +550,39 @@ class CampaignViewSet(viewsets.ViewSet):
         per task."""
         campaign = self._campaign(request, pk, permissions.EXPORT)
         query = _query(s.PairsQuerySerializer, request)
+        wanted = query.pop("provenance")
         rows = exports.ranking_rows(campaign_ids=[campaign.pk])
-        chunks = exports.pairs_jsonl(rows, exports.texts_for(rows), **query)
+        adjudicated = exports.adjudicated_rankings(campaign_ids=[campaign.pk])
+        provenance = exports.task_provenance(rows, adjudicated)
+        rows = exports.with_provenance(rows, provenance, wanted)
+        fmt = query.pop("format")
+        options = _trl_options(fmt, query)
+        if campaign.strength_scale != "none" and query["aggregate"] == "none":
+            # each labeller's preference strength: a `strength` and a margin per pair
+            options["strength"] = exports.ranking_strengths(campaign_ids=[campaign.pk])
+        try:  # the first chunk is built here, so a refusal answers 400, not a broken stream
+            chunks = pair_formats.pair_export(
+                rows,
+                exports.texts_for(rows),
+                fmt=fmt,
+                provenance=provenance,
+                adjudicated=adjudicated,
+                **query,
+                **options,
+            )
+            chunks = itertools.chain([next(chunks, b"")], chunks)
+        except pair_formats.ChatPromptsNeedConversational as exc:
+            raise InvalidInput(str(exc), field="style") from None
         suffix = "" if query["aggregate"] == "none" else f"-{query['aggregate']}"
+        if fmt != "jsonl":
+            suffix += "-trl" + ("-ties" if options["part"] == "ties" else "")
+        parquet = fmt == "parquet"
         return _streamed(
             chunks,
-            content_type="application/jsonl; charset=utf-8",
-            filename=f"campaign-{campaign.pk}-pairs{suffix}.jsonl",
+            content_type="application/vnd.apache.parquet"
+            if parquet
+            else "application/jsonl; charset=utf-8",
+            filename=f"campaign-{campaign.pk}-pairs{suffix}.{'parquet' if parquet else 'jsonl'}",
         )
 
     @extend_schema(
@@ -385,10 +602,19 @@ class CampaignViewSet(viewsets.ViewSet):
     )
     def rankings_export(self, request: Request, pk=None) -> StreamingHttpResponse:
         """Admins: every ranking, one row each, with its provenance and the label of each
-        completion; JSONL or CSV (cells that a spreadsheet would run as formulas are quoted)."""
+        completion; JSONL or CSV (cells that a spreadsheet would run as formulas are quoted).
+        Each row also has its version, its task's provenance and the reviewer's decision;
+        ``?versions=all`` adds the earlier versions of edited rankings, ``?provenance=`` keeps
+        the tasks settled so."""
         campaign = self._campaign(request, pk, permissions.EXPORT)
-        fmt = _query(s.RankingsExportQuerySerializer, request)["format"]
-        export = exports.ranking_export(campaign_ids=[campaign.pk])
+        query = _query(s.RankingsExportQuerySerializer, request)
+        fmt = query["format"]
+        export = exports.with_review(
+            exports.ranking_export(campaign_ids=[campaign.pk]),
+            campaign_ids=[campaign.pk],
+            versions=query["versions"],
+            provenance=query["provenance"],
+        )
         if fmt == "csv":
             return _streamed(
                 exports.chunked(exports.rankings_csv(export)),
@@ -399,6 +625,43 @@ class CampaignViewSet(viewsets.ViewSet):
             exports.chunked(exports.rankings_jsonl(export)),
             content_type="application/jsonl; charset=utf-8",
             filename=f"campaign-{campaign.pk}-rankings.jsonl",
+        )
+
+
+class LabellersInviteView(APIView):
+    """Create and invite labeller accounts in bulk, answering with one-time credentials once."""
+
+    parser_classes = [LimitedJSONParser]
+
+    @extend_schema(
+        request=s.LabellersInviteSerializer, responses={201: s.LabellersInvitedSerializer}
+    )
+    def post(self, request: Request) -> Response:
+        """Accounts (username, optional email) with a one-time password each, members of every
+        campaign named with ``role``; all or nothing. The passwords are in this answer only
+        (``Cache-Control: no-store``) and must be changed at the first login."""
+        if not permissions.campaigns_where(request.user, permissions.CHANGE).exists():
+            raise PermissionDenied("only those who run a campaign invite labellers")
+        data = _valid(s.LabellersInviteSerializer, request)
+        campaigns = [
+            selectors.campaign_get_for(user=request.user, campaign_id=pk, perm=permissions.CHANGE)
+            for pk in dict.fromkeys(data["campaigns"])
+        ]
+        invited = services.labellers_invite(
+            campaigns=campaigns, accounts=[dict(a) for a in data["accounts"]], role=data["role"]
+        )
+        body = {
+            "campaigns": [c.pk for c in campaigns],
+            "role": data["role"],
+            "accounts": [
+                {"user": u.pk, "username": u.username, "email": u.email, "password": password}
+                for u, password in invited
+            ],
+        }
+        return Response(
+            s.LabellersInvitedSerializer(body).data,
+            status=status.HTTP_201_CREATED,
+            headers={"Cache-Control": "no-store"},
         )
 
 
@@ -445,10 +708,35 @@ class AssignmentViewSet(viewsets.ViewSet):
         responses={201: s.RankingSerializer, 200: s.RankingSerializer},
     )
     @extend_schema(methods=["GET"], responses=s.RankingSerializer, request=None)
-    @action(detail=True, methods=["get", "post"], parser_classes=[LimitedJSONParser])
+    @extend_schema(
+        methods=["PUT"], request=s.RankingEditSerializer, responses={200: s.RankingSerializer}
+    )
+    @action(detail=True, methods=["get", "post", "put"], parser_classes=[LimitedJSONParser])
     def ranking(self, request: Request, pk=None) -> Response:
-        """Submit your ranking (idempotent: the same ranking again answers 200) or read it."""
+        """Submit your ranking (idempotent: the same ranking again answers 200), read it, or
+        edit it (PUT with the ``version`` you edited: a new version, the old one kept; while
+        the campaign is open and no reviewer has adjudicated the task)."""
         assignment_id = _int(pk, "id")
+        if request.method == "PUT":
+            serializer = s.RankingEditSerializer(data=request.data)
+            if not serializer.is_valid():
+                selectors.assignment_get_for_labeller(
+                    labeller=request.user, assignment_id=assignment_id
+                )
+                raise ValidationError(serializer.errors)
+            data = serializer.validated_data
+            edited = services.ranking_edit(
+                labeller=request.user,
+                assignment=assignment_id,
+                items=[dict(item) for item in data["items"]],
+                time_spent_ms=data["time_spent_ms"],
+                version=data["version"],
+                comment=data["comment"] or "",
+                strength=data.get("strength"),
+                justification=data.get("justification") or "",
+            )
+            ranking = selectors.ranking_get_for(user=request.user, ranking_id=edited.ranking.pk)
+            return Response(s.RankingSerializer(ranking, context=_viewed(request)).data)
         if request.method == "GET":
             assignment = selectors.assignment_get_for_labeller(
                 labeller=request.user, assignment_id=assignment_id
@@ -475,6 +763,8 @@ class AssignmentViewSet(viewsets.ViewSet):
             items=[dict(item) for item in data["items"]],
             time_spent_ms=data["time_spent_ms"],
             comment=data["comment"] or "",
+            strength=data.get("strength"),
+            justification=data.get("justification") or "",
         )
         body = s.ranking_body(result)
         if request.query_params.get("next") in ("1", "true"):
@@ -516,6 +806,13 @@ class RankingViewSet(viewsets.ViewSet):
     def retrieve(self, request: Request, pk=None) -> Response:
         ranking = selectors.ranking_get_for(user=request.user, ranking_id=_int(pk, "id"))
         return Response(s.RankingSerializer(ranking, context=_viewed(request)).data)
+
+
+def _trl_options(fmt: str, query: dict) -> dict:
+    """Take TRL's format options out of the pairs query: nothing for the project's own JSONL
+    (``style``, ``part`` and ``rlhf_columns`` mean nothing there)."""
+    options = {name: query.pop(name) for name in ("style", "part", "rlhf_columns") if name in query}
+    return options if fmt != "jsonl" else {}
 
 
 def _next_for(request: Request, campaign) -> dict:

@@ -33,6 +33,37 @@ class CampaignForm(forms.Form):
         initial=True,
         help_text="Labellers may mark a completion F: nonsensical or irrelevant.",
     )
+    allow_empty_completions = forms.BooleanField(
+        label="Imports: accept empty completions",
+        required=False,
+        help_text="Real data has them; each one is counted as a warning. Off: refused.",
+    )
+    allow_identical_completions = forms.BooleanField(
+        label="Imports: accept identical completions of one prompt",
+        required=False,
+        help_text="Two systems gave the same output; each one is counted as a warning. Off: "
+        "refused.",
+    )
+    assignment_provenance = forms.BooleanField(
+        label="Show labellers provenance",
+        required=False,
+        help_text="The prompt's external id and metadata and each completion's source (the "
+        "model) on the labeller's task. Off: labelling is blind, and gold prompts' ids or "
+        "sources cannot tell gold tasks apart.",
+    )
+    render_markdown = forms.BooleanField(
+        label="Show prompts and completions as markdown",
+        required=False,
+        help_text="Bold, lists, code and tables rendered (sanitised as the guidelines are). "
+        "Off: plain text, code fences shown monospace.",
+    )
+    strength_scale = forms.ChoiceField(
+        label="Preference strength",
+        choices=Campaign.StrengthScale.choices,
+        initial=Campaign.StrengthScale.NONE,
+        required=False,
+        help_text="Ask how much better, per adjacent rank gap, with keys on the task page.",
+    )
     round_number = forms.IntegerField(
         label="Round", min_value=0, initial=0, help_text="The RLHF round this campaign labels."
     )
@@ -91,6 +122,8 @@ class CampaignForm(forms.Form):
         for name in self.ADVANCED:
             if name != "overlap_min" and data.get(name) in (None, ""):
                 data.pop(name, None)
+        if not data.get("strength_scale"):  # not sent: kept as it is
+            data.pop("strength_scale", None)
         return data
 
 

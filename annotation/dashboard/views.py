@@ -9,6 +9,8 @@ on the form next to the field they name.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +34,7 @@ from annotation import (
     exports,
     importing,
     permissions,
+    review,
     selectors,
     services,
 )
@@ -43,6 +46,14 @@ from annotation.rendering import render_markdown
 from config.dashboard import MAX_ID, add_service_error, dashboard_required, panels
 
 ACTIVE_WINDOW = timedelta(hours=24)
+QUALITY_FAIL_POLICY = exports.PAIRS_FAIL_POLICY
+TASK_SORTS = {
+    "id": "task (import order)",
+    "agreement": "lowest agreement first",
+    "-agreement": "highest agreement first",
+    "rankings": "most rankings first",
+    "status": "open, complete, reviewed",
+}
 PAGE_SIZE = 50
 
 
@@ -393,7 +404,7 @@ def campaign_import(request: HttpRequest, campaign_id: int) -> HttpResponse:
             )
         except importing.ImportFailed as exc:
             line_errors = exc.errors
-            form.add_error("file", f"{upload.name}: {len(exc.errors)} error(s); nothing stored.")
+            form.add_error("file", f"{upload.name}: {exc.count} error(s); nothing stored.")
         except ServiceError as exc:
             add_service_error(form, exc)
         else:
@@ -451,14 +462,29 @@ def _trend_json(points: list[agreement_figures.TrendPoint]) -> list[dict[str, An
 def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """Agreement figures (form, chance, n, 95% CI), their trend, and the labeller table."""
     campaign = _campaign(request, campaign_id)
-    fail_policy = request.GET.get("fail_policy", "rank_last")
+    # The default is the pair export's (F completions give no pairs): the figures describe the
+    # pairs a reward model is trained on unless asked otherwise.
+    fail_policy = request.GET.get("fail_policy", QUALITY_FAIL_POLICY)
     if fail_policy not in exports.FAIL_POLICIES:
-        fail_policy = "rank_last"
+        fail_policy = QUALITY_FAIL_POLICY
     figures = agreement_figures.campaign_agreement(campaign=campaign, fail_policy=fail_policy)
     gold = agreement_figures.gold_table(campaign=campaign, fail_policy=fail_policy)
     labellers = agreement_figures.labeller_quality_table(
         campaign=campaign, fail_policy=fail_policy, gold=gold
     )
+    kappa = agreement_figures.kappa_matrix(campaign=campaign, fail_policy=fail_policy)
+    cells = {(c.labeller_a, c.labeller_b): c for c in kappa.pairs}
+    kappa_rows = [
+        {
+            "name": name,
+            "self": i,
+            "cells": [
+                cells.get((min(pk, other), max(pk, other))) if pk != other else None
+                for other, _ in kappa.labellers
+            ],
+        }
+        for i, (pk, name) in enumerate(kappa.labellers)
+    ]
     return render(
         request,
         "dashboard/quality.html",
@@ -466,6 +492,8 @@ def campaign_quality(request: HttpRequest, campaign_id: int) -> HttpResponse:
             "campaign": campaign,
             "figures": figures,
             "labellers": labellers,
+            "kappa": kappa,
+            "kappa_rows": kappa_rows,
             "gold": gold if gold.gold_tasks else None,
             "gold_drift": gold_drift_chart(gold) if gold.gold_tasks else None,
             "fail_policy": fail_policy,
@@ -623,18 +651,59 @@ def labeller_detail(request: HttpRequest, campaign_id: int, user_id: int) -> Htt
 def task_list(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """The campaign's tasks with their rankings count and per-task agreement."""
     campaign = _campaign(request, campaign_id)
-    paginator = Paginator(selectors.task_list_for_admin(campaign=campaign), PAGE_SIZE)
-    page = paginator.get_page(request.GET.get("page"))
-    inputs = agreement_figures.agreement_inputs(campaign=campaign)
-    _, figures = agreement_figures.task_figures(inputs)
-    by_task = {f.task_id: f for f in figures}
+    get = request.GET
+    status = get.get("status", "all")
+    if status not in selectors.TASK_STATUSES:
+        status = "all"
+    labeller = get.get("labeller", "")
+    labeller_id = int(labeller) if labeller.isdigit() and int(labeller) <= MAX_ID else None
+    gold = {"1": True, "0": False}.get(get.get("gold", ""))
+    sort = get.get("sort", "id")
+    if sort not in TASK_SORTS:
+        sort = "id"
+    tasks = selectors.task_list_filtered(
+        campaign=campaign, status=status, labeller_id=labeller_id, gold=gold
+    )
+    figures = agreement_figures.task_agreement_by_id(campaign=campaign)
+    if sort == "id":
+        ordered = tasks.order_by("id")
+    elif sort == "rankings":
+        ordered = tasks.order_by("-submitted_count", "id")
+    elif sort == "status":  # open first, then complete, then reviewed
+        ordered = sorted(
+            tasks, key=lambda t: (t.reviewed, t.submitted_count >= t.target_overlap, t.pk)
+        )
+    else:  # agreement, lowest first (undefined last), or highest first
+        lowest = sort == "agreement"
+
+        def key(task):
+            value = figures.get(task.pk, (None, 0, None))[0]
+            return (value is None, (value or 0.0) if lowest else -(value or 0.0), task.pk)
+
+        ordered = sorted(tasks, key=key)
+    page = Paginator(ordered, PAGE_SIZE).get_page(get.get("page"))
+    shown = {
+        "status": status,
+        "labeller": str(labeller_id or ""),
+        "gold": {True: "1", False: "0", None: ""}[gold],
+        "sort": sort,
+    }
+    query = "&".join(f"{k}={v}" for k, v in shown.items() if v and v not in ("all", "id"))
+    members = campaign.memberships.order_by("user__username").values_list(
+        "user_id", "user__username"
+    )
     return render(
         request,
         "dashboard/tasks.html",
         {
             "campaign": campaign,
             "page": page,
-            "tasks": [(task, by_task.get(task.pk)) for task in page.object_list],
+            "tasks": [(task, figures.get(task.pk)) for task in page.object_list],
+            "shown": shown,
+            "query": query,
+            "members": list(members),
+            "sorts": TASK_SORTS,
+            "statuses": selectors.TASK_STATUSES,
         },
     )
 
@@ -737,6 +806,160 @@ def _task_page(
             "rank_choices": [str(r) for r in range(1, n + 1)]
             + ([FAIL] if campaign.allow_fail else []),
             "gold_error": gold_error,
+        },
+        status=status,
+    )
+
+
+# --- Review and adjudication --------------------------------------------------------------------
+
+
+def _queue_filter(request: HttpRequest) -> tuple[review.QueueFilter, dict[str, str]]:
+    """The queue's filters from the query string (anything unreadable is ignored, as the
+    page's own form never sends it), and their values to put back in the form."""
+    get = request.GET
+    status = get.get("status", "pending")
+    if status not in review.STATUSES:
+        status = "pending"
+    below = None
+    with contextlib.suppress(ValueError):
+        below = float(get["below"]) if get.get("below") else None
+    if below is not None and not 0 <= below <= 1:
+        below = None
+    labeller = get.get("labeller", "")
+    filters = review.QueueFilter(
+        status=status,
+        below=below,
+        labeller=int(labeller) if labeller.isdigit() and int(labeller) <= MAX_ID else None,
+        flagged=get.get("flagged") == "1",
+        gold_failures=get.get("gold_failures") == "1",
+    )
+    shown = {
+        "status": status,
+        "below": "" if below is None else str(below),
+        "labeller": str(filters.labeller or ""),
+        "flagged": "1" if filters.flagged else "",
+        "gold_failures": "1" if filters.gold_failures else "",
+    }
+    return filters, shown
+
+
+@dashboard_required
+@require_GET
+def review_queue(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """The campaign's review queue: tasks that reached their overlap, lowest agreement first."""
+    campaign = _campaign(request, campaign_id, permissions.REVIEW)
+    filters, shown = _queue_filter(request)
+    queue = review.review_queue(campaign=campaign, reviewer_id=request.user.pk, filters=filters)
+    page = Paginator(queue.entries, PAGE_SIZE).get_page(request.GET.get("page"))
+    members = (
+        campaign.memberships.select_related("user")
+        .order_by("user__username")
+        .values_list("user_id", "user__username")
+    )
+    query = "&".join(f"{k}={v}" for k, v in shown.items() if v)
+    return render(
+        request,
+        "dashboard/review_queue.html",
+        {
+            "campaign": campaign,
+            "here": "Review",
+            "queue": queue,
+            "page": page,
+            "shown": shown,
+            "members": list(members),
+            "query": query,
+        },
+    )
+
+
+def _adjudication_posted(request: HttpRequest, review_: review.TaskReview) -> dict[str, Any]:
+    """The service's arguments from the review page's forms."""
+    decision = request.POST.get("decision", "")
+    posted: dict[str, Any] = {"decision": decision, "note": request.POST.get("note", "")}
+    if decision == "labeller":
+        ranking = request.POST.get("ranking", "")
+        posted["ranking"] = int(ranking) if ranking.isdigit() and int(ranking) <= MAX_ID else 0
+    if decision == "written":
+        posted["items"] = [
+            {"completion": c.completion_id, "rank": _posted_rank(request, c.completion_id)}
+            for c in review_.completions
+        ]
+    return posted
+
+
+def _review_error(exc: ServiceError, shown: review.TaskReview) -> str:
+    """A service's refusal in the page's words: ``items[1].rank`` is completion B's rank."""
+    if not exc.errors:
+        return exc.message[:1].upper() + exc.message[1:]
+    parts = []
+    for field, reasons in exc.errors.items():
+        match = re.fullmatch(r"items\[(\d+)\](?:\.(\w+))?", field or "")
+        if match and int(match[1]) < len(shown.completions):
+            field = f"{match[2] or 'completion'} of {shown.completions[int(match[1])].letter}"
+        parts.append(f"{field}: {'; '.join(reasons)}")
+    return "; ".join(parts)
+
+
+@dashboard_required
+@require_http_methods(["GET", "POST"])
+def review_task(request: HttpRequest, campaign_id: int, task_id: int) -> HttpResponse:
+    """One task's review: every labeller's ranking side by side with time and comment, the
+    consensus, the reward model's scores (a panel of the training app, when a model exists),
+    and the three decisions: accept the consensus, pick a labeller's ranking, write one."""
+    campaign = _campaign(request, campaign_id, permissions.REVIEW)
+    task = _task(campaign, task_id)
+    shown = review.task_review(task=task, reviewer_id=request.user.pk)
+    error, status = "", 200
+    if request.method == "POST":
+        try:
+            services.task_adjudicate(
+                reviewer=request.user, task=task, **_adjudication_posted(request, shown)
+            )
+        except ServiceError as exc:
+            error = _review_error(exc, shown)
+            status = 403 if exc.status_code == 403 else 400
+        else:
+            messages.success(request, f"Task {task.pk} adjudicated.")
+            filters, _ = _queue_filter(request)
+            queue = review.review_queue(
+                campaign=campaign, reviewer_id=request.user.pk, filters=filters
+            )
+            if queue.entries:
+                return redirect(
+                    "dashboard:review-task",
+                    campaign_id=campaign.pk,
+                    task_id=queue.entries[0].task_id,
+                )
+            return redirect("dashboard:review", campaign_id=campaign.pk)
+    labels = {r.ranking_id: r.labels for r in shown.rankings}
+    adjudicated = shown.adjudication.labels if shown.adjudication else {}
+    proposed = adjudicated or shown.consensus
+    rows = [
+        {
+            "completion": c,
+            "labels": [_label(labels[r.ranking_id].get(c.completion_id)) for r in shown.rankings],
+            "consensus": _label(shown.consensus.get(c.completion_id)) if shown.rankings else "—",
+            "adjudicated": _label(adjudicated.get(c.completion_id)) if adjudicated else "",
+            "proposed": str(proposed.get(c.completion_id, c.position + 1)),
+        }
+        for c in shown.completions
+    ]
+    n = len(shown.completions)
+    return render(
+        request,
+        "dashboard/review_task.html",
+        {
+            "campaign": campaign,
+            "task": task,
+            "here": f"Review of task {task.pk}",
+            "review": shown,
+            "rows": rows,
+            "error": error,
+            "note": request.POST.get("note", "") if error else "",
+            "rank_choices": [str(r) for r in range(1, n + 1)]
+            + ([FAIL] if campaign.allow_fail else []),
+            **panels("review_task", request, campaign=campaign, task=task, review=shown),
         },
         status=status,
     )

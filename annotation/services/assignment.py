@@ -163,7 +163,7 @@ def task_assign_next(
     if task is None:
         return None
 
-    texts = dict(sql.task_completions(task.pk))
+    texts = {pk: (text, source) for pk, text, source in sql.task_completions(task.pk)}
     completion_ids = list(texts)
     random.SystemRandom().shuffle(completion_ids)
     fields = {
@@ -183,7 +183,7 @@ def task_assign_next(
             pk=task.expired_assignment_id, task=task, labeller=labeller, **fields
         )
         assignment.save(update_fields=[name.removesuffix("_id") for name in fields])
-    assignment.shown_completions = [(pk, texts[pk]) for pk in completion_ids]
+    assignment.shown_completions = [(pk, *texts[pk]) for pk in completion_ids]
     counts = {"active_count": task.active_count + 1}  # locked and read above: current
     if task.is_gold:  # no cap: the target follows what is handed out
         counts["target_overlap"] = max(task.target_overlap, counts["active_count"])

@@ -8,7 +8,7 @@ lease.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -38,6 +38,9 @@ CAMPAIGN_SETTINGS = (
     "overlap",
     "allow_ties",
     "allow_fail",
+    "allow_empty_completions",
+    "allow_identical_completions",
+    "assignment_provenance",
     "overlap_min",
     "reopen_below",
     "gold_rate",
@@ -45,6 +48,8 @@ CAMPAIGN_SETTINGS = (
     "onboarding_threshold",
     "task_order",
     "order_seed",
+    "render_markdown",
+    "strength_scale",
 )
 
 
@@ -64,7 +69,12 @@ def _check_campaign_settings(
     onboarding_threshold: float = 0.7,
     task_order: str = Campaign.TaskOrder.SEQUENTIAL,
     order_seed: int = 0,
+    strength_scale: str = Campaign.StrengthScale.NONE,
 ) -> None:
+    if strength_scale not in Campaign.StrengthScale.values:
+        raise InvalidInput(
+            f"must be one of {', '.join(Campaign.StrengthScale.values)}", field="strength_scale"
+        )
     if not MIN_COMPLETIONS <= completions_per_task <= MAX_COMPLETIONS:
         raise InvalidInput(
             f"must be between {MIN_COMPLETIONS} and {MAX_COMPLETIONS}",
@@ -127,6 +137,9 @@ def campaign_create(
     overlap: int = 3,
     allow_ties: bool = True,
     allow_fail: bool = True,
+    allow_empty_completions: bool = False,
+    allow_identical_completions: bool = False,
+    assignment_provenance: bool = False,
     round_number: int = 0,
     overlap_min: int | None = None,
     reopen_below: float = 0.5,
@@ -135,6 +148,8 @@ def campaign_create(
     onboarding_threshold: float = 0.7,
     task_order: str = Campaign.TaskOrder.SEQUENTIAL,
     order_seed: int = 0,
+    render_markdown: bool = False,
+    strength_scale: str = Campaign.StrengthScale.NONE,
 ) -> Campaign:
     """Create a draft campaign in ``team`` (:func:`team_default` when none is given).
     ``overlap_min`` (k_min) turns on adaptive overlap up to ``overlap`` (k_max); see
@@ -149,7 +164,10 @@ def campaign_create(
         "order_seed": order_seed,
     }
     _check_campaign_settings(
-        completions_per_task=completions_per_task, overlap=overlap, **quality_settings
+        completions_per_task=completions_per_task,
+        overlap=overlap,
+        strength_scale=strength_scale,
+        **quality_settings,
     )
     return Campaign.objects.create(
         team=team or team_default(),
@@ -159,6 +177,11 @@ def campaign_create(
         overlap=overlap,
         allow_ties=allow_ties,
         allow_fail=allow_fail,
+        allow_empty_completions=allow_empty_completions,
+        allow_identical_completions=allow_identical_completions,
+        assignment_provenance=assignment_provenance,
+        render_markdown=render_markdown,
+        strength_scale=strength_scale,
         round_number=round_number,
         created_by=created_by,
         **quality_settings,
@@ -186,7 +209,19 @@ def campaign_update(*, campaign: Campaign, **changes: Any) -> Campaign:
     n = changes.get("completions_per_task", campaign.completions_per_task)
     merged = {name: changes.get(name, getattr(campaign, name)) for name in CAMPAIGN_SETTINGS}
     _check_campaign_settings(
-        **{k: v for k, v in merged.items() if k not in ("allow_ties", "allow_fail")}
+        **{
+            k: v
+            for k, v in merged.items()
+            if k
+            not in (
+                "allow_ties",
+                "allow_fail",
+                "allow_empty_completions",
+                "allow_identical_completions",
+                "assignment_provenance",
+                "render_markdown",
+            )
+        }
     )
     was_adaptive = campaign.adaptive_overlap
     old_order = (campaign.task_order, campaign.order_seed)
@@ -274,7 +309,9 @@ INVITE_PASSWORD_BYTES = 12  # token_urlsafe(12): 16 characters, 96 bits
 
 
 @transaction.atomic
-def labeller_invite(*, campaign: Campaign, username: str, email: str = "") -> tuple[User, str]:
+def labeller_invite(
+    *, campaign: Campaign, username: str, email: str = "", role: str = Membership.Role.LABELLER
+) -> tuple[User, str]:
     """Create a labeller account with a random one-time password and add it to the campaign.
 
     Returns ``(user, password)``; the password is stored only as its hash, so the caller shows
@@ -303,8 +340,64 @@ def labeller_invite(*, campaign: Campaign, username: str, email: str = "") -> tu
         raise Conflict("cannot add labellers to a closed campaign", field="campaign")
     if user_model.objects.filter(username__iexact=username).exists():
         raise Conflict(f"the username {username!r} is taken", field="username")
+    if role not in Membership.Role.values:
+        raise InvalidInput(f"unknown role {role!r}", field="role")
     password = secrets.token_urlsafe(INVITE_PASSWORD_BYTES)
     user = user_model.objects.create_user(username=username, email=email, password=password)
     account_require_password_change(user=user)
-    Membership.objects.create(campaign=campaign, user=user)
+    Membership.objects.create(campaign=campaign, user=user, role=role)
     return user, password
+
+
+MAX_BULK_INVITES = 1000
+
+
+@transaction.atomic
+def labellers_invite(
+    *,
+    campaigns: Sequence[Campaign],
+    accounts: Sequence[dict[str, str]],
+    role: str = Membership.Role.LABELLER,
+) -> list[tuple[User, str]]:
+    """Create several accounts at once, each with a one-time password (:func:`labeller_invite`
+    for the first campaign), members of every campaign in ``campaigns`` with ``role``.
+
+    All or nothing: an error names the account (``accounts[3].username``) and nothing is
+    created. ``accounts`` holds ``{"username", "email"}`` (email optional); a username given
+    twice is refused. Returns ``(user, password)`` per account, in order: the passwords exist
+    only here (stored as hashes) and must be shown once.
+    """
+    if not campaigns:
+        raise InvalidInput("name at least one campaign", field="campaigns")
+    if not accounts:
+        raise InvalidInput("name at least one account", field="accounts")
+    if len(accounts) > MAX_BULK_INVITES:
+        raise InvalidInput(f"at most {MAX_BULK_INVITES} accounts at once", field="accounts")
+    seen: dict[str, int] = {}
+    for i, account in enumerate(accounts):
+        key = (account.get("username") or "").strip().lower()
+        if key in seen:
+            raise InvalidInput(
+                f"repeats accounts[{seen[key]}].username", field=f"accounts[{i}].username"
+            )
+        seen[key] = i
+    first, *others = campaigns
+    invited: list[tuple[User, str]] = []
+    for i, account in enumerate(accounts):
+        try:
+            invited.append(
+                labeller_invite(
+                    campaign=first,
+                    username=account.get("username", ""),
+                    email=account.get("email", ""),
+                    role=role,
+                )
+            )
+        except (InvalidInput, Conflict) as exc:
+            where = "campaigns" if exc.field == "campaign" else f"accounts[{i}].{exc.field}"
+            raise type(exc)(exc.message, field=where, code=exc.code) from None
+    for campaign in others:
+        if campaign.status == Campaign.Status.CLOSED:
+            raise Conflict("cannot add labellers to a closed campaign", field="campaigns")
+        campaign_add_members(campaign=campaign, users=[user for user, _ in invited], role=role)
+    return invited

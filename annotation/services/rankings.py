@@ -1,5 +1,6 @@
 """A labeller's answer to an assignment: submitting a ranking (validated against its task and
-campaign, stored once however often it is retried) or skipping the task with a reason.
+campaign, stored once however often it is retried), editing it later (a new version, the old
+one kept), or skipping the task with a reason.
 
 The submit that fills a task's target may reopen it for one more labeller (adaptive overlap,
 :func:`annotation.services.overlap.task_disagrees`).
@@ -17,16 +18,20 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation import sql
+from annotation import strength as strength_rules
 from annotation.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from annotation.models import (
+    Adjudication,
     Assignment,
     Campaign,
     Membership,
     Ranking,
     RankingItem,
+    RankingVersion,
     Task,
 )
 from annotation.pairs import FAIL, Label
+from annotation.services import webhooks
 from annotation.services.assignment import assignment_release
 from annotation.services.overlap import task_disagrees
 
@@ -86,6 +91,30 @@ class SubmitResult:
     guideline_version: int | None
 
 
+def _strength(
+    strength: Any, justification: Any, *, labels: dict[int, Label], campaign: Campaign
+) -> tuple[list[int] | None, str]:
+    """The ranking's strength levels (one per adjacent rank gap) on the campaign's scale
+    (:mod:`annotation.strength`); errors name the field."""
+    try:
+        return strength_rules.validate(
+            strength, labels=labels, scale=campaign.strength_scale, justification=justification
+        )
+    except strength_rules.StrengthError as exc:
+        raise InvalidInput(exc.message, field=exc.field) from None
+
+
+def _check_time(time_spent_ms: Any) -> None:
+    if (
+        time_spent_ms is None
+        or isinstance(time_spent_ms, bool)
+        or not isinstance(time_spent_ms, int)
+    ):
+        raise InvalidInput("must be an integer number of milliseconds", field="time_spent_ms")
+    if not 0 <= time_spent_ms <= 7 * 24 * 3600 * 1000:
+        raise InvalidInput("must be between 0 and one week", field="time_spent_ms")
+
+
 def _stored_labels(ranking: Ranking) -> dict[int, Label]:
     return {
         completion: FAIL if failed else rank
@@ -101,6 +130,8 @@ def ranking_submit(
     items: Any,
     time_spent_ms: int,
     comment: str = "",
+    strength: Any = None,
+    justification: Any = "",
     now: datetime | None = None,
 ) -> SubmitResult:
     """Store the labeller's ranking for their assignment, exactly once.
@@ -128,28 +159,23 @@ def ranking_submit(
     campaign = assignment.campaign
     completion_ids = list(assignment.display_order)
     labels = normalise_items(items, completion_ids=completion_ids, campaign=campaign)
-    if (
-        time_spent_ms is None
-        or isinstance(time_spent_ms, bool)
-        or not isinstance(time_spent_ms, int)
-    ):
-        raise InvalidInput("must be an integer number of milliseconds", field="time_spent_ms")
-    if not 0 <= time_spent_ms <= 7 * 24 * 3600 * 1000:
-        raise InvalidInput("must be between 0 and one week", field="time_spent_ms")
+    levels, justification = _strength(strength, justification, labels=labels, campaign=campaign)
+    _check_time(time_spent_ms)
 
     status = assignment.status
     if status == Assignment.Status.SUBMITTED:
         existing = Ranking.objects.select_related("guideline").get(assignment=assignment)
         stored = _stored_labels(existing)
-        if stored == labels:
+        if stored == labels and (existing.strength or None) == (levels or None):
             version = existing.guideline.version if existing.guideline_id else None
             return SubmitResult(
                 ranking=existing, created=False, labels=stored, guideline_version=version
             )
         raise Conflict(
-            "this task is already ranked with a different ranking",
+            "this task is already ranked with a different ranking; to change it, edit it "
+            f"(PUT with version {existing.version})",
             code="already_submitted",
-            extra={"ranking": existing.pk},
+            extra={"ranking": existing.pk, "version": existing.version},
         )
     if status == Assignment.Status.SKIPPED:
         raise Conflict("this task was skipped", code="assignment_skipped")
@@ -184,6 +210,8 @@ def ranking_submit(
         guideline=assignment.guideline,
         time_spent_ms=time_spent_ms,
         comment=comment or "",
+        strength=levels,
+        justification=justification,
     )
     sql.insert_rows(
         RankingItem,
@@ -214,12 +242,130 @@ def ranking_submit(
     assignment.status = Assignment.Status.SUBMITTED
     assignment.finished_at = now
     sql.update_row(Assignment, assignment.pk, status=assignment.status, finished_at=now)
+    if campaign.webhooks_active:  # read with the campaign: no query when there are none
+        webhooks.ranking_events(task=task, ranking_id=ranking.pk, labeller_id=labeller.pk)
     return SubmitResult(
         ranking=ranking,
         created=True,
         labels=labels,
         guideline_version=assignment.guideline.version if assignment.guideline_id else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    ranking: Ranking
+    edited: bool
+    """False when the edit changed nothing (the same ranking again, or a retried edit)"""
+    labels: dict[int, Label]
+
+
+@transaction.atomic
+def ranking_edit(
+    *,
+    labeller: User,
+    assignment: Assignment | int,
+    items: Any,
+    time_spent_ms: int,
+    version: int,
+    comment: str = "",
+    strength: Any = None,
+    justification: Any = "",
+    now: datetime | None = None,
+) -> EditResult:
+    """Replace the labeller's submitted ranking of their assignment with a new version.
+
+    Allowed while the campaign is not closed and no reviewer has adjudicated the task. The
+    version replaced is copied into :class:`RankingVersion` (exported with ``versions=all``);
+    the ranking row and its items become the new version, so agreement, consensus and pairs
+    read the latest as they always did. ``version`` is the version the labeller edited: an edit
+    of an older one is refused (409 ``version_conflict``), so two tabs cannot silently undo each
+    other. Idempotent: the same ranking and comment as the latest, sent again (with its version
+    or, as a retry of the edit that made it, with the one before), change nothing.
+    ``time_spent_ms`` is the time spent on this edit; the ranking's time becomes the total.
+
+    Locks: the assignment row and its task row (as a submit does), so a reviewer's decision,
+    which locks the task, is either seen here or made after this edit.
+    """
+    now = now or timezone.now()
+    assignment_id = assignment if isinstance(assignment, int) else assignment.pk
+    assignment = sql.SUBMIT_LOCK.first(assignment_id=assignment_id, labeller_id=labeller.pk)
+    if assignment is None:
+        raise NotFound("assignment not found")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInput("must be the version you edited (an integer from 1)", field="version")
+    campaign = assignment.campaign
+    labels = normalise_items(
+        items, completion_ids=list(assignment.display_order), campaign=campaign
+    )
+    levels, justification = _strength(strength, justification, labels=labels, campaign=campaign)
+    _check_time(time_spent_ms)
+    comment = comment or ""
+    if assignment.status != Assignment.Status.SUBMITTED:
+        raise Conflict("this task has no submitted ranking to edit", code="not_submitted")
+    ranking = Ranking.objects.get(assignment=assignment)
+    stored = _stored_labels(ranking)
+    unchanged = (
+        stored == labels
+        and ranking.comment == comment
+        and (ranking.strength or None) == (levels or None)
+        and ranking.justification == justification
+    )
+    if unchanged and version in (ranking.version, ranking.version - 1):
+        return EditResult(ranking=ranking, edited=False, labels=stored)
+    if version != ranking.version:
+        raise Conflict(
+            f"this ranking was changed since you opened it (it is at version "
+            f"{ranking.version}, you edited version {version}); reload it and edit again",
+            code="version_conflict",
+            extra={"ranking": ranking.pk, "version": ranking.version},
+        )
+    if campaign.status == Campaign.Status.CLOSED:
+        raise Conflict(
+            "the campaign is closed: rankings can no longer change", code="campaign_closed"
+        )
+    if Adjudication.objects.filter(task_id=assignment.task_id).exists():
+        raise Conflict(
+            "a reviewer has adjudicated this task: its rankings can no longer change",
+            code="already_reviewed",
+        )
+    RankingVersion.objects.create(
+        ranking=ranking,
+        version=ranking.version,
+        items={str(c): label for c, label in sorted(stored.items())},
+        guideline_id=ranking.guideline_id,
+        time_spent_ms=ranking.time_spent_ms,
+        comment=ranking.comment,
+        strength=ranking.strength,
+        justification=ranking.justification,
+        submitted_at=ranking.edited_at or ranking.created_at,
+    )
+    RankingItem.objects.filter(ranking=ranking).delete()
+    sql.insert_rows(
+        RankingItem,
+        ("ranking", "completion", "rank", "failed"),
+        [
+            (ranking.pk, completion, None if label == FAIL else label, label == FAIL)
+            for completion, label in labels.items()
+        ],
+    )
+    ranking.version += 1
+    ranking.edited_at = now
+    ranking.comment = comment
+    ranking.strength = levels
+    ranking.justification = justification
+    ranking.time_spent_ms = min(ranking.time_spent_ms + time_spent_ms, 2**31 - 1)
+    ranking.save(
+        update_fields=[
+            "version",
+            "edited_at",
+            "comment",
+            "strength",
+            "justification",
+            "time_spent_ms",
+        ]
+    )
+    return EditResult(ranking=ranking, edited=True, labels=labels)
 
 
 @transaction.atomic

@@ -38,7 +38,8 @@ def test_next_task_via_api_shows_shuffled_completions_without_sources(campaign, 
     assignment = Assignment.objects.get(pk=body["id"])
     assert [c["id"] for c in body["completions"]] == assignment.display_order
     assert sorted(assignment.display_order) == sorted(task_completion_ids(assignment.task))
-    assert set(body["completions"][0]) == {"id", "text"}
+    assert {"id", "text", "source"} <= set(body["completions"][0])
+    assert {c["source"] for c in body["completions"]} == {""}  # provenance off: no source
     assert body["prompt"]["text"] == assignment.task.prompt.text
     assert body["lease_expires_at"] and body["status"] == "assigned"
 

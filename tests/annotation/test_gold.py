@@ -641,6 +641,12 @@ def test_a_labeller_cannot_tell_gold_from_real_tasks_through_the_api(alternate_g
                 "gold": gold,
                 "status": response.status_code,
                 "task_keys": tuple(sorted(task)),
+                # The import's ids (p0.. with gold last) and sources would tell: never shown.
+                "provenance": (
+                    task["prompt"]["external_id"],
+                    json.dumps(task["prompt"]["metadata"]),
+                    tuple(c["source"] for c in task["completions"]),
+                ),
                 "ranking_keys": tuple(sorted(k for k in body if k != "next")),
                 "drop": remaining - progress["remaining"],
                 "last": progress["remaining"] == 0,
@@ -651,7 +657,7 @@ def test_a_labeller_cannot_tell_gold_from_real_tasks_through_the_api(alternate_g
     golds = [s for s in seen if s["gold"]]
     reals = [s for s in seen if not s["gold"]]
     assert golds and reals  # both kinds were served
-    for tell in ("status", "task_keys", "ranking_keys"):
+    for tell in ("status", "task_keys", "ranking_keys", "provenance"):
         assert {s[tell] for s in golds} == {s[tell] for s in reals}, tell
     # Every submit but the very last takes exactly one off what is left, gold or real.
     assert {s["drop"] for s in seen if not s["last"]} == {1}

@@ -146,7 +146,7 @@ def test_task_completions_in_the_tasks_order():
     campaign, _ = labelled_campaign(tasks=1)
     task = campaign.tasks.get()
     expected = [
-        (tc.completion_id, tc.completion.text)
+        (tc.completion_id, tc.completion.text, tc.completion.source)
         for tc in task.task_completions.select_related("completion").order_by("position")
     ]
     assert sql.task_completions(task.pk) == expected

@@ -69,6 +69,8 @@ def dashboard_urls(campaign, job, labeller) -> list[str]:
         f"/dashboard/campaigns/{campaign.pk}/tasks/",
         f"/dashboard/campaigns/{campaign.pk}/tasks/{task.pk}/",
         f"/dashboard/campaigns/{campaign.pk}/labellers/{labeller.pk}/",
+        f"/dashboard/campaigns/{campaign.pk}/review/",
+        f"/dashboard/campaigns/{campaign.pk}/review/{task.pk}/",
         "/dashboard/training/",
         "/dashboard/training/new/reward_model/",
         "/dashboard/training/new/ppo/",
@@ -659,6 +661,9 @@ def job_post(campaign, **changes) -> dict:
         "config__tie_loss": "soft_label",
         "config__eval_fraction": 0.1,
         "config__seed": 0,
+        "config__gpus": 0,
+        "config__shard": "fsdp",
+        "config__checkpoint_every": 0,
     }
     data.update(changes)
     return data
@@ -1032,10 +1037,10 @@ def test_quality_page_and_agreement_api_compute_once_until_a_new_ranking(
     monkeypatch.setattr(agreement_figures, "campaign_figures", figures)
     monkeypatch.setattr(agreement, "labeller_quality", quality)
     client = client_for(admin_user)
-    urls = [
+    urls = [  # the page's default F handling is the pair export's: drop
         f"/dashboard/campaigns/{campaign.pk}/quality/",
-        f"/api/campaigns/{campaign.pk}/agreement/",
-        f"/api/campaigns/{campaign.pk}/labellers/",
+        f"/api/campaigns/{campaign.pk}/agreement/?fail_policy=drop",
+        f"/api/campaigns/{campaign.pk}/labellers/?fail_policy=drop",
     ]
     first = [client.get(url) for url in urls]
     assert [r.status_code for r in first] == [200, 200, 200]

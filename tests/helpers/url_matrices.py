@@ -22,11 +22,24 @@ ADMIN_ONLY = [
     ("post", "/api/campaigns/{c}/guidelines/", {"text": "v2"}, (403, 404, 403, 403, 201)),
     # Without a file: the admin is told which field is missing; nobody else gets that far.
     ("post", "/api/campaigns/{c}/import/", None, (403, 404, 403, 403, 400)),
+    ("post", "/api/campaigns/{c}/rankings/import/", None, (403, 404, 403, 403, 400)),
+    ("get", "/api/campaigns/{c}/webhooks/", None, (403, 404, 403, 403, 200)),
+    ("post", "/api/campaigns/{c}/webhooks/", {"url": "x"}, (403, 404, 403, 403, 400)),
+    ("delete", "/api/campaigns/{c}/webhooks/{t}/", None, (403, 404, 403, 403, 404)),
+    # Those who change no campaign are refused before the body is read.
+    ("post", "/api/labellers/invite/", None, (403, 403, 403, 403, 400)),
     # A large import's job (none exists here: the admin is told so).
     ("get", "/api/campaigns/{c}/imports/{t}/", None, (403, 404, 403, 403, 404)),
     ("post", "/api/campaigns/{c}/tasks/{t}/gold/", {"items": []}, (403, 404, 403, 403, 400)),
     ("delete", "/api/campaigns/{c}/tasks/{t}/gold/", None, (403, 404, 403, 403, 200)),
     ("post", "/api/campaigns/{c}/acquisition/", {}, (403, 404, 403, 403, 409)),
+    # Adjudicating: the task has one ranking of its two, so the reviewer is told it is not done.
+    (
+        "post",
+        "/api/campaigns/{c}/review/{t}/",
+        {"decision": "consensus"},
+        (403, 404, 403, 403, 409),
+    ),
 ]
 READS = [
     ("get", "/api/", None, (403, 200, 200, 200, 200)),  # DRF's index of the endpoints
@@ -40,6 +53,8 @@ READS = [
     # Lists: everyone their own (an outsider's is empty; tests below check the scoping).
     ("get", "/api/assignments/", None, (403, 200, 200, 200, 200)),
     ("get", "/api/rankings/", None, (403, 200, 200, 200, 200)),
+    # Each member's own feedback on their reviewed tasks (the admin's is empty).
+    ("get", "/api/campaigns/{c}/feedback/", None, (403, 404, 200, 200, 200)),
 ]
 LABELLER_WRITES = [
     ("post", "/api/campaigns/{c}/next-task/", None, (403, 404, 200, 200, 403)),
@@ -54,6 +69,12 @@ LABELLER_WRITES = [
         "post",
         "/api/assignments/{a}/ranking/",
         {"items": [], "time_spent_ms": 1},
+        (403, 404, 400, 404, 404),
+    ),
+    (
+        "put",
+        "/api/assignments/{a}/ranking/",
+        {"items": [], "time_spent_ms": 1, "version": 1},
         (403, 404, 400, 404, 404),
     ),
 ]
@@ -74,6 +95,18 @@ ADMIN_READS = [
     ("get", "/api/campaigns/{c}/rankings/export/?format=csv", None, (403, 404, 403, 403, 200)),
     ("get", "/api/campaigns/{d}/agreement/", None, (403, 404, 404, 404, 200)),
     ("get", "/api/campaigns/{d}/pairs/", None, (403, 404, 404, 404, 200)),
+    ("get", "/api/campaigns/{c}/pairs/?provenance=adjudicated", None, (403, 404, 403, 403, 200)),
+    (
+        "get",
+        "/api/campaigns/{c}/rankings/export/?versions=all",
+        None,
+        (403, 404, 403, 403, 200),
+    ),
+    # The review queue and a task's review: those who review the campaign.
+    # Cohen's kappa per labeller pair: those who view the campaign.
+    ("get", "/api/campaigns/{c}/kappa/", None, (403, 404, 403, 403, 200)),
+    ("get", "/api/campaigns/{c}/review/", None, (403, 404, 403, 403, 200)),
+    ("get", "/api/campaigns/{c}/review/{t}/", None, (403, 404, 403, 403, 200)),
 ]
 
 PAGES = [
@@ -81,6 +114,8 @@ PAGES = [
     "/campaigns/{c}/guidelines/",
     "/campaigns/{c}/label/",
     "/assignments/{a}/",
+    "/assignments/{a}/edit/",
+    "/history/",
 ]
 # Expected status per role, for GET. 302 to the login page for anonymous visitors; other
 # people's assignments and campaigns one is not in answer 404, never 403 with data. The
@@ -90,4 +125,7 @@ PAGE_MATRIX = {
     "/campaigns/{c}/guidelines/": (302, 404, 200, 200, 200),
     "/campaigns/{c}/label/": (302, 404, 302, 302, 403),
     "/assignments/{a}/": (302, 404, 200, 404, 404),
+    # Editing one's submitted ranking; the history of one's own rankings (everyone has one).
+    "/assignments/{a}/edit/": (302, 404, 200, 404, 404),
+    "/history/": (302, 200, 200, 200, 200),
 }

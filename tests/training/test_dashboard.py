@@ -239,7 +239,7 @@ def test_a_rounds_job_form_is_prefilled_with_what_its_model_recommends(
     standalone = client.get("/dashboard/training/new/ppo/").content.decode()
     standalone = form_fields(standalone, "job-form")
     assert standalone["config__learning_rate"] == ["1e-05"]
-    assert "config__missing_eos_penalty" not in standalone
+    assert standalone["config__missing_eos_penalty"] == ["1.0"]  # the class's default
 
 
 def test_a_model_directory_recommends_only_what_its_config_classes_accept(tmp_path):

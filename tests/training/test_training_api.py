@@ -70,6 +70,7 @@ ENDPOINTS = [
     ("get", "/api/training-jobs/{j}/", None, 200),
     ("get", "/api/training-jobs/{j}/metrics/", None, 200),
     ("post", "/api/training-jobs/", {"kind": "reward_model", "campaign_ids": ["{c}"]}, 201),
+    ("post", "/api/training-jobs/plan/", {"kind": "reward_model", "campaign_ids": ["{c}"]}, 200),
     ("post", "/api/training-jobs/{j}/cancel/", None, 200),
     ("post", "/api/training-jobs/{f}/retry/", None, 201),
     ("get", "/api/model-versions/", None, 200),

@@ -81,6 +81,10 @@ class TrainingJobSerializer(serializers.ModelSerializer):
     steps = serializers.SerializerMethodField(
         help_text="A whole-round job's steps (reward model, update, generate), oldest first."
     )
+    preflight = serializers.SerializerMethodField(
+        help_text="The memory plan checked when the job was created: GB per GPU by part, the "
+        "peak, the GPUs, whether it fits ({} for kinds that are not estimated)."
+    )
 
     class Meta:
         model = TrainingJob
@@ -91,6 +95,7 @@ class TrainingJobSerializer(serializers.ModelSerializer):
             "waiting_for_queue",
             "enqueue_error",
             "steps",
+            "preflight",
             "params",
             "campaign",
             "round",
@@ -119,6 +124,10 @@ class TrainingJobSerializer(serializers.ModelSerializer):
         if job.kind != TrainingJob.Kind.ROUND:
             return []
         return RoundJobSerializer(job.steps.order_by("created_at", "id"), many=True).data
+
+    @extend_schema_field(serializers.DictField())
+    def get_preflight(self, job: TrainingJob) -> dict:
+        return (job.params or {}).get("preflight") or {}
 
 
 class JobMetricSerializer(serializers.ModelSerializer):

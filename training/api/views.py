@@ -91,6 +91,24 @@ class TrainingJobViewSet(viewsets.ViewSet):
         return _create(request, kind, data)
 
     @extend_schema(
+        request=s.job_create_schema(),
+        responses={200: OpenApiResponse(description="the memory plan: preflight, fits")},
+    )
+    @action(detail=False, methods=["post"])
+    def plan(self, request: Request) -> Response:
+        """Will this job fit? The same body as a create; nothing is queued. Answers the memory
+        plan (GB per GPU by part, the peak, what would make it fit) whether it fits or not;
+        other invalid input answers 400 as a create would."""
+        if not permissions.trains_anywhere(request.user):
+            raise PermissionDenied("planning training needs the trainer role in a team")
+        kind = _valid(s.JobKindSerializer, request)["kind"]
+        data = _valid(s.job_create_serializer(kind), request)
+        data.pop("kind")
+        return Response(
+            lifecycle.job_plan(kind, KINDS[kind].Request(created_by=request.user, **data))
+        )
+
+    @extend_schema(
         parameters=[s.MetricsQuerySerializer], responses=s.JobMetricSerializer(many=True)
     )
     @action(detail=True, methods=["get"])

@@ -25,6 +25,7 @@ from training.jobs import KINDS as JOB_KINDS
 from training.jobs.base import ConfigSection, JobKind
 from training.ml.config import field_docs
 from training.ml.evaluation import EvalSettings
+from training.ml.tracking import TRACKERS
 from training.models import ModelVersion, Round
 
 CONFIG_PREFIX = "config__"
@@ -195,6 +196,12 @@ def _all_fields(user) -> dict[str, forms.Field]:
             label="Policy update",
         ),
         "ties": forms.BooleanField(required=False, help_text="Train on tied pairs too."),
+        "trackers": forms.MultipleChoiceField(
+            choices=[(name, name) for name in TRACKERS],
+            required=False,
+            label="Experiment trackers",
+            widget=forms.CheckboxSelectMultiple,
+        ),
         "fail_policy": forms.ChoiceField(
             choices=[(p, p) for p in FAIL_POLICIES],
             initial="drop",
@@ -292,6 +299,8 @@ class TrainingJobForm(forms.Form):
                 value = (value or "").strip()
             elif name == "name":
                 value = value or ""
+            elif name == "trackers":
+                value = list(value or [])
             arguments[name] = value
         if any(name in self.job_field_names for name in MIX):
             mix = {n.removeprefix("mix_"): data[n] for n in MIX if data.get(n) is not None}

@@ -7,6 +7,7 @@ static/dashboard/job.js, which polls the JSON API.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
@@ -21,7 +22,13 @@ from training import exports, rounds, selectors, services
 from training.api.serializers import TrainingJobSerializer
 from training.dashboard import forms
 from training.jobs import KINDS, lifecycle
-from training.ml.config import RewardModelConfig, recommended_overrides
+from training.ml.config import (
+    DPOConfig,
+    PPOConfig,
+    RewardModelConfig,
+    config_from_dict,
+    recommended_overrides,
+)
 from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, Round, TrainingJob
 
@@ -128,12 +135,15 @@ def job_create(request: HttpRequest, kind: str) -> HttpResponse:
         recommended=recommended,
         recommended_by=recommended_by,
     )
+    plan = None
     if request.method == "POST" and form.is_valid():
         try:
             request_ = form.spec.Request(created_by=request.user, **form.request_fields())
             job = lifecycle.job_create(kind, request_, from_form=True)
         except ServiceError as exc:
             form.add_service_error(exc)
+            plan = getattr(exc, "plan", None)
+            plan = plan.to_dict() if plan is not None else None
         else:
             job.refresh_from_db()  # the broker was asked when the job committed
             if job.waiting_for_queue:
@@ -156,9 +166,35 @@ def job_create(request: HttpRequest, kind: str) -> HttpResponse:
             "spec": forms.KINDS[kind],
             "warnings": _round_warnings(kind, form.initial.get("round")),
             "review": _round_review(kind, form.initial.get("round")),
+            "plan": plan or _form_plan(kind, form.initial.get("round"), recommended),
         },
         status=400 if form.errors else 200,
     )
+
+
+def _form_plan(kind: str, rnd: Round | None, recommended: dict) -> dict | None:
+    """The memory plan of the form as it comes (its prefilled hyper-parameters, the round's
+    models or the default base model), shown beside it; None for kinds not estimated."""
+    from training.jobs.preflight import job_plan
+
+    classes = {"reward_model": RewardModelConfig, "ppo": PPOConfig, "dpo": DPOConfig}
+    if kind not in classes:
+        return None
+    cls = classes[kind]
+    try:
+        config = config_from_dict(cls, recommended.get(cls.__name__, {}))
+    except ValueError:
+        config = cls()
+    policy = settings.DEFAULT_BASE_MODEL
+    reward = None
+    if rnd is not None:
+        policy = (rnd.reference if kind == "reward_model" else rnd.policy_before).path
+        reward = rnd.reward_model.path if rnd.reward_model is not None else None
+    if kind == "ppo" and reward is None:
+        newest = ModelVersion.objects.filter(kind=ModelVersion.Kind.REWARD).first()
+        reward = newest.path if newest is not None else None
+    plan = job_plan(kind, model_path=policy, config=config, reward_path=reward)
+    return plan.to_dict() if plan is not None else None
 
 
 def _recommended(kind: str, rnd: Round | None) -> tuple[dict, str]:

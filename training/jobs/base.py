@@ -47,6 +47,11 @@ class Spec:
     """name of the model version the job registers (default: ``<kind>-<job id>``)"""
     retry_of: int | None = None
     """the failed or cancelled job this one retries"""
+    preflight: dict[str, Any] = field(default_factory=dict)
+    """the memory plan checked when the job was created (``training.jobs.preflight``): memory
+    per GPU by part, the peak, the GPUs; {} for kinds that are not estimated"""
+    trackers: tuple[str, ...] = ()
+    """experiment trackers the job reports its metrics to: tensorboard, mlflow, wandb"""
 
     def campaigns(self) -> list[int]:
         """The campaigns whose rankings or prompts the job reads (none named: the job's own
@@ -122,6 +127,9 @@ class JobRequest:
     """name of the model version the job registers"""
     config: dict[str, Any] = field(default_factory=dict)
     """hyper-parameters: overrides of the kind's config defaults"""
+    trackers: list[str] = field(default_factory=list)
+    """experiment trackers to report to, any of tensorboard, mlflow, wandb (the settings
+    TRACKING_DIR, MLFLOW_TRACKING_URI, WANDB_PROJECT and WANDB_MODE say where)"""
     parent: TrainingJob | None = None
     """internal: the ``round`` job this one is a step of (then it is not queued)"""
 
@@ -133,6 +141,15 @@ class JobRequest:
             self.config = {}
         if not isinstance(self.config, dict):
             raise InvalidInput("must be an object of hyper-parameters", field="config")
+        from training.ml.tracking import TRACKERS
+
+        self.trackers = list(dict.fromkeys(self.trackers or []))
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown:
+            raise InvalidInput(
+                f"unknown tracker(s) {', '.join(map(str, unknown))}: use {', '.join(TRACKERS)}",
+                field="trackers",
+            )
 
 
 @dataclass(kw_only=True)

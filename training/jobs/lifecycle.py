@@ -41,7 +41,8 @@ from django.utils import timezone
 
 from annotation import permissions
 from annotation.errors import Conflict, InvalidInput
-from annotation.models import Campaign, Team
+from annotation.models import Campaign, Team, Webhook
+from annotation.services import webhooks
 from config.celery import app as celery_app
 from training import rounds, selectors, services
 from training.jobs import KINDS
@@ -100,11 +101,12 @@ def job_create(kind: str, request: JobRequest, *, from_form: bool = False) -> Tr
             )
     with transaction.atomic():
         built = job_kind.build(request)
+        spec = dataclasses.replace(built.spec, trackers=tuple(request.trackers))
         team = request.parent.team if request.parent is not None else _team_of(request)
         job = TrainingJob.objects.create(
             kind=kind,
             team=team,
-            params=built.spec.to_params(),
+            params=spec.to_params(),
             created_by=request.created_by,
             campaign_id=built.campaign_id,
             base_model=built.base_model,
@@ -114,6 +116,24 @@ def job_create(kind: str, request: JobRequest, *, from_form: bool = False) -> Tr
         if request.parent is None:
             transaction.on_commit(lambda: enqueue(job.pk))
     return job
+
+
+def job_plan(kind: str, request: JobRequest) -> dict[str, Any]:
+    """The memory plan a job of ``kind`` would be created with (``training.jobs.preflight``),
+    without creating it: ``{"kind", "fits", "preflight"}``, fitting or not. The request is
+    checked as by :func:`job_create` (its errors raise); nothing is written."""
+    from training.jobs.preflight import DoesNotFit
+
+    job_kind = kind_of(kind)
+    _team_of(request)
+    try:
+        with transaction.atomic():
+            built = job_kind.build(request)
+            transaction.set_rollback(True)  # a check only
+    except DoesNotFit as exc:
+        return {"kind": kind, "fits": False, "reason": exc.message, "preflight": exc.plan.to_dict()}
+    plan = built.spec.preflight
+    return {"kind": kind, "fits": bool(plan.get("fits", True)), "preflight": plan}
 
 
 def _team_of(request: JobRequest) -> Team | None:
@@ -301,6 +321,8 @@ class JobReporter:
         self._heartbeat_seconds = heartbeat_seconds or settings.TRAINING_HEARTBEAT_SECONDS
         self._thread = threading.Thread(target=self._beat, name=f"job-{job.pk}-heartbeat")
         self._last_flush = 0.0
+        self.tracked: Any = None
+        """the experiment trackers' run (``training.ml.tracking``), when the job asked for any"""
 
     def __enter__(self) -> JobReporter:
         self._thread.start()
@@ -353,6 +375,8 @@ class JobReporter:
             ):
                 raise StaleAttempt(f"job {self.job_id}: another attempt holds the job")
             JobMetric.objects.create(job_id=self.job_id, step=step, values=clean)
+        if self.tracked is not None:
+            self.tracked.log(step, clean)
         if self.follow is not None:
             self.follow(step, total)
 
@@ -497,7 +521,9 @@ def job_run(
                 raise NotImplementedError(f"no job kind {job.kind!r}")
             reporter.log(f"started {job.kind} on {job.worker} ({device}), attempt {job.attempts}")
             ctx = RunContext(job=job, reporter=reporter, queue=job_create, run_step=_run_step)
-            outcome = job_kind.run(job_kind.spec(job), ctx)
+            spec = job_kind.spec(job)
+            _open_trackers(job, spec, reporter)
+            outcome = job_kind.run(spec, ctx)
         except StaleAttempt:
             reporter.log("another attempt holds the job: stopped")
         except TrainingCancelled:
@@ -522,7 +548,32 @@ def job_run(
                 raise
         finally:
             ml_logger.removeHandler(handler)
+            if reporter.tracked is not None:
+                final = TrainingJob.objects.filter(pk=job_id).values_list("status", flat=True)
+                reporter.tracked.close(final.first() or "failed")
     return TrainingJob.objects.get(pk=job_id)
+
+
+def _open_trackers(job: TrainingJob, spec: Any, reporter: JobReporter) -> None:
+    """Start the experiment trackers the job asked for (``trackers``): its metrics go to them
+    as they are stored, and where each run is goes on the job (``tracking``)."""
+    if not getattr(spec, "trackers", ()):
+        return
+    from training.ml.tracking import open_trackers
+
+    tracked = open_trackers(
+        spec.trackers,
+        run_name=f"job-{job.pk}-{job.kind}-attempt-{job.attempts}",
+        directory=settings.TRACKING_DIR,
+        config={"kind": job.kind, **job.params},
+        mlflow_uri=settings.MLFLOW_TRACKING_URI,
+        wandb_project=settings.WANDB_PROJECT,
+        wandb_mode=settings.WANDB_MODE,
+    )
+    for note in tracked.notes:
+        reporter.log(note)
+    reporter.tracked = tracked
+    reporter._update(tracking=tracked.links)
 
 
 def _run_step(step: TrainingJob, follow: Callable[[int, int], None] | None = None) -> TrainingJob:
@@ -539,6 +590,28 @@ def _drop_broken_connections() -> None:
     for conn in connections.all(initialized_only=True):
         if conn.connection is not None and not conn.in_atomic_block and not conn.is_usable():
             conn.close()
+
+
+def _job_events(job: TrainingJob) -> None:
+    """``job.finished`` / ``job.failed`` to the webhooks of the job's campaign (sent once the
+    finish commits)."""
+    event = {
+        TrainingJob.Status.SUCCEEDED: Webhook.Event.JOB_FINISHED,
+        TrainingJob.Status.FAILED: Webhook.Event.JOB_FAILED,
+    }.get(job.status)
+    if event is None or job.campaign_id is None:
+        return
+    webhooks.webhooks_emit(
+        campaign_id=job.campaign_id,
+        event=event,
+        data={
+            "job": job.pk,
+            "kind": job.kind,
+            "status": job.status,
+            "model_version": job.result_version_id,
+            "error": job.error.strip().splitlines()[-1] if job.error.strip() else "",
+        },
+    )
 
 
 class _Finisher:
@@ -572,3 +645,4 @@ class _Finisher:
                 job.summary = outcome.summary
                 fields.append("summary")
             job.save(update_fields=fields)
+            _job_events(job)

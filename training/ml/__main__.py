@@ -2,9 +2,15 @@
 
 Commands:
     build-tiny     build (or reuse) the tiny local model, optionally pretrained on local docs
-    train-reward   train a reward model from a JSONL file of preference pairs; data parallel
-                   under ``torchrun --nproc_per_node N -m training.ml train-reward ...``
+    train-reward   train a reward model from a JSONL file of preference pairs; sharded over
+                   processes under ``torchrun --nproc_per_node N -m training.ml train-reward ...``
                    (see ``training.ml.launch``)
+    train-dpo      DPO from a JSON file of keyword arguments (``training.ml.launch`` writes it)
+    train-ppo      PPO from a JSON file of keyword arguments (``training.ml.launch`` writes it)
+    plan           will a job fit? memory per GPU from the model's config, no weights loaded
+    dpo            DPO on a pairs file (TRL's shapes; training.ml.data_commands)
+    ppo            PPO against a reward model on a file of prompts
+    generate       sample completions for a file of prompts, as the task import reads them
 
 To add a command: write ``_add_<name>(subparsers)`` that registers a parser with
 ``set_defaults(run=<function taking the parsed args, returning an exit code>)`` and append it to
@@ -22,6 +28,9 @@ from pathlib import Path
 
 from training.ml.common import ProgressFn
 from training.ml.config import RewardModelConfig
+from training.ml.data_commands import COMMANDS as DATA_COMMANDS
+from training.ml.data_commands import evaluate_fixed_pairs
+from training.ml.pair_files import PairFileError, read_pairs
 from training.ml.records import PreferencePair
 
 
@@ -90,29 +99,10 @@ def _add_build_tiny(subparsers: argparse._SubParsersAction) -> None:
 # ---- train-reward ----------------------------------------------------------------------------
 
 
-def _read_pairs(path: Path):
-    pairs = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            prompt = row["prompt"]
-            default_id = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
-            pairs.append(
-                PreferencePair(
-                    prompt=prompt,
-                    chosen=row["chosen"],
-                    rejected=row["rejected"],
-                    prompt_id=row.get("prompt_id", default_id),
-                    weight=float(row.get("weight", 1.0)),
-                    tie=bool(row.get("tie", False)),
-                    round=int(row.get("round", 0)),
-                )
-            )
-            if not isinstance(pairs[-1].chosen, str):
-                raise ValueError(f"{path}:{line_no}: chosen must be a string")
-    return pairs
+def _read_pairs(path: Path) -> list[PreferencePair]:
+    """Pairs in TRL's shapes or the project's (``training.ml.pair_files``); a bad line raises
+    ``PairFileError`` (``path:line: field: reason``, printed by :func:`main`)."""
+    return read_pairs(path)
 
 
 def _read_references(path: Path) -> list[tuple]:
@@ -152,13 +142,19 @@ def _run_train_reward(args: argparse.Namespace) -> int:
             on_progress=print_json if args.progress == "json" else _printer(every=10),
             metadata=json.loads(args.metadata.read_text()) if args.metadata else None,
             check_replicas=args.check_replicas,
+            checkpoint_dir=args.checkpoint_dir,
         )
     if not world.is_main:
         return 0
+    fixed = evaluate_fixed_pairs(args.out, args.eval_pairs) if args.eval_pairs else {}
+    if args.progress == "json" and fixed:
+        print(json.dumps({"fixed_eval": fixed}), flush=True)
     if args.result:
         write_result(result, args.result)
     if args.progress == "text":
         summary = {"metrics": result.metrics, "counts": result.counts, "notes": result.notes}
+        if args.eval_pairs:
+            summary["metrics"] = {**summary["metrics"], **fixed}
         print(json.dumps(summary, indent=2))
     return 0
 
@@ -167,10 +163,18 @@ def _add_train_reward(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train-reward",
         help="train a reward model on JSONL pairs",
-        description="Each JSONL line: prompt (text or chat messages), chosen, rejected; optional "
-        "prompt_id, weight, tie, round. Unset options keep the RewardModelConfig defaults.",
+        description="Pairs (JSONL, .gz or Parquet) in TRL's shapes: standard (prompt, chosen, "
+        "rejected), conversational (message lists) or implicit prompt (chosen/rejected "
+        "dialogues, as raw HH); optional prompt_id, weight, tie, round. Unset options keep "
+        "the RewardModelConfig defaults.",
     )
     p.add_argument("--pairs", type=Path, required=True)
+    p.add_argument(
+        "--eval-pairs",
+        type=Path,
+        help="a fixed file of held-out pairs: the trained model's accuracy on it is reported "
+        "(fixed_eval/accuracy) beside the split's own",
+    )
     p.add_argument("--base", required=True, help="base model directory or hub id")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--epochs", type=int)
@@ -198,10 +202,90 @@ def _add_train_reward(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="debug: fail unless every rank ends with identical parameters",
     )
+    p.add_argument("--checkpoint-dir", type=Path, help="save/resume the training state here")
     p.set_defaults(run=_run_train_reward)
 
 
-COMMANDS = [_add_build_tiny, _add_train_reward]
+# ---- train-dpo, train-ppo ------------------------------------------------------------------
+
+
+def _run_policy_job(args: argparse.Namespace) -> int:
+    """Run DPO or PPO with the keyword arguments in ``--job`` (what ``training.ml.launch``
+    writes): every rank of a torchrun job runs this; rank 0 prints progress lines and writes
+    the result."""
+    from training.ml.config import DPOConfig, PPOConfig, config_from_dict
+    from training.ml.device import process_group
+    from training.ml.launch import pair_from_json, progress_line
+
+    job = json.loads(args.job.read_text())
+
+    def print_json(step: int, total: int, metrics: dict[str, float]) -> None:
+        print(progress_line(step, total, metrics), flush=True)
+
+    common = {"output_dir": args.out, "on_progress": print_json}
+    if args.command == "train-dpo":
+        from training.ml.dpo import run_dpo
+
+        config = config_from_dict(DPOConfig, job.pop("config"))
+        job["pairs"] = [pair_from_json(row) for row in job["pairs"]]
+        with process_group(config.device) as world:
+            result = run_dpo(config=config, **job, **common)
+        summary = {"counts": result.counts}
+    else:
+        from training.ml.ppo import run_ppo
+
+        config = config_from_dict(PPOConfig, job.pop("config"))
+        with process_group(config.device) as world:
+            result = run_ppo(config=config, **job, **common)
+        summary = {"notes": result.notes}
+    if world.is_main and args.result:
+        data = {
+            "steps": result.steps,
+            "metrics": result.metrics,
+            "history": result.history,
+            **summary,
+        }
+        args.result.write_text(json.dumps(data, default=str))
+    return 0
+
+
+def _add_policy_jobs(subparsers: argparse._SubParsersAction) -> None:
+    for name, what in (("train-dpo", "DPO"), ("train-ppo", "PPO")):
+        p = subparsers.add_parser(
+            name,
+            help=f"{what} from a JSON file of keyword arguments (run under torchrun)",
+            description=f"{what} with the keyword arguments of run_{what.lower()} in --job "
+            '("config" an object of its config fields); progress as one JSON line per step.',
+        )
+        p.add_argument("--job", type=Path, required=True)
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--result", type=Path, help="rank 0 writes the result here as JSON")
+        p.set_defaults(run=_run_policy_job)
+
+
+# ---- plan ----------------------------------------------------------------------------------
+
+
+def _add_plan(subparsers: argparse._SubParsersAction) -> None:
+    from training.ml.preflight import add_plan_arguments, run_plan_command
+
+    p = subparsers.add_parser(
+        "plan",
+        help="memory per GPU a job needs, from the model's config (no weights loaded)",
+        description="Estimate the memory of a reward-model, DPO, PPO or generate job per GPU "
+        "and say whether it fits, and what would make it fit.",
+    )
+    add_plan_arguments(p)
+    p.set_defaults(run=run_plan_command)
+
+
+COMMANDS = [
+    _add_build_tiny,
+    _add_train_reward,
+    _add_policy_jobs,
+    _add_plan,
+    *DATA_COMMANDS,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,7 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for add in COMMANDS:
         add(subparsers)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except PairFileError as exc:  # a bad line of an input file: where and why, no traceback
+        print(str(exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

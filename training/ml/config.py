@@ -31,10 +31,64 @@ from typing import Any, Literal
 
 TieLoss = Literal["soft_label", "squared", "drop"]
 LrSchedule = Literal["linear", "cosine", "constant"]
+Shard = Literal["none", "fsdp"]
 
 
 @dataclass
-class RewardModelConfig:
+class ScaleConfig:
+    """Where a trainer runs and how its models share the GPUs (``training.ml.parallel``): the
+    same fields on the reward model, PPO and DPO."""
+
+    gpus: int = 0
+    """GPUs the job runs on, one torchrun process each: 0 = every visible GPU of the worker
+    (one process on a CPU), N = the first N. Batch sizes stay global: each process takes an
+    equal share of every batch, so the optimisation does not change with N"""
+    shard: Shard = "fsdp"
+    """how the processes hold the trained models: ``fsdp`` shards parameters, gradients and
+    optimiser state per decoder layer (PyTorch FSDP2; bf16 compute with fp32 gradient reduction
+    on CUDA; frozen models sharded too); ``none`` keeps a full replica on every process and
+    all-reduces the gradients. One process: the same either way"""
+    gradient_checkpointing: bool = False
+    """recompute each decoder layer's activations in the backward pass instead of keeping them
+    (about a third more compute, activations of one layer instead of all)"""
+    offload: bool = False
+    """keep sharded parameters, gradients and optimiser state in CPU memory between uses
+    (FSDP2 CPU offload; needs ``shard: fsdp`` and CUDA; slower, for models that do not fit
+    otherwise)"""
+
+    def _check_scale(self) -> None:
+        if self.gpus < 0:
+            raise ValueError("gpus must be >= 0")
+        if self.shard not in ("none", "fsdp"):
+            raise ValueError(f"unknown shard {self.shard!r}: none or fsdp")
+        if self.offload and self.shard != "fsdp":
+            raise ValueError("offload needs shard 'fsdp'")
+
+
+@dataclass
+class LoraFields:
+    """Low-rank adapters (peft) instead of all weights: what the reward model, PPO and DPO
+    share. The frozen reference of PPO and DPO is then the policy with its adapter off."""
+
+    use_lora: bool = False
+    """train LoRA adapters instead of all weights (the frozen base is held in bf16 on CUDA); for
+    PPO and DPO whose reference is the starting policy, the reference is the policy with its
+    adapter switched off (no second copy in memory); a reward model's score head is trained in
+    full (``modules_to_save``). The saved model has the adapter merged in"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: int = 32
+    """LoRA alpha (scale = alpha / r)"""
+    lora_target_modules: str | list[str] = "all-linear"
+    """modules that get adapters (peft's ``target_modules``)"""
+
+    def _check_lora(self) -> None:
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            raise ValueError("lora_r and lora_alpha must be >= 1")
+
+
+@dataclass
+class RewardModelConfig(ScaleConfig, LoraFields):
     """Hyper-parameters of reward-model training (see ``training.ml.reward_model``)."""
 
     num_epochs: int = 1
@@ -72,26 +126,30 @@ class RewardModelConfig:
     (counted)"""
     use_weights: bool = True
     """multiply each pair's loss by its ``weight`` (e.g. labeller agreement); False: all 1"""
+    use_margins: bool = True
+    """subtract each strict pair's ``margin`` (Llama 2's m(r), from preference strength) from its
+    reward difference; False: plain Bradley-Terry whatever the pairs carry"""
     eval_fraction: float = 0.1
     """fraction of prompts (not pairs) held out for evaluation; no prompt is in both splits"""
     seed: int = 0
     """seeds the split, the shuffling, the head initialisation"""
     reference_max_samples: int = 2048
-    """at most this many (prompt, completion) samples are scored to fit the reward normalisation"""
+    """at most this many (prompt, completion) samples are scored to fit the reward
+    normalisation; 0 fits none (the identity normalisation, noted)"""
+    checkpoint_every: int = 0
+    """save the training state every this many optimiser steps, so that a job whose worker died
+    resumes there (0: never)"""
     device: str | None = None
     """``None``/``"auto"``: CUDA with bf16 autocast if available, else CPU fp32; or ``"cpu"``,
     ``"cuda"``, ``"cuda:1"``"""
-    num_processes: int = 0
-    """data-parallel processes (``training.ml.launch``): 0 = one per visible CUDA device when
-    ``device`` is auto/cuda, else 1; 1 = in-process, as without a launcher; N > 1 = torchrun
-    with N ranks (NCCL on CUDA, gloo on CPU). ``batch_size`` stays the global batch: each rank
-    takes batch_size / N pairs of every step, so the optimisation does not change with N"""
 
     def __post_init__(self) -> None:
+        self._check_scale()
+        self._check_lora()
         if self.num_epochs < 1:
             raise ValueError("num_epochs must be >= 1")
-        if self.num_processes < 0:
-            raise ValueError("num_processes must be >= 0")
+        if self.reference_max_samples < 0 or self.checkpoint_every < 0:
+            raise ValueError("reference_max_samples and checkpoint_every must be >= 0")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         if self.micro_batch_size < 0:
@@ -117,18 +175,21 @@ class RewardModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RewardModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (typos should not pass)."""
+        data = dict(data)
+        if "num_processes" in data and "gpus" not in data:  # stored before ``gpus`` existed
+            data["gpus"] = data.pop("num_processes")
+        data.pop("num_processes", None)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown RewardModelConfig fields: {sorted(unknown)}")
-        data = dict(data)
         if "adam_betas" in data:
             data["adam_betas"] = tuple(data["adam_betas"])
         return cls(**data)
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(ScaleConfig, LoraFields):
     """Hyper-parameters of :func:`run_ppo`. Defaults follow Huang et al. unless noted."""
 
     # --- run
@@ -150,9 +211,10 @@ class PPOConfig:
     """maximum response length in tokens, EOS included"""
     max_prompt_tokens: int | None = 256
     """keep only the last this-many prompt tokens; ``None`` keeps all"""
-    missing_eos_penalty: float | None = -1.0
-    """score given to a completion that never emits EOS, replacing the reward model's;
-    ``None`` keeps the reward model's score"""
+    missing_eos_penalty: float | None = 1.0
+    """subtracted from the (normalised) reward-model score of a completion that never emits EOS
+    (its end-of-turn token) within ``max_new_tokens``, TRL's convention; must be >= 0 (in
+    standard deviations of the reference reward); ``None`` or 0: no penalty"""
 
     # --- reward and KL penalty
     kl_coef: float = 0.05
@@ -161,8 +223,11 @@ class PPOConfig:
     """adapt β towards ``kl_target`` (Ziegler et al. 2019); ``False`` keeps β fixed"""
     kl_target: float = 6.0
     """target KL(π‖π_ref) per episode, in nats, summed over response tokens"""
-    kl_horizon: int = 10000
-    """horizon of the adaptive controller, in episodes"""
+    kl_horizon: int = 0
+    """horizon of the adaptive controller, in episodes: β may move by a factor of about
+    exp(0.2 · episodes of the run / horizon) over the run. 0 = a tenth of the run's episodes
+    (``total_steps * rollout_batch_size * samples_per_prompt``), so β can move about 7-fold either
+    way; Ziegler et al.'s 10,000 suits runs of 100,000 episodes and more"""
 
     # --- advantages
     gamma: float = 1.0
@@ -178,7 +243,9 @@ class PPOConfig:
     mini_batch_size: int = 8
     """episodes per gradient step"""
     learning_rate: float = 1e-5
-    """Adam learning rate, for policy and value model alike"""
+    """Adam learning rate of the policy (the actor)"""
+    value_learning_rate: float | None = None
+    """Adam learning rate of the value model (the critic); ``None``: the policy's"""
     anneal_lr: bool = True
     """decay the learning rate linearly from ``learning_rate`` at step 1 towards 0 at the end"""
     adam_eps: float = 1e-5
@@ -199,25 +266,30 @@ class PPOConfig:
     value_init: Literal["reward_model", "zero"] = "reward_model"
     """value model from the reward model (its score head gives per-token values), or the
     policy's backbone with a zero-initialised head"""
-    use_lora: bool = False
-    """train LoRA adapters instead of all weights; when the reference is the policy's own base,
-    the reference is the policy with the adapter switched off (no second copy in memory)"""
-    lora_r: int = 16
-    """LoRA rank"""
-    lora_alpha: int = 32
-    """LoRA alpha (scale = alpha / r)"""
-    lora_target_modules: str | list[str] = "all-linear"
-    """modules that get adapters (peft's ``target_modules``)"""
 
     # --- plumbing
     forward_batch_size: int = 16
     """sequences per no-grad forward pass or generate call in the rollout"""
     reward_batch_size: int = 16
     """sequences per reward-model forward pass"""
+    checkpoint_every: int = 0
+    """save the training state every this many PPO steps, so that a job whose worker died
+    resumes there without repeating or skipping prompts (0: never)"""
     device: str | None = None
     """``None``/"auto", "cpu", "cuda", ...; CUDA runs forwards under bf16 autocast"""
 
     def __post_init__(self) -> None:
+        self._check_scale()
+        self._check_lora()
+        if self.missing_eos_penalty is not None and not self.missing_eos_penalty >= 0:
+            raise ValueError(
+                "missing_eos_penalty is subtracted from the score (TRL's convention): it must "
+                "be >= 0, or null for none"
+            )
+        if self.kl_horizon < 0 or self.checkpoint_every < 0:
+            raise ValueError("kl_horizon and checkpoint_every must be >= 0")
+        if self.value_learning_rate is not None and self.value_learning_rate < 0:
+            raise ValueError("value_learning_rate must be >= 0")
         if self.temperature <= 0:
             raise ValueError("PPO needs temperature > 0 (log-probs use logits / temperature)")
         for name in (
@@ -237,9 +309,22 @@ class PPOConfig:
         if self.value_init not in ("reward_model", "zero"):
             raise ValueError(f"unknown value_init {self.value_init!r}")
 
+    @property
+    def episodes(self) -> int:
+        """Episodes of the whole run: total_steps * rollout_batch_size * samples_per_prompt."""
+        return self.total_steps * self.rollout_batch_size * self.samples_per_prompt
+
+    @property
+    def resolved_kl_horizon(self) -> int:
+        """``kl_horizon``, or for 0 a tenth of the run's episodes (at least one step's)."""
+        if self.kl_horizon > 0:
+            return self.kl_horizon
+        per_step = self.rollout_batch_size * self.samples_per_prompt
+        return max(per_step, self.episodes // 10)
+
 
 @dataclass
-class DPOConfig:
+class DPOConfig(ScaleConfig, LoraFields):
     """Hyper-parameters of :func:`run_dpo`."""
 
     beta: float = 0.1
@@ -266,8 +351,20 @@ class DPOConfig:
     """pairs per forward pass when caching the reference log-probs"""
     seed: int = 0
     """seed of the pair order"""
+    checkpoint_every: int = 0
+    """save the training state every this many optimiser steps, so that a job whose worker died
+    resumes there (0: never)"""
     device: str | None = None
     """``None``/"auto", "cpu", "cuda", ...; CUDA runs forwards under bf16 autocast"""
+
+    def __post_init__(self) -> None:
+        self._check_scale()
+        self._check_lora()
+        for name in ("num_epochs", "batch_size", "reference_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ValueError("checkpoint_every must be >= 0")
 
 
 @dataclass
@@ -323,6 +420,11 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+RENAMED = {("RewardModelConfig", "num_processes"): "gpus"}
+"""Fields renamed since jobs were stored: (class, old name) -> new name, so that a stored job
+still reads back and retries."""
+
+
 def config_from_dict(cls: type, data: Any) -> Any:
     """Build a config dataclass from JSON, refusing unknown fields, values of the wrong type and
     values the class itself refuses: ``ValueError`` naming the field. A nested dataclass field
@@ -331,6 +433,7 @@ def config_from_dict(cls: type, data: Any) -> Any:
         return data
     if not isinstance(data, dict):
         raise ValueError("must be an object of hyper-parameters")
+    data = {RENAMED.get((cls.__name__, k), k): v for k, v in data.items()}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

@@ -3,10 +3,13 @@ the split by prompt, and collation. No Django; ``training/exports.py`` produces 
 
 A scored sequence is ``[BOS] + prompt tokens + completion tokens + [EOS]``: prompt and completion
 are tokenised separately (as a policy generates completion tokens after the prompt tokens), BOS
-only when the tokenizer adds one by default, EOS when ``append_eos``. Nothing is inserted between
-prompt and completion: plain-text prompts carry their own separator (e.g. ``"...\\n\\nAssistant:"``
-+ ``" reply"``); chat prompts are rendered with the tokenizer's chat template and its generation
-prompt.
+only when the tokenizer adds one by default, EOS when ``append_eos``. "EOS" is the end-of-turn
+token of ``training.ml.prompts`` (a chat template's ``<|eot_id|>``, else EOS); an encoder
+without BOS/EOS (BERT) gets its ``[CLS]`` first and ``[SEP]`` last, so that its pooled first
+token is [CLS]. Nothing is inserted between prompt and completion: plain-text prompts carry
+their own separator (e.g. ``"...\\n\\nAssistant:"`` + ``" reply"``); chat prompts are rendered
+with the tokenizer's chat template and its generation prompt (:func:`render_prompt`, the one
+prompt format of every trainer).
 
 The tokenizer is the first argument of every function that takes one, as in ``training.ml.policy``
 and ``training.ml.dpo``.
@@ -22,7 +25,10 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from training.ml.prompts import end_of_turn_id, render_prompt, sequence_prefix
 from training.ml.records import PreferencePair, Prompt
+
+__all__ = ["render_prompt"]  # re-exported: callers read prompts through this module too
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,8 @@ class EncodedPair:
     tie: bool
     round: int
     prompt_id: str | int
+    margin: float = 0.0
+    """Llama 2's m(r) (:class:`~training.ml.records.PreferencePair`)"""
 
     @property
     def prompt_truncated(self) -> bool:
@@ -78,27 +86,11 @@ class TruncationCounts:
 # --------------------------------------------------------------------------------------------
 
 
-def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
-    """The prompt as text: a string as is; chat messages through the chat template.
-
-    A tokenizer without a chat template gets ``"Role: content"`` turns joined by blank lines and
-    ending in ``"\\n\\nAssistant:"`` (the Anthropic HH layout).
-    """
-    if isinstance(prompt, str):
-        return prompt
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    turns = "".join(f"\n\n{m['role'].capitalize()}: {m['content']}" for m in prompt)
-    return f"{turns}\n\nAssistant:"
-
-
-def _default_bos(tokenizer: Any) -> int | None:
-    """The BOS id if the tokenizer prepends one by default (Llama-style), else ``None``."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return None
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bos if ids and ids[0] == bos else None
+def sequence_suffix(tokenizer: Any, *, append_eos: bool) -> list[int]:
+    """What a scored sequence ends with: the end-of-turn token when ``append_eos`` (see
+    ``training.ml.prompts.end_of_turn_id``), else nothing."""
+    end = end_of_turn_id(tokenizer) if append_eos else None
+    return [end] if end is not None else []
 
 
 def fit_sequence(
@@ -151,9 +143,8 @@ def encode_sequences(
         raise ValueError("prompts and completions differ in length")
     if not prompts:
         return []
-    bos = _default_bos(tokenizer)
-    eos = tokenizer.eos_token_id
-    suffix = [eos] if append_eos and eos is not None else []
+    bos = sequence_prefix(tokenizer)
+    suffix = sequence_suffix(tokenizer, append_eos=append_eos)
     texts = [render_prompt(tokenizer, p) for p in prompts]
     unique = list(dict.fromkeys(texts))
     # verbose=False: long texts are expected here, fit_sequence truncates them (and counts it)
@@ -194,6 +185,7 @@ def encode_pairs(
             chosen=sequences[i],
             rejected=sequences[n + i],
             weight=float(pair.weight),
+            margin=float(getattr(pair, "margin", 0.0)),
             tie=bool(pair.tie),
             round=int(pair.round),
             prompt_id=pair.prompt_id,

@@ -24,6 +24,9 @@ class PreferencePair:
     """identifies the prompt: the train/eval split never puts one prompt on both sides"""
     weight: float = 1.0
     """multiplies this pair's loss (e.g. labeller agreement or vote margin)"""
+    margin: float = 0.0
+    """Llama 2's margin m(r) of a strict pair, from the labeller's preference strength: the loss
+    is -log sigmoid(r_chosen - r_rejected - margin) (0: plain Bradley-Terry)"""
     tie: bool = False
     """labellers judged both completions equally good"""
     round: int = 0

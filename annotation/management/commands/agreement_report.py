@@ -9,6 +9,7 @@ from annotation import agreement_figures, exports
 from annotation.agreement import Bootstrap
 from annotation.agreement_figures import Figure
 from annotation.models import Campaign
+from config.terminal import Progress
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -62,8 +63,13 @@ class Command(BaseCommand):
         if resamples < 0 or tasks < 0:
             raise CommandError("--resamples and --tasks must not be negative")
         bootstrap = Bootstrap(resamples=resamples, seed=seed)
+        # On stderr, so the report on stdout stays as it is: a bar on a terminal, lines in a log.
+        progress = Progress(self.stderr, total=3, label="agreement report", unit="stage")
+        progress.update(0, "reading the rankings")
         inputs = agreement_figures.agreement_inputs(campaign=target, fail_policy=fail_policy)
+        progress.update(1, f"campaign figures, {resamples} bootstrap resamples")
         figures = agreement_figures.campaign_figures(inputs, bootstrap=bootstrap)
+        progress.update(2, "labeller figures")
         out = self.stdout.write
         out(f"Campaign {target.pk} ({target.name}): agreement")
         out(
@@ -97,6 +103,8 @@ class Command(BaseCommand):
                 out(f"  task {row.task_id} ({row.rankings} rankings): " + "; ".join(parts))
 
         table = agreement_figures.labeller_figures(inputs, bootstrap=bootstrap)
+        progress.update(3, "done")
+        progress.close()
         out("")
         out(
             "Labellers: agreement with the others' leave-one-out consensus (strict pairs, chance "

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation import services
 from annotation.importing import ImportFailed
 from annotation.models import Campaign
+from config.terminal import Progress
 
 
 class Command(BaseCommand):
@@ -27,14 +28,22 @@ class Command(BaseCommand):
             data = path.read_bytes()
         except OSError as exc:
             raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+        progress = Progress(self.stderr, total=1, label=f"importing {path.name}", unit="file")
+        progress.update(0, f"{len(data):,} bytes: checking every line, then storing")
         try:
             result = services.campaign_import(
                 campaign=target, data=data, filename=path.name, fmt=format
             )
         except ImportFailed as exc:
+            progress.close()
             for error in exc.errors:
                 self.stderr.write(f"{path}:{error.line}: {error.field}: {error.message}")
-            raise CommandError(f"{len(exc.errors)} error(s); nothing was imported") from exc
+            raise CommandError(f"{exc.count} error(s); nothing was imported") from exc
+        progress.update(1, f"{result.tasks} tasks stored")
+        progress.close()
+        warned = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result.warnings.items() if n)
+        if warned:
+            self.stdout.write(f"accepted (the campaign allows them): {warned}")
         self.stdout.write(
             self.style.SUCCESS(
                 f"imported {result.prompts} prompts, {result.completions} completions, "

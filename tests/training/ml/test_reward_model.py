@@ -350,3 +350,45 @@ def test_config_round_trips_and_rejects_unknown_fields():
         RewardModelConfig.from_dict({"learning_rat": 1e-4})
     with pytest.raises(ValueError):
         RewardModelConfig(eval_fraction=1.0)
+
+
+def test_reference_max_samples_0_saves_the_model_with_the_identity_normalisation(
+    tiny_model_dir, tmp_path
+):
+    config = RewardModelConfig(
+        batch_size=8, max_length=32, eval_fraction=0.0, reference_max_samples=0
+    )
+    result = train_reward_model(
+        marker_pairs(8), base_model=tiny_model_dir, output_dir=tmp_path / "rm", config=config
+    )
+    assert (result.normalization.offset, result.normalization.scale) == (0.0, 1.0)
+    assert result.normalization.source == "none"
+    assert any("reference_max_samples is 0" in note for note in result.notes)
+    assert (tmp_path / "rm" / INFO_FILE).is_file()
+
+
+def test_a_lora_reward_model_trains_its_head_and_saves_a_merged_model(tiny_model_dir, tmp_path):
+    config = RewardModelConfig(
+        learning_rate=3e-3,
+        batch_size=8,
+        max_length=40,
+        eval_fraction=0.0,
+        use_lora=True,
+        lora_r=4,
+        gradient_checkpointing=True,
+    )
+    result = train_reward_model(
+        marker_pairs(32), base_model=tiny_model_dir, output_dir=tmp_path / "rm", config=config
+    )
+    assert any("LoRA r=4" in note for note in result.notes)
+    # an ordinary directory: no adapter files, the score head saved with the merged weights
+    assert not (tmp_path / "rm" / "adapter_config.json").exists()
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    fresh, _, _ = load_reward_backbone(tiny_model_dir, seed=0)
+    assert not torch.equal(saved.score.weight, fresh.score.weight)  # the head was trained
+    changed = ~torch.isclose(
+        saved.model.layers[0].mlp.up_proj.weight, fresh.model.layers[0].mlp.up_proj.weight
+    )
+    assert changed.any()  # the adapter was merged into the base weights
+    scores = load_reward_model(tmp_path / "rm", device="cpu").score([("Q:", " banana")])
+    assert math.isfinite(scores[0])
