@@ -718,13 +718,7 @@ class AssignmentViewSet(viewsets.ViewSet):
         the campaign is open and no reviewer has adjudicated the task)."""
         assignment_id = _int(pk, "id")
         if request.method == "PUT":
-            serializer = s.RankingEditSerializer(data=request.data)
-            if not serializer.is_valid():
-                selectors.assignment_get_for_labeller(
-                    labeller=request.user, assignment_id=assignment_id
-                )
-                raise ValidationError(serializer.errors)
-            data = serializer.validated_data
+            data = _valid_for_assignment(s.RankingEditSerializer, request, assignment_id)
             edited = services.ranking_edit(
                 labeller=request.user,
                 assignment=assignment_id,
@@ -747,14 +741,7 @@ class AssignmentViewSet(viewsets.ViewSet):
             if ranking is None:
                 raise NotFound("this assignment has no ranking yet")
             return Response(s.RankingSerializer(ranking, context=_viewed(request)).data)
-        serializer = s.RankingInputSerializer(data=request.data)
-        if not serializer.is_valid():
-            # Someone else's assignment answers 404 whatever the body says.
-            selectors.assignment_get_for_labeller(
-                labeller=request.user, assignment_id=assignment_id
-            )
-            raise ValidationError(serializer.errors)
-        data = serializer.validated_data
+        data = _valid_for_assignment(s.RankingInputSerializer, request, assignment_id)
         # The hot path: the service locks and checks the assignment itself (404 for anyone
         # else's) and the response is built from what it returns, without reading it back.
         result = services.ranking_submit(
@@ -845,6 +832,16 @@ def _query(serializer_class, request: Request) -> dict:
     """The query parameters, checked by ``serializer_class`` (400 naming the parameter)."""
     serializer = serializer_class(data=request.query_params)
     serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _valid_for_assignment(serializer_class, request: Request, assignment_id: int) -> dict:
+    """The body checked by ``serializer_class``; an invalid body for someone else's assignment
+    answers 404 whatever it says (its errors would confirm the assignment exists)."""
+    serializer = serializer_class(data=request.data)
+    if not serializer.is_valid():
+        selectors.assignment_get_for_labeller(labeller=request.user, assignment_id=assignment_id)
+        raise ValidationError(serializer.errors)
     return serializer.validated_data
 
 

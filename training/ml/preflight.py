@@ -23,7 +23,9 @@ The estimate adds, per GPU:
 PPO's peak is its models' states plus the larger of the rollout (KV cache and no-grad forward
 passes) and the update (policy and critic forward and backward). Estimates on the CPU (fp32
 activations) are checked against the measured peak of small models in
-``tests/training/ml/test_preflight.py``, and the 8B and 70B figures against published ones.
+``tests/training/ml/test_preflight.py`` (they bound it from above, 1.22 to 1.54 times it: the
+activations are counted generously, the safe side for a refusal), and the 8B and 70B figures
+against published ones.
 
 :func:`shape_from_config` reads a ``config.json`` as plain JSON (the web process, which never
 imports torch, checks jobs with it); :func:`shape_from_meta` builds the model on PyTorch's meta
