@@ -136,13 +136,17 @@ def test_70b_needs_many_gpus_and_offload_moves_states_to_the_cpu():
 
 MEASURE = textwrap.dedent(
     """
-    import json, os, resource, sys
+    import json, os, sys
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
     kind, checkpointing = sys.argv[1], sys.argv[2] == "1"
     config = LlamaConfig(**json.loads(sys.argv[3]), num_labels=1, pad_token_id=0)
-    pages = int(open("/proc/self/statm").read().split()[1])
-    before = pages * os.sysconf("SC_PAGE_SIZE")  # resident now, not the imports' peak
+    def kib(field):  # from /proc/self/status, in bytes
+        line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+    with open("/proc/self/clear_refs", "w") as refs:  # the peak so far (the imports') forgotten
+        refs.write("5")
+    before = kib("VmRSS")
     torch.manual_seed(0)
     model = (LlamaForSequenceClassification if kind == "rm" else LlamaForCausalLM)(config)
     if checkpointing:
@@ -161,7 +165,7 @@ MEASURE = textwrap.dedent(
         loss = torch.log_softmax(logits, -1).gather(-1, ids[:, -64:, None]).sum()
     loss.backward()
     optimizer.step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    print(kib("VmHWM") - before)
     """
 )
 
