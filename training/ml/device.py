@@ -21,6 +21,7 @@ is ``training.ml.launch``'s job (see its docstring: "Several GPUs and scaling ou
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,6 +137,11 @@ def current_world() -> World:
     )
 
 
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+"""How long a collective may wait for the slowest rank (NCCL's default is 10 minutes): rank 0
+writing a 70B model while the others wait at the final barrier takes minutes."""
+
+
 def backend_for(device: torch.device) -> str:
     """``nccl`` for CUDA devices, ``gloo`` otherwise."""
     return "nccl" if device.type == "cuda" else "gloo"
@@ -156,9 +162,15 @@ def process_group(preference: str | None = None) -> Iterator[World]:
     device = pick_device(preference)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend_for(device))
+    dist.init_process_group(backend=backend_for(device), timeout=COLLECTIVE_TIMEOUT)
     try:
         yield current_world()
+        # Every rank leaves together: a rank that tore its gloo group down and exited while
+        # another was still in its last collectives (rank 0 writing the model) died in
+        # interpreter shutdown ("terminate called without an active exception", SIGABRT), one
+        # 2-process CPU run in five on a busy machine. Not on the error path: a failed rank's
+        # peers would wait out the timeout; torchrun stops them instead.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
