@@ -113,3 +113,21 @@ def test_the_job_form_shows_the_plan(eight_b, admin_user, settings, client):
     page = response.content.decode()
     assert 'id="memory-plan"' in page
     assert "GB per GPU on 8 \u00d7 80 GB: fits" in page
+
+
+def test_a_job_over_ray_nodes_is_planned_on_all_their_gpus(eight_b, admin_user):
+    client = client_for(admin_user)
+    batches = {"rollout_batch_size": 16, "mini_batch_size": 16}  # a share for each of 16 ranks
+    plan = client.post(
+        "/api/training-jobs/plan/", _ppo(eight_b, {**batches, "gpus": 8, "nodes": 2}), format="json"
+    ).json()
+    assert plan.get("fits") is True, plan
+    assert plan["preflight"]["gpus"] == 16  # sharded 16 ways
+    single = client.post(
+        "/api/training-jobs/plan/", _ppo(eight_b, {**batches, "gpus": 8}), format="json"
+    )
+    assert plan["preflight"]["peak_gb"] < single.json()["preflight"]["peak_gb"]
+    refused = client.post(
+        "/api/training-jobs/", _ppo(eight_b, {"gpus": 16, "nodes": 2}), format="json"
+    )
+    assert "a node has 8" in refused.json()["errors"]["config"][0]

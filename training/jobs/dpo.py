@@ -70,8 +70,8 @@ class DPOJob(JobKind):
         ConfigSection(
             DPOConfig,
             ("beta", "learning_rate", "num_epochs", "batch_size", "warmup_steps",
-             "max_prompt_tokens", "max_completion_tokens", "seed", "gpus", "shard", "use_lora",
-             "gradient_checkpointing", "offload", "checkpoint_every"),
+             "max_prompt_tokens", "max_completion_tokens", "seed", "gpus", "nodes", "shard",
+             "use_lora", "gradient_checkpointing", "offload", "checkpoint_every"),
         ),
     )  # fmt: skip
 

@@ -67,7 +67,7 @@ class PPOJob(JobKind):
             ("total_steps", "rollout_batch_size", "learning_rate", "value_learning_rate",
              "kl_coef", "adaptive_kl", "kl_target", "kl_horizon", "clip_range", "ppo_epochs",
              "mini_batch_size", "temperature", "max_new_tokens", "missing_eos_penalty",
-             "ent_coef", "use_lora", "seed", "gpus", "shard", "gradient_checkpointing",
+             "ent_coef", "use_lora", "seed", "gpus", "nodes", "shard", "gradient_checkpointing",
              "offload", "checkpoint_every"),
         ),
     )  # fmt: skip

@@ -37,9 +37,11 @@ class DoesNotFit(InvalidInput):
 
 
 def worker_hardware(config: Any) -> Hardware:
-    """The GPUs a job with this config runs on (``gpus`` 0: all of a worker's)."""
+    """The GPUs a job with this config runs on (``gpus`` 0: all of a worker's; with ``nodes``,
+    that many on each node: the Ray cluster's nodes are taken to be like the worker)."""
     gpus = getattr(config, "gpus", 0) or settings.TRAINING_GPUS_PER_WORKER
-    return Hardware(gpus=max(1, gpus), gpu_memory_gb=settings.TRAINING_GPU_MEMORY_GB)
+    nodes = getattr(config, "nodes", 1)
+    return Hardware(gpus=max(1, gpus) * nodes, gpu_memory_gb=settings.TRAINING_GPU_MEMORY_GB)
 
 
 def job_plan(
@@ -87,8 +89,9 @@ def require_fit(
         return {}
     gpus = getattr(config, "gpus", 0)
     if gpus > settings.TRAINING_GPUS_PER_WORKER:
+        per = "a node" if getattr(config, "nodes", 1) > 1 else "a worker"
         raise InvalidInput(
-            f"gpus: {gpus} GPUs asked for, a worker has {settings.TRAINING_GPUS_PER_WORKER}",
+            f"gpus: {gpus} GPUs asked for, {per} has {settings.TRAINING_GPUS_PER_WORKER}",
             field="config",
         )
     plan = job_plan(kind, model_path=model_path, config=config, reward_path=reward_path)

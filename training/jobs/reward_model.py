@@ -75,7 +75,7 @@ class RewardModelJob(JobKind):
         ConfigSection(
             RewardModelConfig,
             ("num_epochs", "learning_rate", "lr_schedule", "batch_size", "max_length",
-             "tie_loss", "eval_fraction", "seed", "gpus", "shard", "use_lora",
+             "tie_loss", "eval_fraction", "seed", "gpus", "nodes", "shard", "use_lora",
              "gradient_checkpointing", "offload", "checkpoint_every"),
         ),
     )  # fmt: skip

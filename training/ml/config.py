@@ -41,8 +41,12 @@ class ScaleConfig:
 
     gpus: int = 0
     """GPUs the job runs on, one torchrun process each: 0 = every visible GPU of the worker
-    (one process on a CPU), N = the first N. Batch sizes stay global: each process takes an
-    equal share of every batch, so the optimisation does not change with N"""
+    (one process on a CPU), N = the first N; with ``nodes`` > 1, GPUs per node. Batch sizes stay
+    global: each process takes an equal share of every batch, so the optimisation does not
+    change with N"""
+    nodes: int = 1
+    """nodes of the Ray cluster at ``RAY_ADDRESS`` the job spans, ``gpus`` processes on each
+    (``training.ml.ray_launch``); 1 = the worker's own GPUs, no Ray"""
     shard: Shard = "fsdp"
     """how the processes hold the trained models: ``fsdp`` shards parameters, gradients and
     optimiser state per decoder layer (PyTorch FSDP2; bf16 compute with fp32 gradient reduction
@@ -59,6 +63,8 @@ class ScaleConfig:
     def _check_scale(self) -> None:
         if self.gpus < 0:
             raise ValueError("gpus must be >= 0")
+        if self.nodes < 1:
+            raise ValueError("nodes must be >= 1")
         if self.shard not in ("none", "fsdp"):
             raise ValueError(f"unknown shard {self.shard!r}: none or fsdp")
         if self.offload and self.shard != "fsdp":

@@ -49,11 +49,12 @@ or ``all``) and enough shared memory for NCCL (``shm_size: 8gb`` or ``ipc: host`
 with Docker's 64 MB default). Before a job is queued, ``training.jobs.preflight`` checks that
 it fits on the GPUs it asks for (``TRAINING_GPUS_PER_WORKER`` x ``TRAINING_GPU_MEMORY_GB``).
 
-**Other launchers.** Processes are started by a :class:`Backend`; :class:`TorchrunBackend` is
-the one on a single node. A multi-node backend (Ray placement groups, or Ray Train's
-``TorchTrainer``) would start the same ``python -m training.ml train-*`` entry point with the
-``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` environment set and stream rank 0's stdout; the trainers
-need nothing else (later work: not built yet).
+**Several nodes: Ray.** A job whose config asks for ``nodes`` > 1 is placed on the Ray cluster
+at ``RAY_ADDRESS`` by :class:`training.ml.ray_launch.RayBackend`: one bundle of ``gpus`` GPUs
+per node in a placement group, one torchrun per node with a static rendezvous at node 0, the
+same ``python -m training.ml train-*`` entry point on every rank. This module's :func:`launch`
+drives it exactly as it drives torchrun on one node (:class:`Backend`, :class:`Processes`):
+progress, cancellation, the stderr tail of a failure, the model published by the supervisor.
 
 **More workers: more ``gpu-worker`` containers.** Jobs are independent, so the platform scales
 out by running more workers. ``docker compose up -d --scale gpu-worker=N`` starts N replicas;
@@ -68,22 +69,16 @@ them (``checkpoint_every``; ``training.ml.checkpoint``).
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
 import dataclasses
 import json
 import os
 import queue
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -92,20 +87,22 @@ from training.ml.config import DPOConfig, PPOConfig, RewardModelConfig
 from training.ml.device import default_num_processes, pick_device
 from training.ml.dpo import DPOResult, run_dpo
 from training.ml.ppo import PPOResult, run_ppo
+from training.ml.processes import (
+    PROJECT_ROOT,
+    Backend,
+    DistributedTrainingError,
+    TorchrunBackend,
+)
 from training.ml.records import PreferencePair, Prompt
 from training.ml.reward_model import RewardModelResult, RewardNormalization, train_reward_model
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STDERR_TAIL_LINES = 60
 """lines of the processes' stderr kept for the error message of a failed run"""
 
 
-class DistributedTrainingError(RuntimeError):
-    """The torchrun processes failed: the message names the first exception a rank printed and
-    ends with the tail of their stderr."""
-
-
-_EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception)\b.*)$")
+_EXCEPTION_LINE = re.compile(
+    r"^(?:\[node \d+\]\s*)?(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception)\b.*)$"
+)
 
 
 class _StderrTail:
@@ -174,22 +171,26 @@ def read_result(path: Path, *, output_dir: Path) -> RewardModelResult:
 
 
 def resolve_num_processes(config: Any) -> int:
-    """``config.gpus``, with 0 meaning one process per visible CUDA device (1 on CPU)."""
-    if config.gpus > 0:
+    """``config.gpus``, with 0 meaning one process per visible CUDA device (1 on CPU); per node
+    for a job over several nodes, where 0 stays 0 and the Ray backend counts the nodes' GPUs."""
+    if config.gpus > 0 or getattr(config, "nodes", 1) > 1:
         return config.gpus
     return default_num_processes(config.device)
 
 
 def needs_launcher(config: Any, nproc: int) -> bool:
-    """Whether the run needs processes of its own: more than one, or FSDP2 CPU offload on one
-    GPU (FSDP needs a process group, which a Celery worker's own process must not hold)."""
-    if nproc > 1:
+    """Whether the run needs processes of its own: more than one, several nodes, or FSDP2 CPU
+    offload on one GPU (FSDP needs a process group, which a Celery worker's own process must not
+    hold)."""
+    if nproc > 1 or getattr(config, "nodes", 1) > 1:
         return True
     offload = getattr(config, "offload", False) and getattr(config, "shard", "") == "fsdp"
     return bool(offload) and pick_device(config.device).type == "cuda"
 
 
 def _check_devices(config: Any, nproc: int) -> None:
+    if getattr(config, "nodes", 1) > 1:
+        return  # the Ray nodes' devices, checked by the placement group
     device = pick_device(config.device)
     if device.type != "cuda":
         return
@@ -231,92 +232,13 @@ def _pump(stream: Any, sink: queue.Queue | _StderrTail) -> None:
         sink.put(None)
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, start time) of the direct children of ``pid``, from /proc ([] elsewhere)."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append((int(entry.parent.name), fields[19]))
-    return found
+def backend_for(config: Any) -> Backend:
+    """Ray for a job over several nodes (``config.nodes`` > 1), torchrun on this node otherwise."""
+    if getattr(config, "nodes", 1) > 1:
+        from training.ml.ray_launch import RayBackend  # ray: only for jobs that span nodes
 
-
-def _still_running(pid: int, started: str) -> bool:
-    """The process ``pid`` that started at ``started`` exists and is not a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[19] == started and fields[0] != "Z"
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to send SIGTERM to the child when this process dies (a worker
-    killed by a hard time limit or the OOM killer), so that torchrun stops its ranks instead of
-    holding the GPUs. libc is loaded here, in the parent: the child only makes one call."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _terminate(proc: subprocess.Popen, *, grace: float) -> None:
-    """Stop torchrun and its ranks: SIGTERM to all (each rank leads its own process group),
-    SIGKILL to whatever is left after ``grace`` seconds."""
-    ranks = _children(proc.pid)
-    for pid, _ in [(proc.pid, ""), *ranks]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    for pid, started in ranks:
-        while _still_running(pid, started) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _still_running(pid, started):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-
-
-class Backend(Protocol):
-    """What starts a job's processes: torchrun on this node (:class:`TorchrunBackend`). A Ray
-    backend would start the same ``python -m training.ml <command>`` on the workers of a
-    placement group with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` set, and stream rank 0's
-    stdout lines the same way; nothing else here would change."""
-
-    def start(self, command: Sequence[str], *, nproc: int, env: dict[str, str]) -> Any: ...
-
-
-class TorchrunBackend:
-    """``python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node N``."""
-
-    def start(self, command: Sequence[str], *, nproc: int, env: dict[str, str]) -> Any:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",  # a free local port: several jobs may run on one machine
-                "--nnodes=1",
-                f"--nproc_per_node={nproc}",
-                *command,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            start_new_session=True,  # its own process group, so that it can be stopped whole
-            preexec_fn=_parent_death_signal(),
-        )
+        return RayBackend(nodes=config.nodes, device=config.device)
+    return TorchrunBackend()
 
 
 def launch(
@@ -338,10 +260,9 @@ def launch(
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
     )
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = (backend or TorchrunBackend()).start(
-        ["-m", "training.ml", *command], nproc=nproc, env=env
-    )
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nproc))))
+    backend = backend or TorchrunBackend()
+    proc = backend.start(["-m", "training.ml", *command], nproc=nproc, env=env)
     try:
         lines: queue.Queue[str | None] = queue.Queue()
         stderr = _StderrTail()
@@ -354,7 +275,7 @@ def launch(
         stdout_open = True
         while stdout_open or proc.poll() is None:
             if should_stop is not None and should_stop():
-                _terminate(proc, grace=terminate_grace_seconds)
+                proc.terminate(grace=terminate_grace_seconds)
                 raise TrainingCancelled(f"{what} cancelled")
             try:
                 line = lines.get(timeout=poll_seconds)
@@ -371,11 +292,12 @@ def launch(
         for reader in readers:
             reader.join(timeout=5)
         if proc.returncode != 0:
-            head = f"{what} on {nproc} processes failed (exit {proc.returncode}):"
+            where = getattr(backend, "describe", lambda n: f"{n} processes")(nproc)
+            head = f"{what} on {where} failed (exit {proc.returncode}):"
             raise DistributedTrainingError(stderr.message(head))
     finally:
         if proc.poll() is None:  # an exception in this process
-            _terminate(proc, grace=terminate_grace_seconds)
+            proc.terminate(grace=terminate_grace_seconds)
 
 
 def train_reward_model_distributed(
@@ -443,6 +365,7 @@ def train_reward_model_distributed(
         launch(
             command,
             nproc=nproc,
+            backend=backend_for(config),
             what="reward model training",
             on_progress=on_progress,
             should_stop=should_stop,
@@ -495,6 +418,7 @@ def _run_policy_job(
                 str(run_dir / "result.json"),
             ],
             nproc=nproc,
+            backend=backend_for(config),
             what=what,
             on_progress=on_progress,
             should_stop=should_stop,

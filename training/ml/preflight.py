@@ -539,6 +539,10 @@ def with_suggestions(
     for gpus in (2, 4, 8, 16, 32):
         if hw.gpus < gpus <= max(max_gpus, hw.gpus):
             changes.append((f"gpus={gpus}", {"shard": "fsdp"}, dataclasses.replace(hw, gpus=gpus)))
+    for nodes in (2, 4, 8):  # beyond one node: Ray, ``max_gpus`` on each
+        if max_gpus * nodes > hw.gpus:
+            hardware = dataclasses.replace(hw, gpus=max_gpus * nodes)
+            changes.append((f"nodes={nodes} x gpus={max_gpus}", {"shard": "fsdp"}, hardware))
     if not values.get("use_lora"):
         changes.append(("use_lora", {"use_lora": True}, hw))
     if not values.get("gradient_checkpointing"):
@@ -573,7 +577,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (its config.json is read)")
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--reward-model", help="PPO: the reward model's directory (default: --model)")
-    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--gpus", type=int, default=1, help="GPUs (per node with --nodes)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of a Ray cluster")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU")
     p.add_argument("--cpu", action="store_true", help="estimate a CPU run (fp32)")
     p.add_argument("--shard", choices=("none", "fsdp"), default="fsdp")
@@ -605,8 +610,10 @@ def run_plan_command(args: argparse.Namespace) -> int:
             config[key] = value
     shape = shape_from_meta(args.model)
     reward = shape_from_meta(args.reward_model) if args.reward_model else None
-    hw = Hardware(gpus=args.gpus, gpu_memory_gb=args.gpu_memory, cuda=not args.cpu)
-    plan = with_suggestions(args.kind, shape, config, hw, reward_shape=reward)
+    hw = Hardware(gpus=args.gpus * args.nodes, gpu_memory_gb=args.gpu_memory, cuda=not args.cpu)
+    plan = with_suggestions(
+        args.kind, shape, config, hw, reward_shape=reward, max_gpus=max(args.gpus, 8)
+    )
     plan.notes.insert(0, f"model: {shape.params / 1e9:.2f} B parameters ({args.model})")
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table())
     return 0 if plan.fits else 1

@@ -15,7 +15,7 @@ import pytest
 from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
 from training.ml import __main__ as cli
-from training.ml.config import PPOConfig
+from training.ml.config import DPOConfig, PPOConfig
 from training.ml.preflight import (
     ADAM_STATE_BYTES,
     GB,
@@ -132,6 +132,15 @@ def test_70b_needs_many_gpus_and_offload_moves_states_to_the_cpu():
     offloaded = estimate("dpo", shape, {"offload": True}, Hardware(gpus=8))
     assert offloaded.cpu_bytes / 1e9 == pytest.approx(70.55 * 16, rel=0.01)  # 1.1 TB
     assert offloaded.peak_gb < plan.peak_gb / 3
+
+
+def test_70b_dpo_on_one_node_suggests_ray_nodes_and_fits_on_four():
+    shape = shape_from_meta(LLAMA_3_70B)
+    one_node = with_suggestions("dpo", shape, DPOConfig(gpus=8), Hardware(gpus=8), max_gpus=8)
+    assert not one_node.fits
+    assert one_node.suggestions[0].startswith("nodes=4 x gpus=8 (")  # the fewest nodes that fit
+    four = estimate("dpo", shape, DPOConfig(gpus=8, nodes=4), Hardware(gpus=32))
+    assert four.fits and four.peak_gb < 80
 
 
 MEASURE = textwrap.dedent(
