@@ -5,6 +5,9 @@ without a task get one). With a trained round: into the next round's new campaig
 settings, members and guidelines), created as a draft, and the next Round starts on it; the
 admin reads the round's report, then activates the campaign. Either way the tasks are written in
 the transaction that marks the job succeeded: they exist iff it succeeded.
+
+Each policy is sampled by Hugging Face generate or, where vLLM is installed and the worker has a
+GPU, by vLLM (``rollout_engine``); every stored completion's metadata says which (``engine``).
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ class GenerateJob(JobKind):
     Spec = GenerateSpec
     sections = (
         ConfigSection(
-            SamplingConfig, ("temperature", "top_p", "max_new_tokens", "batch_size", "seed")
+            SamplingConfig,
+            ("temperature", "top_p", "max_new_tokens", "batch_size", "seed", "rollout_engine"),
         ),
     )
 
@@ -216,6 +220,7 @@ class GenerateJob(JobKind):
                                 "job": job.pk,
                                 "eos": completion.eos,
                                 "tokens": len(completion.token_ids),
+                                "engine": completion.engine,
                             },
                         )
                     )
@@ -225,7 +230,13 @@ class GenerateJob(JobKind):
                 "response_length": sum(len(c.token_ids) for c in flat) / len(flat),
                 "unusable": empty,
             }
-            counts[source.role] = {"label": label, "count": source.count, **stats}
+            engines = sorted({c.engine for c in flat})
+            counts[source.role] = {
+                "label": label,
+                "count": source.count,
+                "engine": ", ".join(engines),
+                **stats,
+            }
             ctx.on_progress(
                 index, len(spec.sources), {f"generate/{k}": v for k, v in stats.items()}
             )
@@ -375,21 +386,33 @@ def sample(
     *,
     should_stop: Callable[[], bool],
 ) -> tuple[list[list[Any]], int]:
-    """K completions per prompt; empty or duplicate ones are drawn again (two more seeds).
-    Returns the rows and how many completions are still empty or duplicates."""
-    from training.ml.generation import (
-        generate_completions,
-    )  # torch: the web process imports the job kinds
+    """K completions per prompt; empty or duplicate ones are drawn again (two more seeds) from
+    the same loaded policy (one vLLM engine start per source, not three). Returns the rows and
+    how many completions are still empty or duplicates."""
+    # torch: the web process imports the job kinds
+    from training.ml.generation import generate_completions, samplers_reused
 
-    rows = generate_completions(path, prompts, config, should_stop=should_stop)
+    with samplers_reused():
+        return _sample_with_redraws(
+            generate_completions, path, prompts, config, should_stop=should_stop
+        )
+
+
+def _sample_with_redraws(
+    draw: Callable[..., list[list[Any]]],
+    path: str,
+    prompts: Sequence[Any],
+    config: SamplingConfig,
+    *,
+    should_stop: Callable[[], bool],
+) -> tuple[list[list[Any]], int]:
+    rows = draw(path, prompts, config, should_stop=should_stop)
     for attempt in (1, 2):
         redo = [i for i, row in enumerate(rows) if _bad(row)]
         if not redo:
             break
         retry = dataclasses.replace(config, seed=config.seed + 10_007 * attempt)
-        again = generate_completions(
-            path, [prompts[i] for i in redo], retry, should_stop=should_stop
-        )
+        again = draw(path, [prompts[i] for i in redo], retry, should_stop=should_stop)
         for i, new_row in zip(redo, again, strict=True):
             row = list(rows[i])
             for position in _bad(row):

@@ -68,7 +68,7 @@ class PPOJob(JobKind):
              "kl_coef", "adaptive_kl", "kl_target", "kl_horizon", "clip_range", "ppo_epochs",
              "mini_batch_size", "temperature", "max_new_tokens", "missing_eos_penalty",
              "ent_coef", "use_lora", "seed", "gpus", "nodes", "shard", "gradient_checkpointing",
-             "offload", "checkpoint_every"),
+             "offload", "checkpoint_every", "rollout_engine"),
         ),
     )  # fmt: skip
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 TieLoss = Literal["soft_label", "squared", "drop"]
 LrSchedule = Literal["linear", "cosine", "constant"]
 Shard = Literal["none", "fsdp"]
+RolloutEngine = Literal["auto", "hf", "vllm"]
 
 
 @dataclass
@@ -274,6 +275,15 @@ class PPOConfig(ScaleConfig, LoraFields):
     policy's backbone with a zero-initialised head"""
 
     # --- plumbing
+    rollout_engine: RolloutEngine = "auto"
+    """what samples the rollouts (``training.ml.vllm_engine``): ``auto`` = vLLM when it is
+    installed (the ``[vllm]`` extra) and the device is CUDA, else Hugging Face generate; ``hf``;
+    ``vllm`` (the job fails without vLLM or CUDA). vLLM runs colocated with the trainer,
+    tensor parallel over the node's GPUs, asleep during updates, and gets the policy's weights
+    after every update; the loss's log-probs are always recomputed by the trainer"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """share of each GPU's memory the colocated vLLM engine reserves for its weights and KV
+    cache while it generates (the trainer's models hold the rest)"""
     forward_batch_size: int = 16
     """sequences per no-grad forward pass or generate call in the rollout"""
     reward_batch_size: int = 16
@@ -314,6 +324,7 @@ class PPOConfig(ScaleConfig, LoraFields):
             raise ValueError("top_p must be in (0, 1]")
         if self.value_init not in ("reward_model", "zero"):
             raise ValueError(f"unknown value_init {self.value_init!r}")
+        _check_engine(self.rollout_engine, self.vllm_gpu_memory_utilization)
 
     @property
     def episodes(self) -> int:
@@ -388,11 +399,30 @@ class SamplingConfig:
     max_prompt_tokens: int | None = None
     """keep only the last this-many prompt tokens; ``None`` keeps them all"""
     batch_size: int = 16
-    """sequences (prompt, completion) per ``generate`` call"""
+    """sequences (prompt, completion) per Hugging Face ``generate`` call (vLLM batches by
+    itself)"""
     seed: int = 0
-    """seed of torch's RNG for the sampling (restored afterwards)"""
+    """seed of the sampling: of torch's RNG for Hugging Face generate (restored afterwards), of
+    each request (with its index) for vLLM"""
     device: str | None = None
     """``None``/"auto", "cpu", "cuda", ...; see ``training.ml.device.pick_device``"""
+    rollout_engine: RolloutEngine = "auto"
+    """what samples (``training.ml.vllm_engine``): ``auto`` = vLLM when it is installed (the
+    ``[vllm]`` extra) and the device is CUDA, tensor parallel over every visible GPU, else
+    Hugging Face generate; ``hf``; ``vllm`` (the job fails without vLLM or CUDA). Each
+    completion records the engine that produced it"""
+    vllm_gpu_memory_utilization: float = 0.9
+    """share of each GPU's memory vLLM reserves for its weights and KV cache"""
+
+    def __post_init__(self) -> None:
+        _check_engine(self.rollout_engine, self.vllm_gpu_memory_utilization)
+
+
+def _check_engine(engine: str, gpu_memory_utilization: float) -> None:
+    if engine not in ("auto", "hf", "vllm"):
+        raise ValueError(f"unknown rollout_engine {engine!r}: auto, hf or vllm")
+    if not 0.0 < gpu_memory_utilization <= 1.0:
+        raise ValueError("vllm_gpu_memory_utilization must be in (0, 1]")
 
 
 # --- From JSON, and the docs of the fields ---------------------------------------------------

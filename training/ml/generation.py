@@ -1,7 +1,10 @@
 """Sampling completions from a policy: K per prompt, left padding, truncated at the first EOS.
 
 Used by PPO rollouts (:func:`sample_responses`, token level) and by the job that generates the next
-labelling round (:func:`generate_completions`, text level).
+labelling round (:func:`generate_completions`, text level). :class:`HFEngine` is the Hugging Face
+engine; :func:`open_sampler` takes it or, where vLLM is installed and the device is CUDA, the vLLM
+engine of ``training.ml.vllm_engine`` (``rollout_engine``), and every :class:`Completion` records
+the engine that produced it.
 
 Sampling is plain ancestral sampling with ``temperature`` and ``top_p``; top-k, repetition
 penalties and the like from the model's own ``generation_config`` are switched off, so that the
@@ -11,12 +14,15 @@ log-probs PPO recomputes with ``logits / temperature`` describe the distribution
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+import contextvars
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from training.ml import device as device_lib
 from training.ml.common import StopFn, check_stop, load_tokenizer
@@ -24,6 +30,13 @@ from training.ml.config import SamplingConfig
 from training.ml.parallel import frozen_dtype
 from training.ml.policy import Prompt, encode_prompt, load_causal_lm
 from training.ml.prompts import end_of_turn_id
+from training.ml.sampling import (
+    EngineName,
+    SampledResponses,
+    SamplingSettings,
+    truncate_at_eos,
+)
+from training.ml.vllm_engine import VLLMEngine, choose_engine, launch_vllm
 
 
 @dataclass(frozen=True)
@@ -38,27 +51,8 @@ class Completion:
     """response token ids, ending with EOS when ``eos`` is true"""
     eos: bool
     """whether the policy emitted EOS within ``max_new_tokens``"""
-
-
-@dataclass
-class SampledResponses:
-    """Token-level output of :func:`sample_responses`, aligned with its input queries."""
-
-    responses: list[list[int]] = field(default_factory=list)
-    """response token ids per query, truncated after the first EOS (which is kept)"""
-    eos: list[bool] = field(default_factory=list)
-    """whether each response ended with EOS"""
-
-
-def truncate_at_eos(
-    token_ids: Sequence[int], eos_token_ids: Iterable[int]
-) -> tuple[list[int], bool]:
-    """Cut ``token_ids`` right after the first EOS; return ``(tokens, emitted_eos)``."""
-    eos_set = set(eos_token_ids)
-    for i, token in enumerate(token_ids):
-        if token in eos_set:
-            return list(token_ids[: i + 1]), True
-    return list(token_ids), False
+    engine: EngineName = "hf"
+    """what sampled it: ``hf`` (Hugging Face generate) or ``vllm``"""
 
 
 def eos_token_ids(
@@ -158,6 +152,85 @@ def sample_responses(
     return out
 
 
+class HFEngine:
+    """``model.generate`` on the trained (or loaded) model itself: nothing to sync."""
+
+    name: EngineName = "hf"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        pad_token_id: int,
+        batch_size: int | None,
+        device: torch.device | None = None,
+        synced_gpus: bool = False,
+    ) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.batch_size = batch_size
+        self.device = device
+        self.synced_gpus = synced_gpus
+
+    def describe(self) -> str:
+        return "rollouts sampled by Hugging Face generate on the trained policy"
+
+    def sample(
+        self,
+        queries: Sequence[Sequence[int]],
+        settings: SamplingSettings,
+        *,
+        chunk_seed: Callable[[int], int] | None = None,
+        should_stop: StopFn | None = None,
+    ) -> SampledResponses:
+        """One response per query (:func:`~training.ml.generation.sample_responses`)."""
+        device = self.device or next(self.model.parameters()).device
+        seeded = (
+            device_lib.seeded(settings.seed, device)
+            if settings.seed is not None
+            else contextlib.nullcontext()
+        )
+        with seeded:
+            return sample_responses(
+                self.model,
+                queries,
+                pad_token_id=self.pad_token_id,
+                eos_token_ids=settings.eos_token_ids,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_new_tokens=settings.max_new_tokens,
+                batch_size=self.batch_size,
+                should_stop=should_stop,
+                synced_gpus=self.synced_gpus,
+                chunk_seed=chunk_seed,
+                device=self.device,
+            )
+
+    def sample_share(
+        self,
+        queries: Sequence[Sequence[int]],
+        share: range,
+        settings: SamplingSettings,
+        *,
+        seed_of: Callable[[int], int],
+        should_stop: StopFn | None = None,
+    ) -> SampledResponses:
+        """This process's ``share`` of the global ``queries``; the chunk starting at global
+        query ``i`` is seeded with ``seed_of(i)``."""
+        return self.sample(
+            [queries[i] for i in share],
+            settings,
+            chunk_seed=lambda first: seed_of(share.start + first),
+            should_stop=should_stop,
+        )
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Nothing: the engine samples from the trained model itself."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 _CONTROL_CHARACTERS = {c: None for c in range(32) if chr(c) not in "\n\t"} | {0x7F: None}
 
 
@@ -169,6 +242,40 @@ def decode_response(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]
     return text.translate(_CONTROL_CHARACTERS)
 
 
+def generate_with_engine(
+    engine: HFEngine | VLLMEngine,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    config: SamplingConfig,
+    *,
+    eos_ids: Iterable[int],
+    should_stop: StopFn | None = None,
+) -> list[list[Completion]]:
+    """K completions for each prompt from a ready engine; ``result[i]`` belongs to
+    ``prompts[i]``. HF seeds torch's RNG with ``config.seed`` around the whole call; vLLM seeds
+    each request from ``config.seed`` and its index."""
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    if config.max_prompt_tokens is not None:
+        encoded = [ids[-config.max_prompt_tokens :] for ids in encoded]
+    queries = [ids for ids in encoded for _ in range(config.num_completions)]
+    settings = SamplingSettings(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        eos_token_ids=tuple(sorted(set(eos_ids))),
+        seed=config.seed,
+    )
+    sampled = engine.sample(queries, settings, should_stop=should_stop)
+    result: list[list[Completion]] = [[] for _ in prompts]
+    for i, (tokens, emitted) in enumerate(zip(sampled.responses, sampled.eos, strict=True)):
+        prompt_index = i // config.num_completions
+        text = decode_response(tokenizer, tokens)
+        result[prompt_index].append(
+            Completion(prompt_index, text, tuple(tokens), emitted, engine=engine.name)
+        )
+    return result
+
+
 def generate_with_model(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -177,31 +284,102 @@ def generate_with_model(
     *,
     should_stop: StopFn | None = None,
 ) -> list[list[Completion]]:
-    """K completions for each prompt from an already loaded model; ``result[i]`` belongs to
-    ``prompts[i]``."""
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    if config.max_prompt_tokens is not None:
-        encoded = [ids[-config.max_prompt_tokens :] for ids in encoded]
-    queries = [ids for ids in encoded for _ in range(config.num_completions)]
-    device = next(model.parameters()).device
-    with device_lib.seeded(config.seed, device):
-        sampled = sample_responses(
-            model,
-            queries,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_ids=eos_token_ids(tokenizer, model),
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
+    """K completions for each prompt from an already loaded model (Hugging Face generate);
+    ``result[i]`` belongs to ``prompts[i]``."""
+    engine = HFEngine(model, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size)
+    eos_ids = eos_token_ids(tokenizer, model)
+    return generate_with_engine(
+        engine, tokenizer, prompts, config, eos_ids=eos_ids, should_stop=should_stop
+    )
+
+
+@dataclass
+class PolicySampler:
+    """A policy loaded once for several draws (a job's first draw and its redraws)."""
+
+    engine: HFEngine | VLLMEngine
+    tokenizer: PreTrainedTokenizerBase
+    eos_ids: set[int]
+    """the EOS ids of the tokenizer, its chat template and the model's generation config"""
+
+    @property
+    def engine_name(self) -> str:
+        """``hf`` or ``vllm``."""
+        return self.engine.name
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: SamplingConfig,
+        *,
+        should_stop: StopFn | None = None,
+    ) -> list[list[Completion]]:
+        """``config.num_completions`` completions per prompt (:func:`generate_with_engine`)."""
+        return generate_with_engine(
+            self.engine,
+            self.tokenizer,
+            prompts,
+            config,
+            eos_ids=self.eos_ids,
             should_stop=should_stop,
         )
-    result: list[list[Completion]] = [[] for _ in prompts]
-    for i, (tokens, emitted) in enumerate(zip(sampled.responses, sampled.eos, strict=True)):
-        prompt_index = i // config.num_completions
-        text = decode_response(tokenizer, tokens)
-        result[prompt_index].append(Completion(prompt_index, text, tuple(tokens), emitted))
-    return result
+
+
+def _generation_config_of(model_dir: str | Path) -> Any:
+    """An object whose ``generation_config`` is the directory's (``None`` without one), for
+    :func:`eos_token_ids` when no Hugging Face model is loaded."""
+    try:
+        config = GenerationConfig.from_pretrained(str(model_dir))
+    except OSError:
+        config = None
+    return SimpleNamespace(generation_config=config)
+
+
+@contextlib.contextmanager
+def open_sampler(model_dir: str | Path, config: SamplingConfig) -> Iterator[PolicySampler]:
+    """The policy in ``model_dir`` ready to sample, on the engine ``config.rollout_engine``
+    chooses (``training.ml.vllm_engine.choose_engine``): vLLM tensor parallel over every
+    visible GPU, or the model loaded for Hugging Face generate (bf16 on CUDA). Released on
+    exit."""
+    device = device_lib.pick_device(config.device)
+    tokenizer = load_tokenizer(model_dir, padding_side="left")
+    engine: HFEngine | VLLMEngine
+    if choose_engine(config.rollout_engine, device) == "vllm":
+        engine = launch_vllm(
+            model_dir,
+            device=device,
+            dtype=frozen_dtype(device),
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            seed=config.seed,
+        )
+        eos_ids = eos_token_ids(tokenizer, _generation_config_of(model_dir))
+    else:
+        model = load_causal_lm(model_dir, device=device, dtype=frozen_dtype(device))  # bf16 on CUDA
+        engine = HFEngine(model, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size)
+        eos_ids = eos_token_ids(tokenizer, model)
+    try:
+        yield PolicySampler(engine, tokenizer, eos_ids)
+    finally:
+        engine.close()
+
+
+_REUSED: contextvars.ContextVar[tuple[contextlib.ExitStack, dict[tuple, PolicySampler]] | None] = (
+    contextvars.ContextVar("reused_samplers", default=None)
+)
+"""The samplers :func:`samplers_reused` keeps open, by model and engine settings."""
+
+
+@contextlib.contextmanager
+def samplers_reused() -> Iterator[None]:
+    """Inside the block, :func:`generate_completions` loads each policy (starts its engine) once
+    and reuses it for later calls with the same model and engine settings: a job's first draw
+    and its redraws. Everything is released on exit."""
+    with contextlib.ExitStack() as stack:
+        token = _REUSED.set((stack, {}))
+        try:
+            yield
+        finally:
+            _REUSED.reset(token)
 
 
 def generate_completions(
@@ -214,10 +392,23 @@ def generate_completions(
     """Load the policy in ``model_dir`` and sample ``config.num_completions`` per prompt.
 
     The entry point of the "generate the next labelling round" job. Chat-message prompts go
-    through the tokenizer's chat template; string prompts are used as they are.
+    through the tokenizer's chat template; string prompts are used as they are. The engine
+    (``config.rollout_engine``) is recorded on every completion. Inside
+    :func:`samplers_reused` the loaded policy is kept for the next call.
     """
     config = config or SamplingConfig()
-    device = device_lib.pick_device(config.device)
-    tokenizer = load_tokenizer(model_dir, padding_side="left")
-    model = load_causal_lm(model_dir, device=device, dtype=frozen_dtype(device))  # bf16 on CUDA
-    return generate_with_model(model, tokenizer, prompts, config, should_stop=should_stop)
+    reused = _REUSED.get()
+    if reused is None:
+        with open_sampler(model_dir, config) as sampler:
+            return sampler.generate(prompts, config, should_stop=should_stop)
+    stack, samplers = reused
+    key = (
+        str(model_dir),
+        config.device,
+        config.rollout_engine,
+        config.vllm_gpu_memory_utilization,
+        config.batch_size,
+    )
+    if key not in samplers:
+        samplers[key] = stack.enter_context(open_sampler(model_dir, config))
+    return samplers[key].generate(prompts, config, should_stop=should_stop)

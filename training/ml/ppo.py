@@ -23,6 +23,11 @@ Following "The N Implementation Details of RLHF with PPO" (Huang et al.) and Zie
   ``c2 > 0`` *raises* the entropy (a bonus). Means are over valid response tokens. Adam eps 1e-5,
   gradient clipping, dropout off.
 
+Rollouts are sampled by Hugging Face ``generate`` on the policy itself or, where vLLM is installed
+and the device is CUDA, by a colocated vLLM engine that gets the policy's weights after every
+update (``training.ml.vllm_engine``; ``rollout_engine``); either way the log-probs of the loss
+are recomputed here, and the run's notes and ``ppo_run.json`` say which engine sampled.
+
 Sections marked "plumbing" load models, batch and save; the rest is the algorithm. Under
 ``torchrun`` the policy and the critic are sharded with FSDP2 and every process runs an equal
 share of each rollout and minibatch (``training.ml.parallel``); actor and critic have their own
@@ -31,6 +36,8 @@ learning rates; the adaptive KL controller's horizon defaults to a tenth of the 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -45,7 +52,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from training.ml import device as device_lib
 from training.ml.common import ProgressFn, StopFn, check_stop, load_tokenizer
 from training.ml.config import PPOConfig
-from training.ml.generation import decode_response, eos_token_ids, sample_responses
+from training.ml.generation import HFEngine, decode_response, eos_token_ids
 from training.ml.parallel import (
     Placement,
     all_gather_objects,
@@ -77,6 +84,8 @@ from training.ml.reward_model import (
     read_normalization,
     reward_model_config,
 )
+from training.ml.sampling import SamplingSettings
+from training.ml.vllm_engine import VLLMEngine, choose_engine, launch_vllm
 from training.ml.weights import apply_lora, save_policy
 
 RewardFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
@@ -351,6 +360,8 @@ class PPOModels:
     placement: Placement
     reward_shares_vocab: bool = False
     """the reward model reads the policy's token ids as they are (same vocabulary)"""
+    engine: HFEngine | VLLMEngine | None = None
+    """what samples the rollouts (:func:`rollout_engine`); ``None``: HF generate on the policy"""
 
     @property
     def device(self) -> torch.device:
@@ -633,27 +644,27 @@ def rollout(
     queries = [encode_prompt(tokenizer, p) for p in prompts]
     if config.max_prompt_tokens is not None:
         queries = [q[-config.max_prompt_tokens :] for q in queries]
-    queries = [q for q in queries for _ in range(config.samples_per_prompt)]
+    all_queries = [q for q in queries for _ in range(config.samples_per_prompt)]
     episode_prompts = [p for p in prompts for _ in range(config.samples_per_prompt)]
-    share = episode_share(len(queries), placement)
-    queries = [queries[i] for i in share]
+    share = episode_share(len(all_queries), placement)
+    queries = [all_queries[i] for i in share]
     episode_prompts = [episode_prompts[i] for i in share]
 
+    engine = models.engine or hf_engine(models, config)
+    settings = SamplingSettings(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        eos_token_ids=tuple(sorted(eos_token_ids(tokenizer, models.policy))),
+    )
     start = time.perf_counter()
     with eval_mode(models.policy):  # generate with its KV cache, even under checkpointing
-        sampled = sample_responses(
-            models.policy,
-            queries,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_ids=eos_token_ids(tokenizer, models.policy),
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.forward_batch_size,
+        sampled = engine.sample_share(
+            all_queries,
+            share,
+            settings,
+            seed_of=lambda first: derived_seed(config.seed, step, first),
             should_stop=should_stop,
-            synced_gpus=placement.sharded,
-            chunk_seed=lambda first: derived_seed(config.seed, step, share.start + first),
-            device=device,
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -693,6 +704,38 @@ def rollout(
         eos=eos,
         generated_tokens=sum(len(r) for r in sampled.responses),
         generation_seconds=generation_seconds,
+    )
+
+
+def hf_engine(models: PPOModels, config: PPOConfig) -> HFEngine:
+    """Hugging Face generate on the policy, ``forward_batch_size`` episodes per call, every
+    process stepping until all are done when the policy is sharded."""
+    return HFEngine(
+        models.policy,
+        pad_token_id=models.tokenizer.pad_token_id,
+        batch_size=config.forward_batch_size,
+        device=models.device,
+        synced_gpus=models.placement.sharded,
+    )
+
+
+def rollout_engine(
+    models: PPOModels, config: PPOConfig, *, policy_dir: str | Path
+) -> HFEngine | VLLMEngine:
+    """The engine ``config.rollout_engine`` chooses on this device: HF generate on the policy,
+    or vLLM on the starting policy's directory, colocated with the trainer (every process of
+    the node, one tensor-parallel group) and asleep until the first rollout."""
+    placement = models.placement
+    if choose_engine(config.rollout_engine, placement.device) == "hf":
+        return hf_engine(models, config)
+    return launch_vllm(
+        policy_dir,
+        device=placement.device,
+        dtype=frozen_dtype(placement.device),
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        seed=config.seed,
+        world=placement.world,
+        colocated=True,
     )
 
 
@@ -921,7 +964,7 @@ def run_ppo(
     device = placement.device
     history: list[dict[str, float]] = []
     notes: list[str] = [placement.describe()]
-    with device_lib.seeded(config.seed, device):
+    with device_lib.seeded(config.seed, device), contextlib.ExitStack() as cleanup:
         models = load_models(
             config,
             policy_dir=policy_dir,
@@ -958,6 +1001,12 @@ def run_ppo(
             history = list(resumed["history"])
             kl_controller.value = float(resumed["kl_coef"])
             notes.append(f"resumed from the checkpoint of step {done}")
+        engine = rollout_engine(models, config, policy_dir=policy_dir)
+        cleanup.callback(engine.close)
+        models = dataclasses.replace(models, engine=engine)
+        notes.append(engine.describe())
+        if resumed:
+            engine.sync_weights(models.policy)  # the checkpoint's policy, not the starting one
         batches = prompt_batches(len(prompts), config.rollout_batch_size, config.seed)
         for _ in range(done):
             next(batches)  # the prompts of the steps done before the checkpoint
@@ -1001,6 +1050,10 @@ def run_ppo(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             update_seconds = time.perf_counter() - update_start
+            if engine.name == "vllm" and step < config.total_steps:
+                sync_start = time.perf_counter()
+                engine.sync_weights(models.policy)  # the next rollout samples the new policy
+                update_stats["ppo/weight_sync_seconds"] = time.perf_counter() - sync_start
 
             metrics = {
                 **rollout_metrics(roll, rewards, kl, beta, placement),
@@ -1045,6 +1098,7 @@ def run_ppo(
             "reward_fn": getattr(reward_fn, "__qualname__", None) if reward_fn else None,
             "num_prompts": len(prompts),
             "kl_horizon": horizon,
+            "rollout_engine": engine.name,
             "notes": notes,
             "final_metrics": history[-1] if history else {},
             "history": history,
