@@ -45,7 +45,7 @@ LOCK := $(VENV)/bin/uv pip compile --quiet pyproject.toml --python-version 3.11 
 	--find-links /opt/wheels --index-strategy unsafe-best-match
 lock: install
 	$(LOCK) -o requirements/web.txt
-	$(LOCK) --extra train --extra ray -o requirements/train.txt  # the trainer image: also a Ray node
+	$(LOCK) --extra train --extra ray --extra s3 -o requirements/train.txt  # the trainer image: a Ray node, S3
 	$(LOCK) --extra dev -o requirements/dev.txt
 
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download) and Caddy,

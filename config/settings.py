@@ -297,6 +297,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Training ---------------------------------------------------------------------------------
 MODEL_STORE_DIR = Path(os.environ.get("MODEL_STORE_DIR", VAR_DIR / "models"))
+# An object store for published models (training/ml/model_store.py), e.g. s3://bucket/models
+# (the s3fs package and AWS_* variables; AWS_ENDPOINT_URL for MinIO): a job's model is uploaded
+# there and registered by URL; workers load it through a cache in MODEL_STORE_DIR/cache.
+MODEL_STORE_URL = os.environ.get("MODEL_STORE_URL", "").rstrip("/")
 # The model a reward model or the first policy starts from when the admin names none: the
 # tiny local model built by `manage.py build_tiny_model` (any HF id or directory works).
 DEFAULT_BASE_MODEL = os.environ.get("DEFAULT_BASE_MODEL", str(MODEL_STORE_DIR / "tiny-base"))

@@ -48,6 +48,24 @@ def model_version_register(
     )
 
 
+def model_path(path: str) -> str:
+    """A model version's path as a local directory to load: itself, or (a URL of the object
+    store) its copy in ``MODEL_STORE_DIR/cache``, downloaded the first time. Workers only."""
+    from training.ml.model_store import local_path  # fsspec: not in the web process
+
+    return local_path(path, Path(settings.MODEL_STORE_DIR) / "cache")
+
+
+def model_publish(local_dir: str) -> str:
+    """Where a job's finished model is registered: its local directory, or with
+    ``MODEL_STORE_URL`` set, its copy uploaded there (the URL)."""
+    if not settings.MODEL_STORE_URL:
+        return local_dir
+    from training.ml.model_store import upload  # fsspec: not in the web process
+
+    return upload(local_dir, f"{settings.MODEL_STORE_URL}/{Path(local_dir).name}")
+
+
 def checkpoint_dir(job: TrainingJob) -> Path:
     """Where a job saves its training state while it runs (``checkpoint_every`` in its
     config): ``MODEL_STORE_DIR/checkpoints/<kind>-<job id>``, the same for every attempt (a

@@ -1,4 +1,5 @@
-"""Jobs over several nodes on a local Ray cluster: 2 "nodes" of 1 CPU process each, gloo.
+"""Jobs over several nodes on a local Ray cluster: 2 "nodes" of 1 CPU process each, gloo; the
+model published to an object store that every node reaches (fsspec's memory filesystem).
 
 The job is created through the API and run by the lifecycle the Celery task calls. The two
 torchruns are started by Ray actors in a placement group and meet at node 0's rendezvous port:
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import ray
@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification
 from tests.conftest import client_for
 from tests.helpers.preference_pairs import marker_pairs
 from tests.helpers.training import labelled_marker_campaign
+from training import services
 from training.jobs import lifecycle
 from training.ml.common import TrainingCancelled
 from training.ml.config import RewardModelConfig
@@ -73,6 +74,7 @@ def test_reward_model_job_on_two_ray_nodes_registers_a_version(
     ray_cluster, admin_user, tiny_model_dir, tmp_path, settings, django_capture_on_commit_callbacks
 ):
     settings.MODEL_STORE_DIR = tmp_path / "models"
+    settings.MODEL_STORE_URL = f"memory://models-{tmp_path.name}"  # an object store, as S3
     campaign = labelled_marker_campaign()
     with django_capture_on_commit_callbacks(execute=False):  # no broker: run in this process
         response = client_for(admin_user).post(
@@ -97,9 +99,15 @@ def test_reward_model_job_on_two_ray_nodes_registers_a_version(
     assert job.summary["metrics"]["eval/accuracy"] > 0.9
     version = job.result_version
     assert version.kind == ModelVersion.Kind.REWARD and version.created_by_job_id == job.pk
-    model = AutoModelForSequenceClassification.from_pretrained(version.path)
+    # registered by its URL in the object store; any worker loads it through its cache
+    assert version.path == f"{settings.MODEL_STORE_URL}/reward_model-{job.pk:06d}"
+    local = services.model_path(version.path)
+    assert local.startswith(str(tmp_path / "models" / "cache"))
+    model = AutoModelForSequenceClassification.from_pretrained(local)
     assert model.config.num_labels == 1
-    assert not [p for p in Path(version.path).parent.iterdir() if p.name.startswith(".")]
+    store = tmp_path / "models"
+    assert not [p for p in store.iterdir() if p.name.startswith(".")]  # no staging left
+    assert "uploading the model to memory://" in job.log_tail
     assert _placement_groups_left() == []
 
 

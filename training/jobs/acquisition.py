@@ -22,6 +22,7 @@ from django.db.models import F
 from annotation import services as annotation_services
 from annotation.errors import Conflict, InvalidInput
 from annotation.models import Campaign, Task, TaskCompletion
+from training import services
 from training.jobs.base import Built, JobKind, JobOutcome, JobRequest, RunContext, Spec
 from training.ml import acquisition
 from training.ml.acquisition import TaskTexts
@@ -95,7 +96,7 @@ class AcquisitionJob(JobKind):
         version = ModelVersion.objects.get(pk=spec.reward_model_version)
         tasks = open_task_texts(campaign)
         ctx.log(f"{len(tasks)} open tasks of campaign {campaign.pk}; reward model {version}")
-        model = load_reward_model(version.path)
+        model = load_reward_model(services.model_path(version.path))
         scores = acquisition.score_tasks(
             model,
             tasks,

@@ -28,6 +28,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from annotation.errors import InvalidInput
 from annotation.models import Prompt, Ranking
+from training import services
 from training.ml.config import config_from_dict, type_hints
 from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, Round, TrainingJob
@@ -330,12 +331,18 @@ def evaluation_for(request: Any) -> EvalSettings:
     return check_config(EvalSettings, request.evaluation or {}, field="evaluation")
 
 
-def base_path(job: TrainingJob, spec: Any) -> str:
-    """What the job loads as its starting model: its base version, else the path it was given,
-    else the default base model."""
+def starting_model(job: TrainingJob, spec: Any) -> str:
+    """The job's starting model as registered: its base version's path (a directory or an
+    object store URL), else the path it was given, else the default base model."""
     if job.base_model is not None:
         return job.base_model.path
     return getattr(spec, "base_model_path", "") or settings.DEFAULT_BASE_MODEL
+
+
+def base_path(job: TrainingJob, spec: Any) -> str:
+    """The local directory the job loads its starting model from (:func:`starting_model`,
+    fetched from the object store when it is a URL)."""
+    return services.model_path(starting_model(job, spec))
 
 
 def version(pk: int | None) -> ModelVersion | None:

@@ -150,7 +150,7 @@ class DPOJob(JobKind):
             before=policy,
             after=result.output_dir,
             reference=reference,
-            reward_model=reward.path if reward else None,
+            reward_model=services.model_path(reward.path) if reward else None,
             prompts=held_out,
             device=spec.config.device,
         )

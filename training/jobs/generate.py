@@ -22,7 +22,7 @@ from django.conf import settings
 
 from annotation.errors import Conflict, InvalidInput
 from annotation.models import Campaign, Prompt
-from training import exports, rounds
+from training import exports, rounds, services
 from training.jobs.base import (
     Built,
     ConfigSection,
@@ -207,7 +207,8 @@ class GenerateJob(JobKind):
                 sampling, num_completions=source.count, seed=sampling.seed + 7919 * (index - 1)
             )
             ctx.log(f"sampling {source.count} per prompt from {label} ({len(prompts)} prompts)")
-            rows, empty = sample(source.path, prompts, config, should_stop=ctx.should_stop)
+            path = services.model_path(source.path)
+            rows, empty = sample(path, prompts, config, should_stop=ctx.should_stop)
             for group, row in zip(groups, rows, strict=True):
                 for completion in row:
                     group.append(

@@ -524,6 +524,10 @@ def job_run(
             spec = job_kind.spec(job)
             _open_trackers(job, spec, reporter)
             outcome = job_kind.run(spec, ctx)
+            if outcome.version is not None and settings.MODEL_STORE_URL:
+                reporter.log(f"uploading the model to {settings.MODEL_STORE_URL}")
+                path = services.model_publish(outcome.version["path"])
+                outcome.version = {**outcome.version, "path": path}
         except StaleAttempt:
             reporter.log("another attempt holds the job: stopped")
         except TrainingCancelled:

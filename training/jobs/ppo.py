@@ -143,7 +143,7 @@ class PPOJob(JobKind):
         result = run_ppo_distributed(
             policy_dir=policy,
             reference_dir=reference,
-            reward_model_dir=reward.path,
+            reward_model_dir=services.model_path(reward.path),
             prompts=[r.prompt for r in train],
             output_dir=services.model_store_dir(job),
             config=spec.config,
@@ -165,7 +165,7 @@ class PPOJob(JobKind):
             before=policy,
             after=result.output_dir,
             reference=reference,
-            reward_model=reward.path,
+            reward_model=services.model_path(reward.path),
             prompts=held_out,
             device=spec.config.device,
         )

@@ -31,6 +31,7 @@ from training.jobs.base import (
     require_rankings,
     round_pk,
     single,
+    starting_model,
 )
 from training.jobs.preflight import require_fit
 from training.ml.config import RewardModelConfig
@@ -167,7 +168,7 @@ class RewardModelJob(JobKind):
                 "kind": ModelVersion.Kind.REWARD,
                 "name": spec.name or f"reward-model-{job.pk}",
                 "path": str(result.output_dir),
-                "base": base,
+                "base": starting_model(job, spec),
                 "parent": job.base_model,
                 "metrics": {
                     **result.metrics,

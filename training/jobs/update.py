@@ -9,8 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training import exports, rounds
-from training.jobs.base import JobOutcome, JobRequest, RunContext, Spec, StartingPolicy, base_path
+from training import exports, rounds, services
+from training.jobs.base import (
+    JobOutcome,
+    JobRequest,
+    RunContext,
+    Spec,
+    StartingPolicy,
+    starting_model,
+)
 from training.ml.evaluation import EvalSettings, evaluate_policies
 from training.models import ModelVersion, TrainingJob
 
@@ -55,7 +62,7 @@ def eval_prompts(spec: UpdateSpec, campaign_ids: list[int]) -> tuple[Prompts, Pr
 def reference_path(spec: UpdateSpec, policy: str) -> str:
     if spec.reference_model_version is None:
         return policy
-    return ModelVersion.objects.get(pk=spec.reference_model_version).path
+    return services.model_path(ModelVersion.objects.get(pk=spec.reference_model_version).path)
 
 
 def evaluate_update(
@@ -128,7 +135,7 @@ def policy_outcome(
             "kind": ModelVersion.Kind.POLICY,
             "name": spec.name or f"{algorithm}-{job.pk}",
             "path": str(output_dir),
-            "base": base_path(job, spec),
+            "base": starting_model(job, spec),
             "parent": job.base_model,
             "metrics": {**metrics, **eval_metrics},
         },
