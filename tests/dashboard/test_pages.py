@@ -662,6 +662,7 @@ def job_post(campaign, **changes) -> dict:
         "config__eval_fraction": 0.1,
         "config__seed": 0,
         "config__gpus": 0,
+        "config__nodes": 1,
         "config__shard": "fsdp",
         "config__checkpoint_every": 0,
     }
