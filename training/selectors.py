@@ -4,6 +4,8 @@ answers 404."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.contrib.auth.models import AbstractBaseUser as User
 from django.db.models import Q, QuerySet
 
@@ -11,6 +13,7 @@ from annotation import permissions
 from annotation.errors import InvalidInput, NotFound, PermissionDenied
 from annotation.models import Team
 from training.models import JobMetric, ModelVersion, Round, TrainingJob
+from training.overoptimisation import CurvePoint, overoptimisation_curve
 
 
 def _teams(user: User) -> QuerySet[Team]:
@@ -83,6 +86,28 @@ def round_list(*, user: User) -> QuerySet[Round]:
     if permissions.can(user, permissions.VIEW_JOBS):
         return rounds
     return rounds.filter(campaign__team__in=_teams(user))
+
+
+def round_gold_curves(*, rounds: Sequence[Round]) -> dict[int, list[CurvePoint]]:
+    """The over-optimisation curve (``training.overoptimisation``) of each chain of rounds among
+    ``rounds`` (a user's :func:`round_list`, so only what they may see), keyed by the id of the
+    chain's latest round. Only chains whose evaluations carry a gold score, i.e. labelled by a
+    synthetic labeller with a hidden gold, and with at least one evaluated update. No queries:
+    chains are followed through ``previous_id`` among the rounds given."""
+    by_id = {r.pk: r for r in rounds}
+    has_next = {r.previous_id for r in rounds if r.previous_id is not None}
+    curves: dict[int, list[CurvePoint]] = {}
+    for last in rounds:
+        if last.pk in has_next:
+            continue
+        chain = [last]
+        while chain[-1].previous_id in by_id and len(chain) <= len(by_id):
+            chain.append(by_id[chain[-1].previous_id])
+        chain.reverse()
+        points = overoptimisation_curve([(r.number, r.evaluation or {}) for r in chain])
+        if len(points) > 1:
+            curves[last.pk] = points
+    return curves
 
 
 def round_get(*, user: User, round_id: int) -> Round:

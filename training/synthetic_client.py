@@ -5,9 +5,10 @@
 
 It logs in with token auth (``POST /api/auth/token/``), acknowledges the campaign's current
 guidelines when the server asks for it, then loops: ``next-task`` → rank the completions with
-``training.ml.synthetic`` (the hidden gold score plus Gaussian noise) → ``POST`` the ranking,
-until the server answers 204 (nothing left for this labeller). Humans are not available to
-tests and benchmarks; this client closes the loop for them.
+``training.ml.synthetic`` (the hidden gold score, the rules or the network of ``--gold``, plus
+Gaussian noise) → ``POST`` the ranking, until the server answers 204 (nothing left for this
+labeller). Humans are not available to tests and benchmarks; this client closes the loop for
+them.
 
 It imports no Django: only ``httpx`` and the synthetic labeller.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from training.ml.synthetic import SyntheticLabeller
+from training.ml.synthetic import GOLD_KINDS, SyntheticLabeller
 
 MAX_BUSY_RETRIES = 20
 
@@ -152,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fail-below", type=float, default=None, help="mark F below this perceived score"
     )
     parser.add_argument("--invert", action="store_true", help="an adversarial labeller")
+    parser.add_argument(
+        "--gold", choices=GOLD_KINDS, default="rules", help="the hidden preference it labels by"
+    )
     parser.add_argument("--max-tasks", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     args = parser.parse_args(argv)
@@ -162,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow_ties=args.ties,
         fail_below=args.fail_below,
         invert=args.invert,
+        gold=args.gold,
     )
     with httpx.Client(base_url=args.base_url, timeout=args.timeout) as client:
         try:

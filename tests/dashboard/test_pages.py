@@ -772,6 +772,59 @@ def test_models_page_shows_each_round_with_its_chain_and_evaluation(admin_user, 
     assert f'<option value="{rnd.pk}" selected>Round 0: {campaign.name}' in form
 
 
+def test_models_page_draws_gold_and_proxy_against_sqrt_kl_from_the_rounds_evaluations(
+    admin_user,
+):
+    from training.models import Round
+
+    base = ModelVersion.objects.create(kind="base", name="sft-0", path="/m/sft")
+    first = ModelVersion.objects.create(kind="policy", name="ppo-0", path="/m/p0", parent=base)
+    second = ModelVersion.objects.create(kind="policy", name="ppo-1", path="/m/p1", parent=first)
+    # what evaluate_update stores for a synthetic labeller with a gold (eval setting gold_score)
+    round0 = Round.objects.create(
+        number=0, campaign=CampaignFactory(), reference=base, policy_before=base,
+        policy_after=first, status="completed", eval_settings={"gold_score": True},
+        evaluation={"policy_before": {"gold_score": 0.25, "kl_ref": 0.0, "reward": 0.0},
+                    "policy_after": {"gold_score": 0.75, "kl_ref": 4.0, "reward": 1.25}},
+    )  # fmt: skip
+    round1 = Round.objects.create(
+        number=1, campaign=CampaignFactory(), previous=round0, reference=base,
+        policy_before=first, policy_after=second, status="trained",
+        evaluation={"policy_before": {"gold_score": 0.75, "kl_ref": 4.0, "reward": -0.5},
+                    "policy_after": {"gold_score": 0.5, "kl_ref": 9.0, "reward": 0.5}},
+    )  # fmt: skip
+    other = Round.objects.create(  # a chain labelled by people: no gold, no curve
+        number=0, campaign=CampaignFactory(), reference=base, policy_before=base,
+        policy_after=first, status="trained",
+        evaluation={"policy_before": {"reward": 0.0, "kl_ref": 0.0},
+                    "policy_after": {"reward": 1.0, "kl_ref": 2.0}},
+    )  # fmt: skip
+    page = body(client_for(admin_user).get("/dashboard/training/models/"))
+
+    def card(rnd: Round) -> str:
+        return re.search(
+            rf'id="round-{rnd.pk}">.*?(?=<li class="round|</ol>\s*</section>)', page, re.S
+        )[0]
+
+    assert page.count('class="overoptimisation"') == 1
+    curve = card(round1)  # the chain's latest round
+    assert "Gold and proxy reward against √KL" in curve
+    rows = re.findall(
+        r'<tr><th scope="row">([^<]+)</th>((?:<td class="num">[^<]*</td>)+)</tr>', curve
+    )
+    figures = {label: re.findall(r">([^<]*)</td>", cells) for label, cells in rows}
+    #                     KL      √KL     gold     gold gain  proxy gain (summed within-round gains)
+    assert figures["start"] == ["0.00", "0.00", "0.250", "0.000", "0.000"]
+    assert figures["round 0"] == ["4.00", "2.00", "0.750", "0.500", "1.250"]
+    assert figures["round 1"] == ["9.00", "3.00", "0.500", "0.250", "2.250"]
+    gold = re.search(r'class="curve-gold" points="([^"]+)"', curve)[1].split()
+    proxy = re.search(r'class="curve-proxy" points="([^"]+)"', curve)[1].split()
+    assert len(gold) == len(proxy) == 3
+    assert gold[0] == proxy[0]  # both start at the origin
+    assert float(proxy[2].split(",")[1]) < float(gold[2].split(",")[1])  # proxy drawn higher
+    assert "overoptimisation" not in card(round0) and "overoptimisation" not in card(other)
+
+
 def test_register_a_model_and_start_a_round_from_the_models_page(admin_user, ranked):
     client = client_for(admin_user)
     register = "/dashboard/training/models/register/"

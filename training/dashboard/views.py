@@ -31,6 +31,7 @@ from training.ml.config import (
 )
 from training.ml.evaluation import EvalSettings
 from training.models import ModelVersion, Round, TrainingJob
+from training.overoptimisation import curve_plot
 
 POLL_MS = 1500
 
@@ -406,7 +407,9 @@ def _models_page(
         selectors.model_version_list(user=request.user).select_related("created_by_job__campaign")
     )
     cards = []
-    for rnd in selectors.round_list(user=request.user):
+    round_list = list(selectors.round_list(user=request.user))
+    curves = selectors.round_gold_curves(rounds=round_list)
+    for rnd in round_list:
         jobs = list(selectors.round_jobs(round=rnd))
         generated = [j for j in jobs if j.kind == TrainingJob.Kind.GENERATE and j.summary]
         cards.append(
@@ -416,6 +419,8 @@ def _models_page(
                 "jobs": jobs,
                 "evaluation": _evaluation_table(rnd.evaluation),
                 "generation": generated[-1].summary if generated else None,
+                "curve": curves.get(rnd.pk),
+                "curve_plot": curve_plot(curves[rnd.pk]) if rnd.pk in curves else None,
                 "started_anyway_by": generated[-1].created_by if generated else None,
                 "active": next(
                     (

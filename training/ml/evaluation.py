@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.common import StopFn, check_stop, load_tokenizer
+from training.ml.synthetic import GOLD_KINDS, GoldKind
 
 
 @dataclass
@@ -35,6 +36,9 @@ class EvalSettings:
     gold_score: bool = False
     """also report ``training.ml.synthetic.gold_score`` (meaningful when the labels came from the
     synthetic labeller, whose hidden preference it is)"""
+    gold: GoldKind = "rules"
+    """which hidden preference ``gold_score`` is: the synthetic labeller's ``rules`` or its
+    ``network`` (``training.ml.synthetic.GoldNetwork``); the one the labels came from"""
     min_held_out_pairs: int = 50
     """a round whose reward model was evaluated on fewer held-out pairs is held for review (its
     accuracy says little)"""
@@ -51,6 +55,8 @@ class EvalSettings:
                 raise ValueError(f"{name} must be >= 1")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.gold not in GOLD_KINDS:
+            raise ValueError(f"gold must be one of {', '.join(GOLD_KINDS)}")
 
 
 EXAMPLES = 4
@@ -90,7 +96,8 @@ def evaluate_policies(
     * ``kl_ref``: mean over samples of ``Σ_t log π(a_t|·) - log π_ref(a_t|·)`` with
       ``logits / temperature``, the Monte-Carlo estimate of KL(π‖π_ref) PPO reports;
     * ``kl_previous`` (every policy after the first): the same against the first policy;
-    * ``gold_score`` (when ``settings.gold_score``): the synthetic labeller's hidden score;
+    * ``gold_score`` (when ``settings.gold_score``): the synthetic labeller's hidden score
+      (``settings.gold`` says which);
     * ``response_length`` (tokens), ``eos_rate`` and a few ``examples``.
 
     The policies and the reference must share a tokenizer (as PPO requires).
@@ -177,7 +184,7 @@ def evaluate_policies(
             scores = reward.score(pairs, batch_size=32)
             result["reward"] = sum(scores) / len(scores)
         if settings.gold_score:
-            result["gold_score"] = expected_gold_score(texts)
+            result["gold_score"] = expected_gold_score(texts, gold=settings.gold)
         result["examples"] = _examples(prompts, completions)
         results[name] = result
     return results

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.ml.synthetic import SyntheticLabeller, gold_score, synthetic_ranking
+from training.ml.synthetic import (
+    GoldNetwork,
+    SyntheticLabeller,
+    expected_gold_score,
+    gold_network,
+    gold_score,
+    gold_scorer,
+    synthetic_ranking,
+)
 
 GOOD = "Thank you, the water and the kettle are good and the help is great here."
 PLAIN = "A loaf of bread turns stale when starch lines up again over a day."
@@ -28,6 +36,28 @@ def test_noise_free_ranking_orders_by_gold_score():
     assert synthetic_ranking([BAD, GOOD, PLAIN], noise=0.0, rng=0) == [3, 1, 2]
     # inverted labeller: the opposite order
     assert synthetic_ranking([BAD, GOOD, PLAIN], noise=0.0, rng=0, invert=True) == [1, 3, 2]
+
+
+def test_gold_network_is_seeded_larger_than_the_tiny_reward_model_and_dislikes_repetition():
+    network = gold_network(0)
+    # the tiny reward model: embeddings 2048 x 64 plus 2 layers of about 12 * 64^2, about 0.23M
+    assert network.n_parameters > 4 * 230_000
+    assert GoldNetwork(seed=0).score(PLAIN) == network.score(PLAIN)
+    assert GoldNetwork(seed=1).score(PLAIN) != network.score(PLAIN)
+    repeated = "the the the the the the the the the the the the"
+    assert gold_score(repeated) > gold_score(PLAIN)  # the rule rewards repeating gold words
+    assert network.score(repeated) < network.score(GOOD)  # the network does not
+    assert network.score("") < network.score(PLAIN)
+
+
+def test_labeller_with_the_network_gold_ranks_by_its_score():
+    texts = [GOOD, PLAIN, BAD, "the the the the the the the the the the the the"]
+    scores = [gold_network(0).score(t) for t in texts]
+    expected = [1 + sorted(scores, reverse=True).index(s) for s in scores]
+    assert SyntheticLabeller(noise=0.0, gold="network").rank(texts) == expected
+    assert expected_gold_score(texts, gold="network") == pytest.approx(np.mean(scores))
+    with pytest.raises(ValueError, match="unknown gold"):
+        gold_scorer("oracle")
 
 
 def test_same_seed_same_labels_and_noise_changes_them():
