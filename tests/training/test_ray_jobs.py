@@ -16,13 +16,10 @@ import ray
 from transformers import AutoModelForSequenceClassification
 
 from tests.conftest import client_for
-from tests.helpers.preference_pairs import marker_pairs
 from tests.helpers.training import labelled_marker_campaign
 from training import services
 from training.jobs import lifecycle
-from training.ml.common import TrainingCancelled
-from training.ml.config import RewardModelConfig
-from training.ml.launch import DistributedTrainingError, train_reward_model_distributed
+from training.ml.launch import DistributedTrainingError
 from training.ml.ray_launch import RayBackend, connect
 from training.models import JobMetric, ModelVersion, TrainingJob
 
@@ -54,6 +51,23 @@ def ray_cluster():
         ray.shutdown()
 
 
+def create_job(admin_user, campaign, base, **config) -> TrainingJob:
+    """A 2-node reward-model job, created through the API as the dashboard creates it."""
+    response = client_for(admin_user).post(
+        "/api/training-jobs/",
+        {
+            "kind": "reward_model",
+            "campaign_ids": [campaign.pk],
+            "base_model_path": str(base),
+            "config": {**FAST, **TWO_NODES, **config},
+            "name": "rm-on-ray",
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    return TrainingJob.objects.get(pk=response.json()["id"])
+
+
 def _placement_groups_left() -> list[str]:
     return [
         group["placement_group_id"]
@@ -77,19 +91,8 @@ def test_reward_model_job_on_two_ray_nodes_registers_a_version(
     settings.MODEL_STORE_URL = f"memory://models-{tmp_path.name}"  # an object store, as S3
     campaign = labelled_marker_campaign()
     with django_capture_on_commit_callbacks(execute=False):  # no broker: run in this process
-        response = client_for(admin_user).post(
-            "/api/training-jobs/",
-            {
-                "kind": "reward_model",
-                "campaign_ids": [campaign.pk],
-                "base_model_path": str(tiny_model_dir),
-                "config": {**FAST, **TWO_NODES},
-                "name": "rm-on-ray",
-            },
-            format="json",
-        )
-    assert response.status_code == 201, response.content
-    job = lifecycle.job_run(job_id=response.json()["id"], worker="in-process")
+        job = create_job(admin_user, campaign, tiny_model_dir)
+    job = lifecycle.job_run(job_id=job.pk, worker="in-process")
 
     assert job.status == TrainingJob.Status.SUCCEEDED, job.error
     assert job.params["config"]["nodes"] == 2
@@ -111,20 +114,26 @@ def test_reward_model_job_on_two_ray_nodes_registers_a_version(
     assert _placement_groups_left() == []
 
 
-def test_cancelling_stops_every_node_and_writes_nothing(ray_cluster, tiny_model_dir, tmp_path):
-    seen: list[int] = []
-    config = RewardModelConfig(**{**FAST, **TWO_NODES, "num_epochs": 50})
-    with pytest.raises(TrainingCancelled):
-        train_reward_model_distributed(
-            marker_pairs(40),
-            base_model=tiny_model_dir,
-            output_dir=tmp_path / "rm",
-            config=config,
-            on_progress=lambda step, total, metrics: seen.append(step),
-            should_stop=lambda: bool(seen),
-        )
-    assert seen and seen[-1] < 50  # stopped while training
-    assert list(tmp_path.iterdir()) == []  # neither the model nor the staging directory
+@pytest.mark.django_db
+def test_cancelling_the_job_stops_every_node_and_writes_nothing(
+    ray_cluster, admin_user, tiny_model_dir, tmp_path, settings, django_capture_on_commit_callbacks
+):
+    settings.MODEL_STORE_DIR = tmp_path / "models"
+    campaign = labelled_marker_campaign()
+    with django_capture_on_commit_callbacks(execute=False):
+        job = create_job(admin_user, campaign, tiny_model_dir, num_epochs=50)
+
+    def cancel_once_training(step: int, total: int) -> None:  # as an admin would, mid-run
+        if step == 1:
+            lifecycle.job_cancel(job=TrainingJob.objects.get(pk=job.pk))
+
+    job = lifecycle.job_run(job_id=job.pk, worker="in-process", follow=cancel_once_training)
+
+    assert job.status == TrainingJob.Status.CANCELLED
+    assert 0 < job.progress_step < job.progress_total  # stopped while training
+    assert job.result_version is None
+    store = tmp_path / "models"
+    assert not store.exists() or not [p for p in store.iterdir() if "reward_model" in p.name]
     assert _placement_groups_left() == []
     leftovers = subprocess.run(
         ["pgrep", "-f", f"training.ml train-reward .*{tmp_path}"], capture_output=True, text=True
@@ -141,24 +150,14 @@ def test_a_failing_rank_fails_the_job_with_its_traceback(
     shutil.copytree(tiny_model_dir, broken)
     campaign = labelled_marker_campaign()
     with django_capture_on_commit_callbacks(execute=False):
-        response = client_for(admin_user).post(
-            "/api/training-jobs/",
-            {
-                "kind": "reward_model",
-                "campaign_ids": [campaign.pk],
-                "base_model_path": str(broken),
-                "config": {**FAST, **TWO_NODES},
-            },
-            format="json",
-        )
-    assert response.status_code == 201, response.content
+        job = create_job(admin_user, campaign, broken)
     for weights in broken.glob("*.safetensors"):
         weights.unlink()  # the ranks cannot load the model: every node's rank raises
 
     with pytest.raises(DistributedTrainingError):  # stored on the job, then raised to Celery
-        lifecycle.job_run(job_id=response.json()["id"], worker="in-process")
+        lifecycle.job_run(job_id=job.pk, worker="in-process")
 
-    job = TrainingJob.objects.get(pk=response.json()["id"])
+    job.refresh_from_db()
     assert job.status == TrainingJob.Status.FAILED
     assert "2 nodes x 1 processes (Ray) failed" in job.error
     assert "OSError: Error no file named model.safetensors" in job.error  # the rank's exception
