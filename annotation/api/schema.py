@@ -9,6 +9,7 @@ in one place and in the one error shape of ``annotation.api.exceptions``
 * 403 for every operation that needs a login or a role (all but the public ones),
 * 404 where the path names an object, and on paged lists (a page past the end),
 * 409 on writes (a different resubmission, a lease given away, an illegal transition, ...),
+* 415 where the operation reads a body (a media type it does not read, a broken header),
 * 503 everywhere, with ``Retry-After`` (the database is unreachable; config/unavailable.py).
 
 Nullable fields are written ``anyOf: [{...}, {"type": "null"}]`` (``nullable_as_any_of``), as
@@ -47,6 +48,7 @@ REASONS = {
     "403": "Not logged in, or not allowed to do this.",
     "404": "Not found (or not yours), or a page past the end.",
     "409": "Conflicts with the current state: `code` says how.",
+    "415": "The body's media type is not one this operation reads (or its header is broken).",
     "503": "The database is unreachable; retry after `Retry-After` seconds.",
     "429": "Too many failed logins for this name from this address, or for any name from "
     "this address: retry after `Retry-After` seconds.",
@@ -95,6 +97,8 @@ def _errors_for(method: str, path: str, operation: dict, public: bool) -> list[s
         codes.append("404")
     if method in WRITE_METHODS:
         codes.append("409")
+    if operation.get("requestBody"):
+        codes.append("415")
     codes.append("503")
     return codes + EXTRA.get(operation.get("operationId", ""), [])
 

@@ -643,10 +643,16 @@ class LabellersInviteView(APIView):
         if not permissions.campaigns_where(request.user, permissions.CHANGE).exists():
             raise PermissionDenied("only those who run a campaign invite labellers")
         data = _valid(s.LabellersInviteSerializer, request)
-        campaigns = [
-            selectors.campaign_get_for(user=request.user, campaign_id=pk, perm=permissions.CHANGE)
-            for pk in dict.fromkeys(data["campaigns"])
-        ]
+        campaigns = []
+        for pk in dict.fromkeys(data["campaigns"]):
+            try:
+                campaigns.append(
+                    selectors.campaign_get_for(
+                        user=request.user, campaign_id=pk, perm=permissions.CHANGE
+                    )
+                )
+            except NotFound:  # an id in the body, not the path: the body is wrong (400)
+                raise InvalidInput(f"no campaign {pk} (or not yours)", field="campaigns") from None
         invited = services.labellers_invite(
             campaigns=campaigns, accounts=[dict(a) for a in data["accounts"]], role=data["role"]
         )

@@ -70,7 +70,12 @@ def test_only_those_who_change_every_campaign_named_invite(campaign, labeller, a
     services.campaign_add_members(campaign=campaign, users=[manager], role="manager")
     body = {"accounts": [{"username": "fay"}], "campaigns": [campaign.pk, elsewhere.pk]}
     denied = client_for(manager).post("/api/labellers/invite/", body, format="json")
-    assert denied.status_code == 404
+    assert denied.status_code == 400  # an id in the body the manager cannot see: the body is wrong
+    assert denied.json()["errors"]["campaigns"] == [f"no campaign {elsewhere.pk} (or not yours)"]
+    missing = {**body, "campaigns": [campaign.pk, 842721]}
+    assert client_for(manager).post("/api/labellers/invite/", missing, format="json").json()[
+        "errors"
+    ] == {"campaigns": ["no campaign 842721 (or not yours)"]}  # the same answer: nothing leaks
     assert (
         client_for(labeller).post("/api/labellers/invite/", body, format="json").status_code == 403
     )
