@@ -121,8 +121,11 @@ def test_a_redelivery_while_the_heartbeat_advances_is_dropped(settings):
     assert job.attempts == 1 and job.attempt_token == token and job.worker == "worker-a"
 
 
-LONG_CONFIG = {  # long enough to outlast an 8 s visibility timeout and a restore cycle
-    "num_epochs": 40,
+# Long enough to outlast an 8 s visibility timeout plus the second worker's start (~13 s from the
+# job's start): 40 epochs took 10 s on a quiet machine, and the job ended before the second
+# worker restored the message; 100 take ~25 s there, and a slower machine only adds margin.
+LONG_CONFIG = {
+    "num_epochs": 100,
     "learning_rate": 1e-3,
     "batch_size": 8,
     "max_length": 32,
