@@ -336,7 +336,7 @@ def starting_model(job: TrainingJob, spec: Any) -> str:
     object store URL), else the path it was given, else the default base model."""
     if job.base_model is not None:
         return job.base_model.path
-    return getattr(spec, "base_model_path", "") or settings.DEFAULT_BASE_MODEL
+    return spec.starting_path() or settings.DEFAULT_BASE_MODEL
 
 
 def base_path(job: TrainingJob, spec: Any) -> str:

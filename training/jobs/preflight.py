@@ -71,14 +71,6 @@ def job_plan(
     return plan
 
 
-def starting_model_path(base: Any, spec: Any) -> str:
-    """The directory a job loads first: its base version's, else the path it was given, else
-    the default base model (what ``training.jobs.base.base_path`` resolves at run time)."""
-    if base is not None:
-        return base.path
-    return spec.starting_path() or settings.DEFAULT_BASE_MODEL
-
-
 def require_fit(
     kind: str, *, model_path: str, config: Any, reward_path: str | None = None
 ) -> dict[str, Any]:
